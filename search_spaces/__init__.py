@@ -1,0 +1,288 @@
+"""Search space files: read, validate as a whole, and turn into an Optuna define-by-run function.
+
+A space file (YAML) has these top-level keys (see demo.yaml for a commented example):
+  name         default run name
+  trial        fixed values of any TrialConfig field (data set, teacher, student, budgets)
+  params       searched parameters: {NAME: {type: float|int|categorical, low, high, log, step, choices, when}}
+               `when: {OTHER: [values]}` samples NAME only when OTHER (sampled earlier) takes one of the values;
+               `when: {OTHER: {not: [values]}}` only when it takes none of them.
+  objectives   {METRIC: maximize|minimize}; computed on the validation split, never on test
+  constraints  {max_params, max_nonzero_params, max_macs, max_latency_ms, max_size_bytes}: checked before training
+  search       {sampler: tpe|nsga2|nsga3|gp|random, seed, trials, concurrent,
+                scheduler: none|asha|mo_asha, grace_epochs, reduction_factor}
+  resources    {cpus_per_trial, gpus_per_trial}
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.config import CONFIG_FIELDS, TrialConfig, make_config, unknown_key_error
+from study.errors import SpaceError, UserError
+
+TOP_KEYS = ("name", "description", "trial", "params", "objectives", "constraints", "search", "resources")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
+SEARCH_KEYS = ("sampler", "seed", "trials", "concurrent", "scheduler", "grace_epochs", "reduction_factor")
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+SCHEDULERS = ("none", "asha", "mo_asha")
+# Metrics a trial reports, with the direction that makes sense for each.
+OBJECTIVE_METRICS = {
+    "val_acc": "maximize", "params": "minimize", "nonzero_params": "minimize", "macs": "minimize",
+    "latency_ms_bs1": "minimize", "size_bytes": "minimize", "throughput_ips": "maximize",
+    "compression": "maximize",
+}
+# Objectives that are known before training (architecture only): early stopping may use them at every rung.
+COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_bytes")
+CONSTRAINTS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "max_macs": "macs",
+               "max_latency_ms": "latency_ms_bs1"}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str  # a TrialConfig field
+    type: str  # float, int or categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample on a log scale
+    step: float | None = None  # discretisation step (int/float)
+    choices: tuple = ()  # categorical values
+    when: dict = field(default_factory=dict)  # {other_param: {"in": [...]} or {"not": [...]}}
+
+    def active(self, values: dict[str, Any]) -> bool:
+        for other, rule in self.when.items():
+            v = values.get(other)
+            if "in" in rule and v not in rule["in"]:
+                return False
+            if "not" in rule and v in rule["not"]:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: str  # the YAML file this came from
+    name: str
+    trial: dict  # fixed TrialConfig values
+    params: tuple[ParamSpec, ...]
+    objectives: tuple[tuple[str, str], ...]  # (metric, "maximize"|"minimize")
+    constraints: dict  # e.g. {"max_params": 50000}
+    sampler: str = "tpe"
+    seed: int = 0
+    trials: int = 16
+    concurrent: int = 2
+    scheduler: str = "mo_asha"
+    grace_epochs: int = 1  # first early-stopping rung, in epochs
+    reduction_factor: int = 3  # keep the best 1/reduction_factor at each rung
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fraction of a GPU per trial; ignored (CPU is used) on a machine without GPUs
+    raw: dict = field(default_factory=dict)  # the file's content, as loaded
+
+    def base_config(self) -> TrialConfig:
+        return make_config(self.trial, source=self.path)
+
+    def config_for(self, sampled: dict[str, Any]) -> TrialConfig:
+        return make_config(self.trial, {k: v for k, v in sampled.items() if k in CONFIG_FIELDS}, source=self.path)
+
+    @property
+    def total_epochs(self) -> int:
+        cfg = self.base_config()
+        return cfg.epochs + cfg.finetune_epochs
+
+    def define_by_run(self) -> DefineByRun:
+        return DefineByRun(self.params)
+
+
+class DefineByRun:
+    """Optuna define-by-run function for a space. A module-level class, so Ray can pickle it."""
+
+    def __init__(self, params: tuple[ParamSpec, ...]):
+        self.params = params
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for p in self.params:
+            if not p.active(values):
+                continue  # conditional parameter: absent from the trial, the config default applies
+            if p.type == "categorical":
+                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+            elif p.type == "int":
+                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1),
+                                                   log=p.log)
+            else:
+                values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+        return {"trial_number": trial.number}
+
+
+def _err(path: str, key: str, msg: str) -> SpaceError:
+    return SpaceError(f"{path}: {key}: {msg}")
+
+
+def _check_keys(d: Any, allowed: tuple, path: str, where: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise _err(path, where, f"must be a mapping (got {type(d).__name__}).")
+    for k in d:
+        if k not in allowed:
+            e = unknown_key_error(str(k), list(allowed), f"{path}: {where}")
+            raise SpaceError(str(e))
+    return d
+
+
+def _parse_param(name: str, spec: Any, path: str, earlier: dict[str, ParamSpec]) -> ParamSpec:
+    where = f"params.{name}"
+    if name not in CONFIG_FIELDS:
+        close = difflib.get_close_matches(name, list(CONFIG_FIELDS), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "use a TrialConfig field name (see study/config.py)."
+        raise _err(path, where, f"'{name}' is not a trial setting; {hint}")
+    _check_keys(spec, PARAM_KEYS, path, where)
+    kind = spec.get("type")
+    if kind not in ("float", "int", "categorical"):
+        raise _err(path, f"{where}.type", f"must be float, int or categorical (got {kind!r}).")
+    when: dict[str, dict] = {}
+    for other, rule in (spec.get("when") or {}).items():
+        if other not in earlier:
+            raise _err(path, f"{where}.when", f"'{other}' must be a searched parameter listed before '{name}'.")
+        if isinstance(rule, dict) and set(rule) == {"not"}:
+            vals, op = rule["not"], "not"
+        else:
+            vals, op = rule, "in"
+        vals = vals if isinstance(vals, list) else [vals]
+        src = earlier[other]
+        if src.type == "categorical":
+            bad = [v for v in vals if v not in src.choices]
+            if bad:
+                raise _err(path, f"{where}.when.{other}", f"{bad} not among {other}'s choices {list(src.choices)}.")
+        when[other] = {op: vals}
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _err(path, f"{where}.choices", "give a non-empty list of values.")
+        if any(k in spec for k in ("low", "high", "log", "step")):
+            raise _err(path, where, "a categorical parameter takes only choices (remove low/high/log/step).")
+        return ParamSpec(name, kind, choices=tuple(choices), when=when)
+    if "choices" in spec:
+        raise _err(path, where, f"a {kind} parameter takes low/high, not choices (or use type: categorical).")
+    low, high = spec.get("low"), spec.get("high")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool):
+        raise _err(path, where, "give numeric low and high.")
+    if low > high:
+        raise _err(path, where, f"low ({low}) is greater than high ({high}); swap them.")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise _err(path, where, f"log scale needs low > 0 (got {low}).")
+    step = spec.get("step")
+    if log and step is not None and kind == "float":
+        raise _err(path, where, "a float parameter cannot have both log and step.")
+    return ParamSpec(name, kind, float(low) if kind == "float" else int(low),
+                     float(high) if kind == "float" else int(high), log, step, when=when)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a space file; every mistake raises SpaceError naming the file, the key and the fix."""
+    p = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{p}: no such search space file; see search_spaces/ for examples.") from None
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{p}: a search space must be a YAML mapping with keys {', '.join(TOP_KEYS)}.")
+    _check_keys(raw, TOP_KEYS, p, "top level")
+    trial = _check_keys(raw.get("trial"), tuple(CONFIG_FIELDS), p, "trial")
+    try:
+        base = make_config(trial, source=f"{p}: trial")
+    except UserError as exc:
+        raise SpaceError(str(exc)) from None
+
+    params: dict[str, ParamSpec] = {}
+    for name, spec in _check_keys(raw.get("params"), tuple(CONFIG_FIELDS), p, "params").items():
+        if name in trial:
+            raise _err(p, f"params.{name}", "is also fixed under trial:; keep it in one place.")
+        params[name] = _parse_param(name, spec, p, params)
+    _validate_values(base, trial, params, p)
+
+    objectives = []
+    obj_raw = raw.get("objectives") or {"val_acc": "maximize", "params": "minimize", "latency_ms_bs1": "minimize"}
+    if not isinstance(obj_raw, dict):
+        raise _err(p, "objectives", "must be a mapping {metric: maximize|minimize}.")
+    for metric, direction in obj_raw.items():
+        if metric == "test_acc":
+            raise _err(p, "objectives.test_acc", "the test split is for final numbers only; use val_acc.")
+        if metric not in OBJECTIVE_METRICS:
+            raise SpaceError(str(unknown_key_error(metric, list(OBJECTIVE_METRICS), f"{p}: objectives")))
+        if direction not in ("maximize", "minimize"):
+            raise _err(p, f"objectives.{metric}", f"direction must be maximize or minimize (got {direction!r}).")
+        objectives.append((metric, direction))
+    if "val_acc" not in obj_raw:
+        raise _err(p, "objectives", "must include val_acc (the accuracy a trial reports while training).")
+
+    constraints = _check_keys(raw.get("constraints"), tuple(CONSTRAINTS), p, "constraints")
+    for k, v in constraints.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise _err(p, f"constraints.{k}", f"must be a positive number (got {v!r}).")
+
+    search = _check_keys(raw.get("search"), SEARCH_KEYS, p, "search")
+    sampler = search.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise _err(p, "search.sampler", f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    scheduler = search.get("scheduler", "mo_asha")
+    if scheduler not in SCHEDULERS:
+        raise _err(p, "search.scheduler", f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
+    ints = {k: search.get(k, d) for k, d in (("seed", 0), ("trials", 16), ("concurrent", 2), ("grace_epochs", 1),
+                                             ("reduction_factor", 3))}
+    for k, v in ints.items():
+        if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and k != "seed") or v < 0:
+            raise _err(p, f"search.{k}", f"must be a positive integer (got {v!r}).")
+    if ints["reduction_factor"] < 2:
+        raise _err(p, "search.reduction_factor", "must be >= 2.")
+    if sampler == "gp":
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            raise _err(p, "search.sampler", "gp needs scipy; pip install scipy or choose tpe.") from None
+
+    res = _check_keys(raw.get("resources"), RESOURCE_KEYS, p, "resources")
+    cpus, gpus = res.get("cpus_per_trial", 1), res.get("gpus_per_trial", 0)
+    for k, v in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise _err(p, f"resources.{k}", f"must be a number >= 0 (got {v!r}).")
+    if cpus <= 0 and gpus <= 0:
+        raise _err(p, "resources", "a trial needs cpus_per_trial > 0 or gpus_per_trial > 0.")
+
+    name = str(raw.get("name") or Path(path).stem)
+    return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
+                       sampler, ints["seed"], ints["trials"], ints["concurrent"], scheduler, ints["grace_epochs"],
+                       ints["reduction_factor"], float(cpus), float(gpus), raw)
+
+
+def _validate_values(base: TrialConfig, trial: dict, params: dict[str, ParamSpec], path: str) -> None:
+    """Every choice and both bounds of every parameter must make a valid config and name registered things."""
+    from study.data import DATASETS
+    from study.models import MODELS
+    from study.pruning import PRUNE_METHODS
+
+    registries = {"dataset": DATASETS, "student_arch": MODELS, "teacher_arch": MODELS,
+                  "prune_method": PRUNE_METHODS}
+    for field_name, reg in registries.items():
+        v = getattr(base, field_name)
+        if field_name in trial and v not in reg:
+            raise _err(path, f"trial.{field_name}", f"unknown {v!r}; choose one of {', '.join(sorted(reg))}.")
+    for spec in params.values():
+        values = list(spec.choices) if spec.type == "categorical" else [spec.low, spec.high]
+        reg = registries.get(spec.name)
+        for v in values:
+            if reg is not None and v not in reg:
+                raise _err(path, f"params.{spec.name}", f"unknown choice {v!r}; valid: {', '.join(sorted(reg))}.")
+            try:
+                make_config(trial, {spec.name: v}, source="")
+            except UserError as exc:
+                msg = str(exc).lstrip(": ").strip()
+                raise _err(path, f"params.{spec.name}", f"value {v!r} is invalid: {msg}") from None

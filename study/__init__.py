@@ -1,0 +1,1 @@
+"""KD + pruning hyperparameter search engine."""

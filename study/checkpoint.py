@@ -1,0 +1,146 @@
+"""Save and load (possibly pruned) models as plain tensors + metadata, loadable with `weights_only=True`.
+
+Pruned models change shape, so a plain `state_dict` does not fit the dense class. The loader rebuilds the dense
+model from `meta` and then resizes every Conv2d / BatchNorm2d / Linear to the saved tensor shapes. Nothing is
+unpickled but tensors and plain Python containers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from study.errors import CheckpointError, UserError
+from study.models import build_model
+
+FORMAT = "kdstudy-model-v1"
+REQUIRED_META = ("arch", "num_classes", "in_channels", "width_mult", "input_shape")
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: object, where: str) -> None:
+    # weights_only loading refuses anything but tensors and plain containers: fail at save time, not at load.
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, _PLAIN):
+                raise TypeError(f"meta key {k!r} in {where} must be str/int/float/bool/None")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"{where} has type {type(value).__name__}; meta may hold only plain Python values")
+
+
+def save_model(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+    """Atomically write {"format", "state_dict", "meta"} to `path` (temp file in the same dir + rename)."""
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"meta lacks {missing}; required: {list(REQUIRED_META)}")
+    _check_plain(meta, "meta")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    masked = [k for k in state if k.endswith(("_orig", "_mask"))]
+    if masked:
+        raise ValueError(
+            f"model still carries pruning masks ({masked[0]}, ...); call torch.nn.utils.prune.remove first"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "state_dict": state, "meta": dict(meta)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _resize(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Give every Conv2d / BatchNorm2d / Linear the shapes stored in `state` (pruned channels are gone)."""
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        tensors = {
+            k: v
+            for k, v in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+            if v is not None
+        }
+        changed = {k for k, v in tensors.items() if prefix + k in state and state[prefix + k].shape != v.shape}
+        if not changed:
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            w = state[prefix + "weight"]
+            module.out_channels, module.in_channels = int(w.shape[0]), int(w.shape[1])
+        elif isinstance(module, nn.BatchNorm2d):
+            module.num_features = (
+                int(state[prefix + "running_mean"].shape[0])
+                if module.track_running_stats
+                else int(state[prefix + "weight"].shape[0])
+            )
+        elif isinstance(module, nn.Linear):
+            w = state[prefix + "weight"]
+            module.out_features, module.in_features = int(w.shape[0]), int(w.shape[1])
+        else:
+            raise CheckpointError(
+                f"{path}: tensor {prefix}{min(changed)} has a shape the model cannot take "
+                f"({type(module).__name__}); save the checkpoint again with this version of the code."
+            )
+        for k in changed:
+            # Values come from load_state_dict; only the shape matters here.
+            new = torch.empty(state[prefix + k].shape, dtype=tensors[k].dtype, device=tensors[k].device)
+            if k in module._parameters:
+                module._parameters[k] = nn.Parameter(new, requires_grad=tensors[k].requires_grad)
+            else:
+                module._buffers[k] = new
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by `save_model` (pruned shapes included); returns (model on CPU in eval mode, meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path or re-run the step that writes it.")
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # a corrupt file fails anywhere in the unpickler (seen: IndexError, UnpicklingError)
+        raise CheckpointError(
+            f"{path}: not a readable kdstudy checkpoint ({type(e).__name__}); point to a model.pt written by this tool."
+        ) from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(
+            f"{path}: format is {found!r}, expected {FORMAT!r}; point to a model.pt written by this tool."
+        )
+    meta, state = blob.get("meta"), blob.get("state_dict")
+    if not isinstance(meta, dict) or not isinstance(state, dict) or any(k not in meta for k in REQUIRED_META):
+        raise CheckpointError(
+            f"{path}: checkpoint lacks meta keys {list(REQUIRED_META)} or its state_dict; re-save the model."
+        )
+    try:
+        model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["in_channels"]), float(meta["width_mult"]))
+    except UserError as e:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model ({e}); re-save it with this version of the code."
+        ) from e
+    try:
+        _resize(model, state, path)
+    except KeyError as e:  # a resized layer lacks its weight in the file
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {meta['arch']!r} (missing {e}); "
+            "re-save it with this version of the code."
+        ) from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{path}: weights do not fit architecture {meta['arch']!r} ({first}); "
+            "re-save it with this version of the code."
+        ) from e
+    model.eval()
+    return model, meta

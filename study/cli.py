@@ -1,0 +1,149 @@
+"""`python -m study COMMAND ...`: trial, teacher, data, run, reproduce."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from study.errors import UserError
+
+
+def _space_config(space_path: str, sets: list[str]):
+    from search_spaces import load_space
+    from study.config import make_config, parse_set_args
+
+    space = load_space(space_path)
+    overrides = parse_set_args(sets or [])
+    cfg = make_config(space.trial, overrides, source=f"{space_path} + --set")
+    return space, cfg
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from study.trial import run_trial
+
+    _, cfg = _space_config(args.space, args.set)
+    out = Path(args.out or f"out/trial-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"trial: {cfg.student_arch} x{cfg.width_mult:g}, kd={cfg.kd_loss} T={cfg.temperature:g} "
+          f"alpha={cfg.alpha:g}, prune={cfg.prune_method}@{cfg.prune_ratio:g} on {cfg.dataset} -> {out}", flush=True)
+
+    class Hooks:
+        def on_epoch(self, epoch, total, val_acc, log, ckpt):
+            import shutil
+            print(f"  epoch {epoch + 1}/{total} [{log['phase']}] loss {log['loss']:.3f} (ce {log['ce']:.3f}, "
+                  f"kd {log['kd']:.3f})  val_acc {val_acc:.2f}%", flush=True)
+            if ckpt is not None:
+                shutil.rmtree(ckpt, ignore_errors=True)
+
+        def resume_dir(self):
+            return None
+
+        def log(self, msg):
+            print(msg, flush=True)
+
+    m = run_trial(cfg, out_dir=out, hooks=Hooks())
+    print(f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%  params {m['params']:,} "
+          f"(nonzero {m['nonzero_params']:,})  MACs {m['macs']:,}  latency {m['latency_ms_bs1']:.3f} ms "
+          f"(bs1, {m['latency_threads']} threads)  wall {m['wall_s']:.1f}s")
+    print(f"wrote {out}/config.yaml, {out}/metrics.json, {out}/model.pt")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from study.teacher import get_teacher
+    from study.trial import resolve_device
+
+    _, cfg = _space_config(args.space, args.set)
+    _, info = get_teacher(cfg, resolve_device(cfg.device))
+    print(f"teacher {info['arch']} (width {info['width_mult']:g}) on {info['dataset']}: "
+          f"val_acc {info['val_acc']:.2f}%  test_acc {info['test_acc']:.2f}%  params {info['params']:,}")
+    print(info["path"])
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from study.data import load_dataset, prepare_dataset
+
+    prepare_dataset(args.name, args.root)
+    ds = load_dataset(args.name, args.root)
+    print(f"{args.name}: {len(ds.train_y)} train / {len(ds.test_y)} test images, {ds.num_classes} classes, "
+          f"shape {tuple(ds.train_x.shape[1:])}, under {args.root}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from study.search import run_study
+
+    run_study(args.space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
+              address=args.address, runs_dir=args.runs_dir, gpus_per_trial=args.gpus_per_trial,
+              cpus_per_trial=args.cpus_per_trial, report=not args.no_report)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from study.reproduce import reproduce
+
+    summary = reproduce(Path(args.run_dir), rank=args.rank, trial=args.trial, seeds=args.seeds, epochs=args.epochs,
+                        max_latency_ms=args.max_latency_ms, max_params=args.max_params)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m study", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("trial", help="run one trial (no Ray) and write config.yaml, metrics.json, model.pt")
+    t.add_argument("space", help="search space YAML (its trial: values are used; --set overrides)")
+    t.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a trial setting (repeatable)")
+    t.add_argument("--out", help="output folder (default out/trial-TIMESTAMP)")
+    t.set_defaults(func=cmd_trial)
+
+    te = sub.add_parser("teacher", help="train (or load the cached) teacher of a space and print its path")
+    te.add_argument("space")
+    te.add_argument("--set", action="append", metavar="NAME=VALUE")
+    te.set_defaults(func=cmd_teacher)
+
+    d = sub.add_parser("data", help="download / prepare a data set (needs internet)")
+    d.add_argument("name", help="cifar10, cifar100, fashion_mnist, tinyimagenet")
+    d.add_argument("--root", default="data")
+    d.set_defaults(func=cmd_data)
+
+    r = sub.add_parser("run", help="run a search study (Ray Tune + Optuna) into runs/NAME/")
+    r.add_argument("space")
+    r.add_argument("--name", help="run name (default: the space's name); an existing run is resumed")
+    r.add_argument("--trials", type=int, help="number of trials (overrides search.trials)")
+    r.add_argument("--concurrent", type=int, help="trials at once (overrides search.concurrent)")
+    r.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://user@host/db (default runs/NAME/optuna.db)")
+    r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    r.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default runs)")
+    r.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (overrides resources)")
+    r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources)")
+    r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html at the end")
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("reproduce", help="rerun a Pareto trial with several seeds and export it")
+    rp.add_argument("run_dir")
+    g = rp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = best)")
+    g.add_argument("--trial", type=int, help="Optuna trial number")
+    rp.add_argument("--seeds", type=int, default=3)
+    rp.add_argument("--epochs", type=int, help="longer distillation budget (default: the study's)")
+    rp.add_argument("--max-latency-ms", type=float, help="with --rank: only front trials under this latency")
+    rp.add_argument("--max-params", type=float, help="with --rank: only front trials under this many params")
+    rp.set_defaults(func=cmd_reproduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130

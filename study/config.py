@@ -1,0 +1,156 @@
+"""The fully resolved configuration of one trial: a frozen dataclass that round-trips through YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # --- data ---
+    dataset: str = "digits"  # registry name: digits, fashion_mnist, cifar10, cifar100, tinyimagenet
+    data_root: str = "data"  # folder holding the data set files (relative paths resolve against the CWD)
+    val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
+    seed: int = 0  # seeds the split, init, augmentation schedule and batch order
+    # --- teacher (trained once per key and cached on disk) ---
+    teacher_arch: str = "resnet20"  # registry name in study.models
+    teacher_width: float = 1.0  # width multiplier of the teacher
+    teacher_epochs: int = 15  # teacher training budget in epochs
+    teacher_lr: float = 0.1  # teacher peak SGD learning rate (per batch of batch_size)
+    # --- student ---
+    student_arch: str = "resnet8"  # registry name in study.models
+    width_mult: float = 1.0  # scales every stage of the student (and the stem)
+    # --- distillation ---
+    kd_loss: str = "kd"  # kd: alpha*CE + (1-alpha)*T^2*KL(teacher||student); ce: plain CE, no teacher (baseline)
+    temperature: float = 4.0  # KD softmax temperature T
+    alpha: float = 0.5  # weight on the CE term; (1 - alpha) weighs the T^2-scaled KL term
+    epochs: int = 6  # distillation epochs before pruning
+    batch_size: int = 128  # training batch size
+    lr: float = 0.1  # peak SGD learning rate (nesterov, momentum 0.9), warm-up then linear decay to 0
+    weight_decay: float = 5e-4  # L2 weight decay on conv/linear weights (not on BN or biases)
+    label_smoothing: float = 0.0  # label smoothing on the CE term
+    # --- pruning (after distillation) ---
+    prune_method: str = "none"  # none, l1_structured, l2_structured (torch-pruning), l1_unstructured (global magnitude)
+    prune_ratio: float = 0.0  # structured: fraction of CHANNELS removed per layer; unstructured: fraction of weights zeroed
+    round_to: int = 1  # structured: keep channel counts a multiple of this (8 helps GPU kernels)
+    # --- fine-tuning (after pruning, with KD from the teacher unless kd_loss == ce) ---
+    finetune_epochs: int = 3  # fine-tuning epochs after pruning (0 skips; used also when prune_method == none)
+    finetune_lr: float = 0.02  # peak learning rate of the fine-tuning schedule
+    # --- execution and measurement ---
+    device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32 or bf16 (autocast) for training; evaluation is fp32
+    threads: int = 0  # torch intra-op threads for this trial; 0 keeps torch's default
+    eval_batch_size: int = 1024  # batch size for validation/test evaluation
+    latency_repeats: int = 30  # timed runs for batch-1 latency (median and IQR reported)
+    throughput_batch: int = 256  # batch size for the throughput measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return make_config(self.to_dict(), changes)
+
+
+CONFIG_FIELDS = {f.name: f for f in fields(TrialConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a value (from YAML or the command line) to the field's type, or explain what is wrong."""
+    default = CONFIG_FIELDS[name].default
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{source}: '{name}' must be a {kind.__name__} (got {value!r}); fix the value."
+        ) from None
+
+
+def unknown_key_error(key: str, valid: list[str], source: str) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(valid)}."
+    return UserError(f"{source}: unknown key '{key}'.{hint}")
+
+
+def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                source: str = "config") -> TrialConfig:
+    """Build a validated TrialConfig from a dict of values plus overrides."""
+    values: dict[str, Any] = {}
+    for part in (base or {}), (overrides or {}):
+        for key, value in part.items():
+            if key not in CONFIG_FIELDS:
+                raise unknown_key_error(key, sorted(CONFIG_FIELDS), source)
+            values[key] = _coerce(key, value, source)
+    cfg = TrialConfig(**values)
+    validate_config(cfg, source)
+    return cfg
+
+
+def validate_config(cfg: TrialConfig, source: str = "config") -> None:
+    """Check value ranges that would otherwise fail deep inside a trial."""
+    def bad(msg: str) -> UserError:
+        return UserError(f"{source}: {msg}")
+
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise bad(f"alpha must be in [0, 1] (got {cfg.alpha}).")
+    if cfg.temperature <= 0:
+        raise bad(f"temperature must be > 0 (got {cfg.temperature}).")
+    if not 0.0 <= cfg.prune_ratio < 1.0:
+        raise bad(f"prune_ratio must be in [0, 1) (got {cfg.prune_ratio}).")
+    if cfg.width_mult <= 0 or cfg.teacher_width <= 0:
+        raise bad("width multipliers must be > 0.")
+    if cfg.epochs < 1 or cfg.teacher_epochs < 1 or cfg.finetune_epochs < 0:
+        raise bad("epochs and teacher_epochs must be >= 1 and finetune_epochs >= 0.")
+    if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
+        raise bad("batch sizes must be >= 1.")
+    if cfg.kd_loss not in ("kd", "ce"):
+        raise bad(f"kd_loss must be one of kd, ce (got '{cfg.kd_loss}').")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise bad(f"precision must be fp32 or bf16 (got '{cfg.precision}').")
+    if cfg.val_size <= 0:
+        raise bad("val_size must be > 0 (a fraction below 1 or a count).")
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """Parse ``--set name=value`` items; values are read as YAML scalars (so 0.5 is a float, none a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected name=value, e.g. --set prune_ratio=0.5.")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def save_config(cfg: TrialConfig, path: Path) -> None:
+    from study.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load_config(path: Path) -> TrialConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read the trial config ({exc}); point to a config.yaml written by a trial.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a trial config (expected a mapping); point to a config.yaml written by a trial.")
+    return make_config(data, source=str(path))

@@ -1,0 +1,136 @@
+"""Model cost: parameter counts, MACs, batch-1 latency (ms) and large-batch throughput (images/s).
+
+Units: params are counts, MACs are multiply-accumulates per image (not FLOPs = 2 x MACs), latency is milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # thop 0.1.1 imports distutils' LooseVersion
+    import thop
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters, zeros included (dense storage)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameters that are not exactly zero (what unstructured pruning reduces)."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs for one image of shape (C, H, W) (a leading batch dim is ignored), counted on a deep copy.
+
+    thop leaves `total_ops`/`total_params` buffers on every module it profiles (thop #82, #168), so it never
+    touches `model` itself. Dense count: zeros from unstructured pruning still cost MACs on dense kernels.
+    """
+    shape = tuple(input_shape)[-3:]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    clone = copy.deepcopy(model).eval()
+    x = torch.zeros((1, *shape), device=device, dtype=dtype)
+    with torch.no_grad():
+        macs, _ = thop.profile(clone, inputs=(x,), verbose=False)
+    return int(macs)
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[int]:
+    """Temporarily set torch's intra-op thread count; yields the count actually in use."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every module's own train/eval flag back."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _example(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> torch.Tensor:
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.randn((batch_size, *tuple(input_shape)[-3:]), device=device, dtype=dtype)
+
+
+def _timed_runs(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
+    """Wall-clock seconds of `repeats` forward passes after `warmup` untimed ones."""
+    cuda = x.device.type == "cuda"
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        for _ in range(repeats):
+            if cuda:
+                torch.cuda.synchronize(x.device)
+            start = time.perf_counter()
+            model(x)
+            if cuda:
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 1,
+    threads: int | None = None,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> dict:
+    """Median and IQR (p75 - p25) of forward latency in ms, on the device of the model's parameters."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    x = _example(model, input_shape, batch_size)
+    with _eval_mode(model), _threads(threads) as used:
+        times_ms = np.asarray(_timed_runs(model, x, warmup, repeats)) * 1e3
+    p25, p50, p75 = np.percentile(times_ms, [25, 50, 75])
+    return {
+        "median_ms": float(p50),
+        "iqr_ms": float(p75 - p25),
+        "threads": used,
+        "batch_size": batch_size,
+        "device": str(x.device),
+    }
+
+
+def measure_throughput(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch_size: int = 256,
+    threads: int | None = None,
+    repeats: int = 5,
+) -> dict:
+    """Images per second at `batch_size`, from the median of `repeats` timed batches (after 2 warm-up batches)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    x = _example(model, input_shape, batch_size)
+    with _eval_mode(model), _threads(threads) as used:
+        median_s = float(np.median(_timed_runs(model, x, warmup=2, repeats=repeats)))
+    return {"images_per_s": batch_size / median_s, "batch_size": batch_size, "threads": used}

@@ -1,0 +1,408 @@
+"""`python -m study run SPACE`: a search study. Ray Tune schedules the trials, Optuna samples them.
+
+Layout of runs/NAME/ (see docs/INTERFACES.md): study.json, space.yaml, optuna.db, trials/<n>/, references/, ray/.
+Running the same command again resumes the study (Tuner.restore), also after the driver was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from search_spaces import COST_METRICS, SearchSpace, load_space
+from study.config import make_config
+from study.errors import UserError
+from study.io import write_json_atomic, write_text_atomic
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Tune's chdir into each trial folder breaks relative data paths; keep the user's working directory.
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+import optuna  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune import Callback  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- Optuna side
+def make_sampler(space: SearchSpace):
+    import optuna
+
+    seed = space.seed
+    if space.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if space.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if space.sampler == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed)
+    if space.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class KDOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth about each trial.
+
+    COMPLETE only for fully trained trials (status "complete"); early-stopped trials are PRUNED (never
+    COMPLETE with partial values); infeasible and failed trials are FAIL with the reason in user_attrs.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        result = result or {}
+        status = result.get("status", "failed" if error else "early_stopped")
+        if status == "running":
+            status = "failed" if error else "early_stopped"
+        storage, tid = self._ot_study._storage, ot_trial._trial_id
+        attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir", "")}
+        if status == "complete":
+            attrs["metrics"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+        elif status in ("infeasible", "failed"):
+            attrs["error"] = result.get("error") or "the trial process crashed (see runs/NAME/ray/ logs)"
+            attrs["metrics"] = {k: result[k] for k in COST_METRICS if k in result}
+        else:
+            attrs["metrics"] = {k: result[k] for k in ("val_acc", "epoch", *COST_METRICS) if k in result}
+            attrs["early_stopped_at_epoch"] = result.get("epoch")
+        for k, v in attrs.items():
+            storage.set_trial_user_attr(tid, k, v)
+        if status == "complete":
+            values = [result.get(m) for m in self._metric]
+            self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
+        elif status in ("infeasible", "failed"):
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        else:
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def close_orphans(storage_url: str, study_name: str) -> int:
+    """Tell FAIL any Optuna trial left RUNNING by a killed driver that Tune will never finish."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
+        study._storage.set_trial_user_attr(t._trial_id, "error", "orphaned: its driver was killed before it ran")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------- progress
+class Progress(Callback):
+    """One line per finished trial with its key metrics."""
+
+    def __init__(self, objectives: list[tuple[str, str]], total: int):
+        self.objectives, self.total, self.done, self.t0 = objectives, total, 0, time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, trial.last_result or {})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, {**(trial.last_result or {}), "status": "failed"})
+
+    def _line(self, trial, r: dict) -> None:
+        self.done += 1
+        status = r.get("status", "?")
+        status = "early_stopped" if status == "running" else status
+        p = trial.config
+        desc = (f"w={p.get('width_mult', '-')} T={_fmt(p.get('temperature'))} a={_fmt(p.get('alpha'))} "
+                f"{p.get('prune_method', 'none')}@{_fmt(p.get('prune_ratio', 0))}")
+        objs = "  ".join(f"{m}={_fmt(r.get(m))}" for m, _ in self.objectives)
+        extra = f" at epoch {r.get('epoch')}" if status == "early_stopped" else ""
+        err = f"  ({r.get('error')})" if status in ("failed", "infeasible") else ""
+        print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {p.get('trial_number', '?')} "
+              f"{status}{extra}: {desc}  {objs}{err}", flush=True)
+
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def _versions() -> dict:
+    import optuna
+    import ray
+    import torch
+    import torch_pruning
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "optuna": optuna.__version__, "torch_pruning": getattr(torch_pruning, "__version__", "?"),
+            "platform": platform.platform()}
+
+
+def _init_ray(address: str | None, cpus_needed: float) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), include_dashboard=False,
+                 object_store_memory=200 * 2**20, log_to_driver=False, configure_logging=False)
+
+
+def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
+              storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
+              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
+              log=print) -> Path:
+    """Run (or resume) a study; returns the run directory."""
+    space = load_space(space_file)
+    name = name or space.name
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise UserError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only.")
+    run_dir = (Path(runs_dir) / name).resolve()
+    n_trials = trials or space.trials
+    n_conc = concurrent or space.concurrent
+    cpus = cpus_per_trial if cpus_per_trial is not None else space.cpus_per_trial
+    gpus = gpus_per_trial if gpus_per_trial is not None else space.gpus_per_trial
+    if n_trials < 1 or n_conc < 1:
+        raise UserError("--trials and --concurrent must be >= 1.")
+
+    space_text = Path(space_file).read_text()
+    meta_path = run_dir / "study.json"
+    resuming = meta_path.exists()
+    if resuming:
+        old = json.loads(meta_path.read_text())
+        if (run_dir / "space.yaml").read_text() != space_text:
+            raise UserError(f"{run_dir} was started from a different version of {space_file}; "
+                            f"restore that file, or start a new study with --name.")
+        if old.get("trials") != n_trials:
+            raise UserError(f"{run_dir} was started with {old.get('trials')} trials; a resumed study keeps its "
+                            f"trial count (drop --trials, or start a new study with --name).")
+        storage = storage or old["storage"]
+
+    # Everything a trial needs is checked here, before Ray starts: data, teacher, storage.
+    from study.data import load_dataset
+
+    base = space.base_config()
+    ds = load_dataset(base.dataset, base.data_root)
+    input_shape = tuple(ds.train_x.shape[1:])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage_url = storage or f"sqlite:///{run_dir / 'optuna.db'}"
+
+    import torch
+
+    from study.teacher import get_teacher
+    from study.trial import resolve_device
+
+    teacher_path, teacher_info = None, {}
+    uses_kd = base.kd_loss == "kd" or any(p.name == "kd_loss" for p in space.params)
+    if uses_kd:
+        _, teacher_info = get_teacher(base, resolve_device(base.device), log=log)
+        teacher_path = teacher_info["path"]
+        log(f"teacher {teacher_info['arch']}: val_acc {teacher_info['val_acc']:.2f}%  "
+            f"params {teacher_info['params']:,}  ({teacher_path})")
+
+    import ray
+
+    _init_ray(address, cpus * n_conc)
+    has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    if gpus > 0 and not has_gpu:
+        log(f"no GPU in the Ray cluster: running trials on CPUs ({cpus:g} per trial) instead of waiting for one")
+        gpus = 0.0
+    resources = {"cpu": cpus, "gpu": gpus}
+    objectives = list(space.objectives)
+    study_name = name
+    meta = {
+        "name": name, "study_name": study_name, "storage": storage_url, "space_file": str(space_file),
+        "objectives": [{"name": m, "direction": d} for m, d in objectives], "constraints": space.constraints,
+        "sampler": space.sampler, "seed": space.seed, "scheduler": space.scheduler, "trials": n_trials,
+        "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
+        "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
+        "threads": base.threads or torch.get_num_threads(), "versions": _versions(),
+        "teacher": teacher_info, "base_config": base.to_dict(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
+    }
+    if resuming:
+        meta["started"] = old.get("started", meta["started"])
+        meta["resumed"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_text_atomic(run_dir / "space.yaml", space_text)
+    write_json_atomic(meta_path, meta)
+
+    ctx = {"run_dir": str(run_dir), "trial": dict(space.trial), "space_file": str(space_file),
+           "teacher_path": teacher_path, "constraints": space.constraints, "num_classes": ds.num_classes,
+           "input_shape": list(input_shape), "objective_names": [m for m, _ in objectives], "gpu": gpus > 0}
+    from study.search_trial import search_trainable
+
+    trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), resources)
+    refs = _start_references(space, run_dir, teacher_path, resources, gpus > 0)
+
+    searcher = KDOptunaSearch(
+        space=space.define_by_run(), metric=[m for m, _ in objectives],
+        mode=["max" if d == "maximize" else "min" for _, d in objectives], sampler=make_sampler(space),
+        storage=optuna.storages.RDBStorage(storage_url), study_name=study_name, seed=space.seed)
+    scheduler = _make_scheduler(space, objectives)
+    exp_dir = run_dir / "ray" / "tune"
+    run_config = tune.RunConfig(
+        name="tune", storage_path=str(run_dir / "ray"), verbose=0,
+        callbacks=[Progress(objectives, n_trials)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=0))
+    if resuming and tune.Tuner.can_restore(str(exp_dir)):
+        log(f"resuming {run_dir} (finished trials are kept; interrupted ones continue from their checkpoints)")
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=n_trials, max_concurrent_trials=n_conc,
+            reuse_actors=True))
+    log(f"study {name}: {n_trials} trials, {n_conc} at a time, sampler {space.sampler}, scheduler "
+        f"{space.scheduler}, objectives {', '.join(f'{d} {m}' for m, d in objectives)}; results in {run_dir}")
+    tuner.fit()
+    _finish_references(refs, log)
+    orphans = close_orphans(storage_url, study_name)
+    if orphans:
+        log(f"{orphans} Optuna trial(s) left RUNNING by an interrupted driver were marked FAIL")
+
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json_atomic(meta_path, meta)
+    print_summary(run_dir, storage_url, study_name, objectives, log)
+    if report:
+        _build_report(run_dir, log)
+    return run_dir
+
+
+def _make_scheduler(space: SearchSpace, objectives: list[tuple[str, str]]):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from study.mo_asha import MOASHAScheduler
+
+    total = space.total_epochs
+    if space.scheduler == "asha":
+        # stop_last_trials=False: a trial that reaches the last epoch still sends its final metrics.
+        return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=total,
+                             grace_period=space.grace_epochs, reduction_factor=space.reduction_factor,
+                             stop_last_trials=False)
+    if space.scheduler == "mo_asha":
+        return MOASHAScheduler(objectives, max_t=total, grace_period=space.grace_epochs,
+                               reduction_factor=space.reduction_factor)
+    return FIFOScheduler()
+
+
+# ---------------------------------------------------------------------------------------------- references
+REFERENCES = ("teacher", "student_ce", "student_kd")
+
+
+def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
+    """Reference points measured with the trials' protocol: the teacher itself, the unpruned student trained
+    with plain CE (no KD), and the unpruned student with KD at the default T and alpha."""
+    import torch
+
+    from study.config import TrialConfig
+    from study.measure import count_params
+    from study.teacher import load_teacher
+    from study.train import make_resident
+    from study.trial import measure_student, resolve_device, run_trial
+
+    cfg = make_config(trial)
+    if not gpu:
+        cfg = cfg.replace(device="cpu")
+    out = Path(out_dir)
+    defaults = TrialConfig()
+    if kind == "teacher":
+        from study.data import load_dataset
+        from study.pruning import prune_model
+
+        device = resolve_device(cfg.device)
+        model, info = load_teacher(teacher_path, device)
+        data = make_resident(load_dataset(cfg.dataset, cfg.data_root), cfg.val_size, cfg.seed, device)
+        prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
+        tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
+        metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)
+        metrics.update(tcfg.to_dict())
+    else:
+        cfg = cfg.replace(prune_method="none", prune_ratio=0.0, kd_loss="ce" if kind == "student_ce" else "kd",
+                          temperature=defaults.temperature, alpha=defaults.alpha)
+        metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
+    metrics["reference"] = kind
+    write_json_atomic(out / "metrics.json", metrics)
+    torch.set_num_threads(torch.get_num_threads())
+    return metrics
+
+
+def _start_references(space: SearchSpace, run_dir: Path, teacher_path: str | None, resources: dict, gpu: bool):
+    import ray
+
+    remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(run_reference)
+    refs = {}
+    for kind in REFERENCES:
+        out = run_dir / "references" / kind
+        if (out / "metrics.json").exists() or (kind != "student_ce" and teacher_path is None):
+            continue
+        refs[kind] = remote.remote(kind, dict(space.trial), teacher_path, str(out), gpu)
+    return refs
+
+
+def _finish_references(refs: dict, log) -> None:
+    import ray
+
+    for kind, ref in refs.items():
+        try:
+            m = ray.get(ref)
+            log(f"reference {kind}: val_acc {m['val_acc']:.2f}%  params {m['params']:,}  "
+                f"latency {m['latency_ms_bs1']:.3f} ms")
+        except Exception as exc:  # noqa: BLE001  a reference point is a nice-to-have, never fatal
+            log(f"reference {kind} failed: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: list[tuple[str, str]],
+                  log=print) -> None:
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        s = t.user_attrs.get("status") or t.state.name.lower()
+        counts[s] = counts.get(s, 0) + 1
+    log("trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    front.sort(key=lambda t: -t.values[0])
+    cols = ["trial", *[m for m, _ in objectives], "test_acc", "width_mult", "prune_method", "prune_ratio",
+            "temperature", "alpha"]
+    rows = []
+    for t in front:
+        m = t.user_attrs.get("metrics", {})
+        rows.append([str(t.number), *[_fmt(v) for v in t.values], _fmt(m.get("test_acc")),
+                     *[_fmt(t.params.get(k, m.get(k))) for k in cols[len(objectives) + 2:]]])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    log(f"Pareto-optimal trials ({len(front)}), objectives on the validation split; test_acc for reference only:")
+    log("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    log(f"results: {run_dir}  (Optuna: {storage_url}, study '{study_name}'; "
+        f"optuna-dashboard {storage_url})")
+
+
+def _build_report(run_dir: Path, log) -> None:
+    try:
+        from benchmarks.collect import run_benchmarks
+        from reports import build_report
+    except ImportError as exc:  # pragma: no cover
+        log(f"report skipped: {exc}")
+        return
+    run_benchmarks(run_dir, remeasure=True, log=log)
+    path = build_report(run_dir)
+    log(f"report: {path}")
+
+
+def clean_run(run_dir: Path) -> None:  # used by tests
+    shutil.rmtree(run_dir, ignore_errors=True)

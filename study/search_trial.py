@@ -1,0 +1,104 @@
+"""What runs inside a Ray Tune trial: constraints first, then `run_trial`, reporting every epoch.
+
+Kept apart from study.search so that Ray workers import only what a trial needs.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from study.config import make_config
+from study.io import write_json_atomic
+from study.trial import TrialHooks, architecture_costs, run_trial
+
+# Space constraint key -> metric it bounds (from the architecture alone).
+CONSTRAINT_METRICS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "max_macs": "macs",
+                      "max_latency_ms": "latency_ms_bs1"}
+
+
+def constraint_violations(costs: dict, constraints: dict) -> list[str]:
+    out = []
+    for key, bound in constraints.items():
+        metric = CONSTRAINT_METRICS[key]
+        if costs.get(metric) is not None and costs[metric] > bound:
+            out.append(f"{metric} {costs[metric]:,.4g} > {key} {bound:,.4g}")
+    return out
+
+
+def reportable(metrics: dict) -> dict:
+    """Ray results must be plain scalars; drop lists/None, keep numbers and strings."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v))}
+
+
+class RayHooks(TrialHooks):
+    """Report val_acc (plus the architecture costs, for MO-ASHA) every epoch, with a resumable checkpoint."""
+
+    def __init__(self, costs: dict, total_epochs: int):
+        self.costs = costs
+        self.total_epochs = total_epochs
+        self._resume_tmp: str | None = None
+
+    def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
+        result = {**self.costs, "status": "running", "epoch": epoch + 1, "val_acc": val_acc,
+                  "loss": log["loss"], "phase": log["phase"]}
+        try:
+            ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+            tune.report(result, checkpoint=ckpt)
+        finally:
+            if checkpoint_dir is not None:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def resume_dir(self) -> Path | None:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            return None
+        self._resume_tmp = tempfile.mkdtemp(prefix="kdstudy-resume-")
+        ckpt.to_directory(self._resume_tmp)
+        return Path(self._resume_tmp)
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+
+
+def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Ray Tune function trainable. config: sampled params + trial_number; ctx: the study's fixed context."""
+    from ray import tune
+
+    sampled = {k: v for k, v in config.items() if k != "trial_number"}
+    number = config["trial_number"]
+    trial_dir = Path(ctx["run_dir"]) / "trials" / str(number)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    base: dict[str, Any] = {"trial_number": number, "trial_dir": f"trials/{number}", "epoch": 0}
+    try:
+        cfg = make_config(ctx["trial"], sampled, source=ctx["space_file"])
+        if not ctx.get("gpu"):
+            cfg = cfg.replace(device="cpu")
+        total = cfg.epochs + cfg.finetune_epochs
+        needs_latency = ("latency_ms_bs1" in ctx["objective_names"] or "max_latency_ms" in ctx["constraints"])
+        costs = architecture_costs(cfg, ctx["num_classes"], tuple(ctx["input_shape"]), latency=needs_latency)
+        violations = constraint_violations(costs, ctx["constraints"])
+        if violations:  # never trained: record why, with the values
+            reason = "infeasible: " + "; ".join(violations)
+            write_json_atomic(trial_dir / "metrics.json", {**costs, **cfg.to_dict(), "status": "infeasible",
+                                                           "error": reason})
+            tune.report({**base, **costs, "status": "infeasible", "error": reason})
+            return
+        hooks = RayHooks(costs, total)
+        metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
+        metrics["status"] = "complete"
+        write_json_atomic(trial_dir / "metrics.json", metrics)
+        tune.report({**base, **reportable(metrics), "status": "complete", "epoch": total})
+    except Exception as exc:  # noqa: BLE001  a failing trial (pruning error, NaN loss) must not stop the study
+        text = f"{type(exc).__name__}: {exc}"
+        (trial_dir / "error.txt").write_text(traceback.format_exc())
+        tune.report({**base, "status": "failed", "error": text[:2000]})

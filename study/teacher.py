@@ -1,0 +1,92 @@
+"""The teacher: trained once per (data set, split, architecture, budget, seed), cached on disk, loaded by later trials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from filelock import FileLock
+
+from study.checkpoint import load_model, save_model
+from study.config import TrialConfig
+from study.data import load_dataset
+from study.errors import CheckpointError
+from study.io import write_json_atomic
+from study.measure import count_params
+from study.models import build_model
+from study.train import ResidentData, evaluate, make_resident, train_phase
+
+TEACHER_CODE_VERSION = 1  # bump when the teacher's training recipe changes, so old cached teachers are not reused
+
+# Config fields that determine the teacher; anything else (student, KD, pruning) shares the same teacher.
+TEACHER_KEY_FIELDS = ("dataset", "val_size", "seed", "teacher_arch", "teacher_width", "teacher_epochs",
+                      "teacher_lr", "batch_size", "weight_decay", "label_smoothing")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("KDSTUDY_CACHE", ".cache/kdstudy")).resolve()
+
+
+def teacher_key(cfg: TrialConfig) -> str:
+    parts = {k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS}
+    parts["code"] = TEACHER_CODE_VERSION
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{cfg.dataset}-{cfg.teacher_arch}-w{cfg.teacher_width:g}-e{cfg.teacher_epochs}-s{cfg.seed}-{digest}"
+
+
+def teacher_path(cfg: TrialConfig, cache_dir: Path | None = None) -> Path:
+    return (cache_dir or default_cache_dir()) / "teachers" / f"{teacher_key(cfg)}.pt"
+
+
+def train_teacher(cfg: TrialConfig, data: ResidentData, log=print) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    c = data.input_shape[0]
+    model = build_model(cfg.teacher_arch, data.num_classes, c, cfg.teacher_width).to(data.train_x.device)
+
+    def progress(epoch: int, val_acc: float, row: dict, _state: dict) -> None:
+        log(f"  teacher epoch {epoch + 1}/{cfg.teacher_epochs}: loss {row['loss']:.3f}  val_acc {val_acc:.2f}%")
+
+    train_phase(model, data, epochs=cfg.teacher_epochs, first_epoch=0, seed=cfg.seed, lr=cfg.teacher_lr,
+                batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, teacher=None, temperature=1.0,
+                alpha=1.0, label_smoothing=cfg.label_smoothing, precision=cfg.precision, on_epoch=progress)
+    model.eval()
+    return model
+
+
+def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None = None,
+                data: ResidentData | None = None, log=print) -> tuple[nn.Module, dict]:
+    """Load the cached teacher for cfg, training (and caching) it first if needed. Returns (model, info)."""
+    path = teacher_path(cfg, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # concurrent trials wait for one training run
+        if path.exists():
+            return load_teacher(path, device)
+        if data is None:
+            data = make_resident(load_dataset(cfg.dataset, cfg.data_root), cfg.val_size, cfg.seed, device)
+        log(f"training teacher {cfg.teacher_arch} on {cfg.dataset} ({cfg.teacher_epochs} epochs) -> {path}")
+        t0 = time.time()
+        model = train_teacher(cfg, data, log)
+        info = {
+            "path": str(path), "key": teacher_key(cfg), "arch": cfg.teacher_arch, "width_mult": cfg.teacher_width,
+            "dataset": cfg.dataset, "val_acc": evaluate(model, data.val_x, data.val_y),
+            "test_acc": evaluate(model, data.test_x, data.test_y), "params": count_params(model),
+            "train_s": round(time.time() - t0, 2), **{k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS},
+        }
+        meta = {"arch": cfg.teacher_arch, "num_classes": data.num_classes, "in_channels": data.input_shape[0],
+                "width_mult": cfg.teacher_width, "input_shape": list(data.input_shape), "teacher": info}
+        save_model(path, model, meta)
+        write_json_atomic(path.with_suffix(".json"), info)
+        return model, info
+
+
+def load_teacher(path: Path | str, device: torch.device) -> tuple[nn.Module, dict]:
+    model, meta = load_model(path)
+    if "teacher" not in meta:
+        raise CheckpointError(f"{path}: this checkpoint is not a teacher written by `python -m study teacher`; "
+                              "delete it or point to a teacher checkpoint.")
+    return model.to(device).eval(), meta["teacher"]

@@ -1,0 +1,199 @@
+"""One trial: distill -> prune -> fine-tune -> measure. A plain function; the search layer calls it.
+
+No Ray or Optuna in here: progress and checkpoints go through the small `TrialHooks` interface.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from study.checkpoint import load_model, save_model
+from study.config import TrialConfig, save_config
+from study.data import load_dataset
+from study.io import write_json_atomic, write_text_atomic
+from study.measure import count_macs, count_nonzero_params, count_params, measure_latency, measure_throughput
+from study.models import build_model
+from study.pruning import prune_model, reapply_mask, sparsity_mask
+from study.teacher import get_teacher, load_teacher
+from study.train import ResidentData, evaluate, live_teacher, make_resident, train_phase
+
+
+class TrialHooks:
+    """Callbacks a trial runner (CLI, Ray Tune) may override. The defaults do nothing."""
+
+    def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
+        """After each epoch; checkpoint_dir (if given) holds a resumable checkpoint of this epoch."""
+
+    def resume_dir(self) -> Path | None:
+        """A checkpoint directory written at an earlier on_epoch, to continue from; None starts fresh."""
+        return None
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_meta(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float, **extra: Any) -> dict:
+    return {"arch": arch, "num_classes": num_classes, "in_channels": input_shape[0], "width_mult": width,
+            "input_shape": list(input_shape), **extra}
+
+
+def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[int, int, int],
+                       latency: bool = True) -> dict:
+    """Params, MACs and latency of the student after pruning, known before any training.
+
+    The per-layer channel counts of uniform structured pruning, and the number of weights zeroed by global
+    unstructured pruning, depend only on the architecture and the ratio, so a randomly initialised copy gives
+    the same counts as the trained model. Used to skip configurations that break a constraint.
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.student_arch, num_classes, input_shape[0], cfg.width_mult).eval()
+    prune_model(model, cfg.prune_method, cfg.prune_ratio, torch.randn(1, *input_shape), round_to=cfg.round_to)
+    out = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
+           "macs": count_macs(model, input_shape)}
+    if latency:
+        lat = measure_latency(model, input_shape, batch_size=1, threads=cfg.threads or None,
+                              repeats=max(10, cfg.latency_repeats // 2))
+        out["latency_ms_bs1"] = lat["median_ms"]
+    return out
+
+
+def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
+              hooks: TrialHooks | None = None, cache_dir: Path | None = None) -> dict:
+    """Run one trial and return its metrics (accuracies in percent). Writes config.yaml, metrics.json,
+    epochs.csv and model.pt to out_dir when given."""
+    hooks = hooks or TrialHooks()
+    t_start = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    data = make_resident(ds, cfg.val_size, cfg.seed, device)
+    shape = data.input_shape
+
+    teacher: nn.Module | None = None
+    teacher_info: dict = {}
+    if cfg.kd_loss == "kd" and cfg.alpha < 1.0:
+        if teacher_path is not None:
+            teacher, teacher_info = load_teacher(teacher_path, device)
+        else:
+            teacher, teacher_info = get_teacher(cfg, device, cache_dir, data=data, log=hooks.log)
+    teacher_fn = live_teacher(teacher) if teacher is not None else None
+
+    torch.manual_seed(cfg.seed)
+    student = build_model(cfg.student_arch, data.num_classes, shape[0], cfg.width_mult).to(device)
+    total_epochs = cfg.epochs + cfg.finetune_epochs
+    epoch_rows: list[dict] = []
+    prune_info: dict | None = None
+    phase, done, resume_opt = "distill", 0, None
+
+    resume = hooks.resume_dir()
+    if resume is not None:  # continue an interrupted trial from its last epoch checkpoint
+        state = json.loads((resume / "state.json").read_text())
+        student, _ = load_model(resume / "model.pt")
+        student = student.to(device)
+        resume_opt = torch.load(resume / "opt.pt", weights_only=True, map_location=device)
+        phase, done, prune_info, epoch_rows = state["phase"], state["done"], state["prune_info"], state["rows"]
+        hooks.log(f"resuming trial from {phase} epoch {done}")
+
+    def on_epoch_factory(phase_name: str, phase_offset: int):
+        def on_epoch(epoch: int, val_acc: float, row: dict, opt_state: dict) -> None:
+            row = {**row, "phase": phase_name}
+            epoch_rows.append(row)
+            ckpt = Path(tempfile.mkdtemp(prefix="kdstudy-ckpt-"))
+            save_model(ckpt / "model.pt", student, model_meta(cfg.student_arch, data.num_classes, shape,
+                                                              cfg.width_mult))
+            torch.save(opt_state, ckpt / "opt.pt")
+            write_json_atomic(ckpt / "state.json", {"phase": phase_name, "done": epoch - phase_offset + 1,
+                                                    "prune_info": prune_info, "rows": epoch_rows})
+            hooks.on_epoch(epoch, total_epochs, val_acc, row, ckpt)
+        return on_epoch
+
+    common = dict(seed=cfg.seed, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, teacher=teacher_fn,
+                  temperature=cfg.temperature, alpha=cfg.alpha if cfg.kd_loss == "kd" else 1.0,
+                  label_smoothing=cfg.label_smoothing, precision=cfg.precision)
+    t_train = time.time()
+    if phase == "distill":
+        train_phase(student, data, epochs=cfg.epochs, first_epoch=0, lr=cfg.lr,
+                    on_epoch=on_epoch_factory("distill", 0), skip_epochs=done, resume_opt=resume_opt, **common)
+        student.eval()
+        prune_info = prune_model(student, cfg.prune_method, cfg.prune_ratio, data.val_x[:1], round_to=cfg.round_to)
+        prune_info["val_acc_after_prune"] = evaluate(student, data.val_x, data.val_y)
+        done, resume_opt = 0, None
+    assert prune_info is not None
+    masks = sparsity_mask(student) if "unstructured" in cfg.prune_method else None
+    if cfg.finetune_epochs:
+        train_phase(student, data, epochs=cfg.finetune_epochs, first_epoch=cfg.epochs, lr=cfg.finetune_lr,
+                    after_step=(lambda: reapply_mask(student, masks)) if masks else None,
+                    on_epoch=on_epoch_factory("finetune", cfg.epochs), skip_epochs=done, resume_opt=resume_opt,
+                    **common)
+    train_s = time.time() - t_train
+
+    student.eval()
+    metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir)
+    metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3))
+    metrics.update({f"teacher_{k}": teacher_info[k] for k in ("val_acc", "test_acc", "path") if k in teacher_info})
+    metrics.update(cfg.to_dict())
+    if out_dir is not None:
+        write_json_atomic(out_dir / "metrics.json", metrics)
+        write_epochs_csv(out_dir / "epochs.csv", epoch_rows)
+    return metrics
+
+
+def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, teacher_info: dict,
+                    prune_info: dict, out_dir: Path | None) -> dict:
+    """Accuracy (val: the search objective; test: reported only), size, MACs, latency and throughput."""
+    shape = data.input_shape
+    params, nonzero = count_params(student), count_nonzero_params(student)
+    meta = model_meta(cfg.student_arch, data.num_classes, shape, cfg.width_mult, prune=prune_info)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = (out_dir if out_dir is not None else Path(tmp)) / "model.pt"
+        save_model(path, student, meta)
+        size_bytes = path.stat().st_size
+    cpu_model = copy.deepcopy(student)
+    lat = measure_latency(cpu_model, shape, batch_size=1, threads=cfg.threads or None, repeats=cfg.latency_repeats)
+    thr = measure_throughput(cpu_model, shape, batch_size=cfg.throughput_batch, threads=cfg.threads or None)
+    teacher_params = teacher_info.get("params") or count_params(
+        build_model(cfg.teacher_arch, data.num_classes, shape[0], cfg.teacher_width))  # ce baseline: no teacher loaded
+    return {
+        "val_acc": evaluate(student, data.val_x, data.val_y, cfg.eval_batch_size),
+        "test_acc": evaluate(student, data.test_x, data.test_y, cfg.eval_batch_size),
+        "params": params, "nonzero_params": nonzero, "macs": count_macs(student, shape),
+        "latency_ms_bs1": lat["median_ms"], "latency_iqr_ms_bs1": lat["iqr_ms"], "latency_threads": lat["threads"],
+        "latency_device": lat["device"], "throughput_ips": thr["images_per_s"], "throughput_batch": thr["batch_size"],
+        "size_bytes": size_bytes, "teacher_params": teacher_params,
+        "compression": round(teacher_params / max(1, nonzero), 3) if teacher_params else None,
+        "params_dense": prune_info["params_before"], "macs_dense": prune_info["macs_before"],
+        "params_reduction": round(1 - prune_info["params_after"] / max(1, prune_info["params_before"]), 4),
+        "nonzero_reduction": round(1 - prune_info["nonzero_params_after"] / max(1, prune_info["params_before"]), 4),
+        "macs_reduction": round(1 - prune_info["macs_after"] / max(1, prune_info["macs_before"]), 4),
+        "val_acc_after_prune": prune_info.get("val_acc_after_prune"),
+        "num_classes": data.num_classes, "input_shape": list(shape), "device": str(data.val_x.device),
+        "torch_version": torch.__version__,
+    }
+
+
+def write_epochs_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")

@@ -1,0 +1,159 @@
+import copy
+
+import pytest
+import torch
+
+from study.checkpoint import FORMAT, load_model, save_model
+from study.errors import CheckpointError
+from study.measure import (
+    count_macs,
+    count_nonzero_params,
+    count_params,
+    measure_latency,
+    measure_throughput,
+)
+from study.models import build_model
+from study.pruning import prune_model
+
+torch.set_num_threads(1)
+
+
+def _model(name="resnet20", width=0.5, in_channels=3):
+    torch.manual_seed(0)
+    return build_model(name, num_classes=10, in_channels=in_channels, width_mult=width)
+
+
+def _meta(name="resnet20", width=0.5, in_channels=3):
+    return {
+        "arch": name,
+        "num_classes": 10,
+        "in_channels": in_channels,
+        "width_mult": width,
+        "input_shape": (in_channels, 32, 32),
+        "note": {"prune": [0.5, None]},
+    }
+
+
+# --- counting -------------------------------------------------------------------------------------------------
+
+
+def test_counts():
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, bias=False), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():
+        model[0].weight[0].zero_()
+    assert count_params(model) == 2 * 4 * 9 + 144 * 3 + 3
+    assert count_nonzero_params(model) == count_params(model) - 2 * 9
+    # conv: 4 out x 36 positions x 18 MACs; linear: 144 x 3
+    assert count_macs(model, (2, 8, 8)) == 4 * 36 * 18 + 144 * 3
+
+
+def test_count_macs_leaves_no_buffers_and_ignores_batch():
+    model = _model()
+    keys = list(model.state_dict())
+    macs = count_macs(model, (3, 32, 32))
+    assert list(model.state_dict()) == keys
+    assert not any(hasattr(m, "total_ops") for m in model.modules())
+    assert count_macs(model, (8, 3, 32, 32)) == macs
+    assert count_macs(model, (3, 16, 16)) < macs / 3  # scales with spatial size
+
+
+# --- timing ---------------------------------------------------------------------------------------------------
+
+
+def test_latency_restores_threads_and_mode():
+    model = _model(width=0.25).train()
+    before = torch.get_num_threads()
+    target = 2 if before == 1 else 1
+    r = measure_latency(model, (3, 16, 16), threads=target, warmup=1, repeats=5)
+    assert r["median_ms"] > 0 and r["iqr_ms"] >= 0
+    assert r["threads"] == target and r["batch_size"] == 1 and r["device"] == "cpu"
+    assert torch.get_num_threads() == before
+    assert model.training
+
+
+def test_throughput():
+    r = measure_throughput(_model(width=0.25), (3, 16, 16), batch_size=8, threads=1, repeats=2)
+    assert r["images_per_s"] > 0 and r["batch_size"] == 8 and r["threads"] == 1
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "name"),
+    [
+        ("l1_structured", "resnet20"),
+        ("l2_structured", "wrn_16_2"),
+        ("l1_structured", "resnet18"),
+        ("l1_unstructured", "resnet20"),
+    ],
+)
+def test_pruned_roundtrip_is_exact(tmp_path, method, name):
+    model = _model(name, width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    prune_model(model, method, 0.5, x[:1])
+    model.train()
+    model(torch.randn(8, 3, 32, 32))  # move BN statistics away from init
+    model.eval()
+    path = tmp_path / "sub" / "model.pt"
+    save_model(path, model, _meta(name, 0.25))
+    loaded, meta = load_model(path)
+    assert meta["arch"] == name and meta["note"] == {"prune": [0.5, None]}
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    assert count_nonzero_params(loaded) == count_nonzero_params(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert not loaded.training
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temp files left
+    assert torch.load(path, weights_only=True)["format"] == FORMAT
+
+
+def test_loaded_pruned_model_trains(tmp_path):
+    model = _model(in_channels=1)
+    prune_model(model, "l1_structured", 0.3, torch.randn(1, 1, 8, 8))
+    save_model(tmp_path / "m.pt", model, _meta(in_channels=1))
+    loaded, _ = load_model(tmp_path / "m.pt")
+    loaded.train()
+    loaded(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in loaded.parameters())
+    assert copy.deepcopy(loaded)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_bad_files_raise_checkpoint_error(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        load_model(missing)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a torch file")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        load_model(garbage)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(_model().state_dict(), wrong)  # a bare state_dict, not our format
+    with pytest.raises(CheckpointError, match="wrong.pt.*format"):
+        load_model(wrong)
+    code = tmp_path / "code.pt"
+    torch.save({"format": FORMAT, "meta": _meta(), "state_dict": {}, "obj": torch.nn.ReLU()}, code)
+    with pytest.raises(CheckpointError, match="code.pt"):  # weights_only refuses to unpickle a module
+        load_model(code)
+
+
+def test_mismatched_weights_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "m.pt"
+    save_model(path, _model("resnet20"), _meta("resnet8"))  # meta says a different architecture
+    with pytest.raises(CheckpointError, match="m.pt"):
+        load_model(path)
+    save_model(path, _model(), {**_meta(), "arch": "resnet99"})
+    with pytest.raises(CheckpointError, match="resnet99"):
+        load_model(path)
+
+
+def test_save_rejects_bad_meta_and_masked_models(tmp_path):
+    with pytest.raises(ValueError, match="input_shape"):
+        save_model(tmp_path / "m.pt", _model(), {"arch": "resnet20"})
+    with pytest.raises(TypeError):
+        save_model(tmp_path / "m.pt", _model(), {**_meta(), "when": object()})
+    model = _model()
+    torch.nn.utils.prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    with pytest.raises(ValueError, match="remove"):
+        save_model(tmp_path / "m.pt", model, _meta())
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,121 @@
+"""One trial end to end on digits (real data, tiny budget), through the function and the CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_TRIAL
+from study.checkpoint import load_model
+from study.config import make_config
+from study.errors import UserError
+from study.trial import TrialHooks, run_trial
+
+REPO = Path(__file__).resolve().parents[1]
+METRIC_KEYS = ("val_acc", "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_iqr_ms_bs1",
+               "latency_threads", "throughput_ips", "size_bytes", "teacher_params", "compression", "wall_s",
+               "params_reduction", "macs_reduction")
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trials")
+    dense = run_trial(make_config(TINY_TRIAL), out_dir=out / "dense")
+    pruned = run_trial(make_config(TINY_TRIAL, {"prune_method": "l1_structured", "prune_ratio": 0.5}),
+                       out_dir=out / "pruned")
+    return out, dense, pruned
+
+
+def test_trial_writes_files_with_sane_values(trials):
+    out, dense, _ = trials
+    for name in ("config.yaml", "metrics.json", "model.pt", "epochs.csv"):
+        assert (out / "dense" / name).exists(), name
+    metrics = json.loads((out / "dense" / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics, key
+    assert metrics["val_acc"] > 50 and metrics["test_acc"] > 50  # 10 classes: chance is 10 %
+    assert metrics["params"] == metrics["nonzero_params"] > 0
+    assert metrics["compression"] > 1  # student smaller than the teacher
+    assert metrics["latency_ms_bs1"] > 0 and metrics["latency_iqr_ms_bs1"] >= 0
+    cfg = yaml.safe_load((out / "dense" / "config.yaml").read_text())
+    assert make_config(cfg) == make_config(TINY_TRIAL)
+
+
+def test_structured_pruning_shrinks_params_and_macs(trials):
+    _, dense, pruned = trials
+    assert pruned["params"] < 0.6 * dense["params"]
+    assert pruned["macs"] < 0.6 * dense["macs"]
+    assert pruned["params_reduction"] > 0.4
+    assert pruned["val_acc"] > 30
+
+
+def test_pruned_checkpoint_loads_with_its_shape_and_same_outputs(trials):
+    out, _, pruned = trials
+    model, meta = load_model(out / "pruned" / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) == pruned["params"]
+    x = torch.randn(4, *meta["input_shape"])
+    model2, _ = load_model(out / "pruned" / "model.pt")
+    assert torch.equal(model(x), model2(x))
+
+
+def test_resume_from_a_checkpoint_gives_the_same_result(tmp_path):
+    cfg = make_config(TINY_TRIAL, {"prune_method": "l1_unstructured", "prune_ratio": 0.5, "epochs": 2})
+    saved = {}
+
+    class Keep(TrialHooks):
+        def on_epoch(self, epoch, total, val_acc, log, ckpt):
+            if epoch == 2:  # the first fine-tuning epoch: after pruning
+                saved["dir"] = tmp_path / "ckpt"
+                import shutil
+                shutil.copytree(ckpt, saved["dir"])
+
+    full = run_trial(cfg, hooks=Keep())
+
+    class Resume(TrialHooks):
+        def resume_dir(self):
+            return saved["dir"]
+
+    cfg2 = cfg.replace(finetune_epochs=2)
+    cfg_full2 = run_trial(cfg2)
+    resumed = run_trial(cfg2, hooks=Resume())
+    assert full["nonzero_params"] == resumed["nonzero_params"]
+    assert resumed["val_acc"] == pytest.approx(cfg_full2["val_acc"], abs=1e-9)
+
+
+def test_cli_trial_structured_vs_dense(tmp_path):
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({"trial": TINY_TRIAL}))
+    def run(*sets, out):
+        args = [sys.executable, "-m", "study", "trial", str(space), "--out", str(out)]
+        for s in sets:
+            args += ["--set", s]
+        r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads((out / "metrics.json").read_text())
+    dense = run(out=tmp_path / "d")
+    pruned = run("prune_method=l2_structured", "prune_ratio=0.5", out=tmp_path / "p")
+    assert pruned["params"] < dense["params"] and pruned["macs"] < dense["macs"]
+    assert pruned["val_acc"] > 30
+
+
+@pytest.mark.parametrize("space", ["cifar10.yaml", "cifar100.yaml", "tinyimagenet.yaml"])
+def test_missing_data_is_one_clear_sentence(tmp_path, space):
+    raw = yaml.safe_load((REPO / "search_spaces" / space).read_text())
+    raw["trial"]["data_root"] = str(tmp_path / "nodata")
+    p = tmp_path / space
+    p.write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "study", "trial", str(p), "--out", str(tmp_path / "o")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and str(tmp_path / "nodata") in r.stderr
+    assert "python -m study data" in r.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_bad_set_value_is_a_user_error():
+    with pytest.raises(UserError, match="prune_ratio must be in"):
+        make_config(TINY_TRIAL, {"prune_ratio": 1.5})
