@@ -124,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html at the end")
     r.set_defaults(func=cmd_run)
 
-    rp = sub.add_parser("reproduce", help="rerun a Pareto trial with several seeds and export it")
+    import study.reproduce as reproduce_mod
+
+    rp = sub.add_parser("reproduce", help="rerun a Pareto trial with several seeds and export it",
+                        description=reproduce_mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir")
     g = rp.add_mutually_exclusive_group(required=True)
     g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = best)")

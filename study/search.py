@@ -25,6 +25,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Tune's chdir into each trial folder breaks relative data paths; keep the user's working directory.
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Infeasible and failed trials report no val_acc; the searcher tells Optuna FAIL for them itself.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import optuna  # noqa: E402
@@ -202,6 +204,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     import torch
 
+    from study.reproduce import code_version, data_fingerprint, file_sha256
     from study.teacher import get_teacher
     from study.trial import resolve_device
 
@@ -210,6 +213,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if uses_kd:
         _, teacher_info = get_teacher(base, resolve_device(base.device), log=log)
         teacher_path = teacher_info["path"]
+        teacher_info = {**teacher_info, "sha256": file_sha256(Path(teacher_path))}
         log(f"teacher {teacher_info['arch']}: val_acc {teacher_info['val_acc']:.2f}%  "
             f"params {teacher_info['params']:,}  ({teacher_path})")
 
@@ -229,7 +233,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "sampler": space.sampler, "seed": space.seed, "scheduler": space.scheduler, "trials": n_trials,
         "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
-        "threads": base.threads or torch.get_num_threads(), "versions": _versions(),
+        "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code_version()},
+        "data_fingerprint": data_fingerprint(ds),
         "teacher": teacher_info, "base_config": base.to_dict(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
     }

@@ -1,0 +1,57 @@
+"""`python -m benchmarks RUN_DIR`: results.csv, pareto.csv, benchmark.json, and the front printed as a table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from benchmarks.collect import front_table, objectives_of, read_results, run_benchmarks
+from study.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `python -m study run`")
+    p.add_argument("--no-remeasure", action="store_true",
+                   help="skip re-measuring the latency of the front models and references")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model (default 5)")
+    p.add_argument("--repeats", type=int, default=20, help="timed batch-1 forward passes per round (default 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for timing (default: torch's)")
+    p.add_argument("--throughput-batch", type=int, default=256, help="batch size of the throughput measure")
+    args = p.parse_args(argv)
+    if min(args.rounds, args.repeats, args.throughput_batch, args.threads or 1) < 1:
+        print("error: --rounds, --repeats, --threads and --throughput-batch must be positive integers.",
+              file=sys.stderr)
+        return 2
+    try:
+        summary = run_benchmarks(
+            args.run_dir, remeasure=not args.no_remeasure,
+            remeasure_kwargs={"rounds": args.rounds, "repeats": args.repeats, "threads": args.threads,
+                              "throughput_batch": args.throughput_batch},
+        )
+        df = read_results(args.run_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    objectives = [{"name": o["name"], "direction": o["direction"]} for o in summary["objectives"]]
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    print(f"study {summary['study_name']}: {summary['n_trials']} trials ({counts})")
+    ref = ", ".join(f"{o['name']}={o['reference']:g}" for o in summary["objectives"])
+    print(f"hypervolume {summary['hypervolume']:.4f} (normalised, reference point (1,...,1); raw reference {ref})")
+    rm = summary.get("remeasure")
+    if rm and rm["models"]:
+        print(f"latency re-measured on {rm['device']} with {rm['threads']} threads, batch sizes {rm['batch_sizes']}")
+    elif rm:
+        print("latency: no checkpoint of a front trial or reference could be loaded; nothing re-measured")
+    front = front_table(df, objectives_of({"objectives": objectives}))
+    print(f"Pareto front ({len(front)} trials):")
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(front.to_string(index=False) if len(front) else "(empty: no COMPLETE trial)")
+    print(f"wrote {args.run_dir}/results.csv, pareto.csv, benchmark.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Gather a study's trials and reference models into one results table, and analyse it.
+
+Edges (disk, Optuna storage): `load_study_meta`, `open_study`, `collect_results`, `run_benchmarks`.
+Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
+
+Table columns: `number` (Optuna trial number; empty for references), `reference` (teacher / student_ce /
+student_kd, else empty), `state` (COMPLETE, PRUNED = early stopped, INFEASIBLE, FAIL, REFERENCE, or Optuna's
+RUNNING/WAITING), `prune_kind` (unpruned / structured / unstructured), `note`, `error`, `wall_s`, `param_<name>`
+for every sampled parameter, every metric (metrics.json updated with user_attrs["metrics"]), `trial_dir`,
+`on_front`, and after re-measurement `latency_ms_bs1_remeasured`, `latency_iqr_ms_bs1_remeasured`,
+`throughput_ips_remeasured`.
+
+Only COMPLETE trials can be on the front. A trial counts as COMPLETE only when Optuna says COMPLETE *and* its
+user_attrs status (if any) is "complete": an early-stopped trial that reached Optuna as COMPLETE is PRUNED here.
+The hypervolume rule is in `benchmarks.pareto` (fixed 0..100 % for accuracies, 0..1.1 x max for costs,
+reference point (1, ..., 1) of the normalised minimisation problem).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import latency, pareto
+from study.errors import UserError
+from study.io import write_json_atomic, write_text_atomic
+
+REFERENCES = ("teacher", "student_ce", "student_kd")
+STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
+STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE")
+BASE_COLUMNS = ["number", "reference", "state", "prune_kind", "note", "error", "wall_s"]
+UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
+                     "no latency gain")
+HV_RULE = (
+    "objectives are normalised to losses in [0, 1]: accuracies (name ending in 'acc') over the fixed range "
+    "0..100 %, every other objective over min(0, smallest)..1.1 x largest value of all COMPLETE trials and "
+    "reference models; hypervolume of the normalised minimisation problem w.r.t. the reference point (1, ..., 1) "
+    "(the fraction of the unit box dominated); the raw reference point is the worst end of every range"
+)
+
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------------- disk and storage
+
+def load_study_meta(run_dir: Path) -> dict:
+    """study.json of a run directory (UserError naming the file when missing or unreadable)."""
+    path = Path(run_dir) / "study.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: pass a run directory written by `python -m study run`.")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); restore or rewrite it.") \
+            from e
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object; restore or rewrite it.")
+    return meta
+
+
+def storage_url(run_dir: Path, meta: dict) -> str:
+    """The study's storage URL; a SQLite file that moved with the run directory is found inside it."""
+    run_dir = Path(run_dir)
+    url = meta.get("storage")
+    if not url:
+        url = f"sqlite:///{run_dir / 'optuna.db'}"
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        # Opening a missing SQLite file would silently create an empty study; look beside study.json instead.
+        for candidate in (db, run_dir / db, run_dir / db.name, run_dir / "optuna.db"):
+            if candidate.is_file():
+                return f"sqlite:///{candidate}"
+        raise UserError(f"{run_dir / 'study.json'}: storage file {db} not found (nor {run_dir / 'optuna.db'}); "
+                        "fix the \"storage\" entry or copy the database into the run directory.")
+    return url
+
+
+def open_study(run_dir: Path, meta: dict) -> Any:
+    """Load the Optuna study named in study.json."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(run_dir, meta)
+    name = meta.get("study_name") or meta.get("name")
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError as e:
+        raise UserError(f"{Path(run_dir) / 'study.json'}: study {name!r} is not in {url}; "
+                        "fix \"study_name\" or \"storage\".") from e
+
+
+def objectives_of(meta: dict, study: Any = None) -> list[dict]:
+    """[{"name", "direction"}] from study.json, else from the Optuna study's directions and metric names."""
+    objs = meta.get("objectives")
+    if objs:
+        return [{"name": str(o["name"]), "direction": str(o["direction"]).lower()} for o in objs]
+    if study is None:
+        raise UserError("study.json has no \"objectives\" list; add [{\"name\": ..., \"direction\": ...}].")
+    names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
+    return [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions, strict=True)]
+
+
+def _read_json(path: Path, log: Log) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        log(f"note: {path} is unreadable ({type(e).__name__}); its values are left out")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return value
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _prune_method(params: dict, config: dict, metrics: dict) -> str | None:
+    for source in (params, _flat(config), metrics):
+        for key, value in source.items():
+            if key.split(".")[-1] == "prune_method" or key in ("prune.method", "pruning.method"):
+                return None if value is None else str(value)
+    return None
+
+
+def prune_kind(method: str | None) -> str:
+    """unpruned (none), structured (*_structured), unstructured (*_unstructured), unknown otherwise."""
+    if method is None or (isinstance(method, float) and math.isnan(method)):
+        return "unknown"
+    m = str(method).lower()
+    if m in ("none", "", "unpruned"):
+        return "unpruned"
+    if m.endswith("_unstructured") or m == "unstructured":
+        return "unstructured"
+    if m.endswith("_structured") or m == "structured":
+        return "structured"
+    return "unknown"
+
+
+def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
+    attrs = t.user_attrs
+    status = attrs.get("status")
+    state = STATUS_TO_STATE.get(status, t.state.name) if status else t.state.name
+    if state == "COMPLETE" and t.state.name != "COMPLETE":
+        state = t.state.name
+    trial_dir = attrs.get("trial_dir") or f"trials/{t.number}"
+    metrics = _read_json(run_dir / trial_dir / "metrics.json", log)
+    metrics.update(attrs.get("metrics") or {})
+    if t.values is not None and len(t.values) == len(objectives):
+        for obj, v in zip(objectives, t.values, strict=True):
+            if metrics.get(obj["name"]) is None:
+                metrics[obj["name"]] = v
+    config = attrs.get("config") or {}
+    kind = prune_kind(_prune_method(t.params, config if isinstance(config, dict) else {}, metrics))
+    error = attrs.get("error") or t.system_attrs.get("fail_reason")
+    wall = metrics.pop("wall_s", None)
+    if wall is None and t.datetime_start is not None and t.datetime_complete is not None:
+        wall = (t.datetime_complete - t.datetime_start).total_seconds()
+    row = {
+        "number": t.number, "reference": None, "state": state, "prune_kind": kind,
+        "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": error, "wall_s": wall,
+    }
+    row.update({f"param_{k}": _scalar(v) for k, v in t.params.items()})
+    row.update({k: _scalar(v) for k, v in metrics.items() if k not in row})
+    row["trial_dir"] = trial_dir
+    return row
+
+
+def _reference_rows(run_dir: Path, log: Log) -> list[dict]:
+    rows = []
+    for name in REFERENCES:
+        path = run_dir / "references" / name / "metrics.json"
+        if not path.is_file():
+            log(f"note: reference {name!r} skipped: {path} not found")
+            continue
+        metrics = _read_json(path, log)
+        if not metrics:
+            continue
+        method = _prune_method({}, {}, metrics)
+        kind = "unpruned" if method is None else prune_kind(method)
+        row = {"number": None, "reference": name, "state": "REFERENCE", "prune_kind": kind,
+               "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": None,
+               "wall_s": metrics.pop("wall_s", None)}
+        row.update({k: _scalar(v) for k, v in metrics.items() if k not in row})
+        row["trial_dir"] = f"references/{name}"
+        rows.append(row)
+    return rows
+
+
+def collect_results(run_dir: Path, study: Any, objectives: list[dict], log: Log = print) -> pd.DataFrame:
+    """One row per Optuna trial plus one per reference model found under RUN_DIR/references/."""
+    run_dir = Path(run_dir)
+    rows = [_trial_row(t, run_dir, objectives, log) for t in study.get_trials(deepcopy=False)]
+    rows += _reference_rows(run_dir, log)
+    df = pd.DataFrame(rows)
+    for col in df.columns:  # counts (params, macs, ...) stay integers although other rows lack them
+        vals = [r[col] for r in rows if r.get(col) is not None]
+        if col != "number" and vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            df[col] = df[col].astype("Int64")
+    for col in BASE_COLUMNS + ["trial_dir"] + [o["name"] for o in objectives]:
+        if col not in df.columns:
+            df[col] = None
+    params = [c for c in df.columns if c.startswith("param_")]
+    rest = [c for c in df.columns if c not in BASE_COLUMNS and c not in params and c != "trial_dir"]
+    df = df[BASE_COLUMNS + params + rest + ["trial_dir"]]
+    df["number"] = df["number"].astype("Int64")
+    for o in objectives:
+        df[o["name"]] = pd.to_numeric(df[o["name"]], errors="coerce")
+    return df
+
+
+def param_importances(study: Any, objectives: list[dict]) -> tuple[dict[str, dict[str, float]], str | None]:
+    """Optuna's default importances per objective ({objective: {param: importance}}), or a note why not."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}, f"parameter importances need at least 2 complete trials; this study has {len(complete)}"
+    out: dict[str, dict[str, float]] = {}
+    notes = []
+    for i, obj in enumerate(objectives):
+        # PED-ANOVA ranks parameters by how they reach LOW target values: negate maximised objectives.
+        sign = -1.0 if obj["direction"] == "maximize" else 1.0
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*low `target` values.*")
+                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+        except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
+            notes.append(f"{obj['name']}: {e}")
+            continue
+        out[obj["name"]] = {k: float(v) for k, v in imp.items()}
+    return out, ("; ".join(notes) or None)
+
+
+# ------------------------------------------------------------------------------------ pure analysis of the table
+
+def analyse(df: pd.DataFrame, objectives: list[dict]) -> tuple[pd.DataFrame, dict]:
+    """Mark the Pareto front (`on_front`) and compute hypervolume and its series; returns (table, summary)."""
+    names = [o["name"] for o in objectives]
+    dirs = [o["direction"] for o in objectives]
+    df = df.copy()
+    complete = (df["state"] == "COMPLETE").to_numpy()
+    values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    front = np.zeros(len(df), dtype=bool)
+    idx = np.flatnonzero(complete)
+    if len(idx):
+        front[idx] = pareto.pareto_mask(values[idx], dirs)
+    df["on_front"] = front
+
+    observed = complete | (df["state"] == "REFERENCE").to_numpy()
+    norm = pareto.normalization(names, dirs, values[observed])
+    hv = pareto.normalized_hypervolume(values[front], norm) if front.any() else 0.0
+
+    trials = df[df["state"] != "REFERENCE"].sort_values("number")
+    series_vals = trials[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, copy=True)
+    series_vals[(trials["state"] != "COMPLETE").to_numpy()] = np.nan
+    series = pareto.hypervolume_series(series_vals, norm)
+    counts = {s: int((df["state"] == s).sum()) for s in STATES if (df["state"] == s).any()}
+    summary = {
+        "objectives": norm.to_json(),
+        "hypervolume": hv,
+        "hypervolume_rule": HV_RULE,
+        "reference_point_normalized": [1.0] * len(names),
+        "reference_point_raw": norm.reference_raw,
+        "counts": counts,
+        "n_trials": len(trials),
+        "pareto_trials": [int(n) for n in df.loc[front, "number"]],
+        "hypervolume_over_trials": [
+            {"trial": int(n), "hypervolume": float(v)} for n, v in zip(trials["number"], series, strict=True)
+        ],
+    }
+    return df, summary
+
+
+def pareto_rows(df: pd.DataFrame, objectives: list[dict]) -> pd.DataFrame:
+    """All columns of the front's rows, best first by the first objective."""
+    first = objectives[0]
+    front = df[df["on_front"].astype(bool)]
+    return front.sort_values([first["name"], "number"], ascending=[first["direction"] == "minimize", True])
+
+
+def front_table(df: pd.DataFrame, objectives: list[dict]) -> pd.DataFrame:
+    """The front's rows, best first by the first objective, with the columns worth printing."""
+    front = pareto_rows(df, objectives)
+    cols = ["number", "prune_kind"] + [o["name"] for o in objectives]
+    cols += [c for c in (latency.LATENCY_COL, latency.IQR_COL, "nonzero_params") if c in df.columns
+             and c not in cols]
+    cols += [c for c in df.columns if c.startswith("param_")]
+    out = front[cols].copy()
+    for c in cols:  # counts read as floats when other rows lack them: print them as integers
+        num = pd.to_numeric(out[c], errors="coerce")
+        if out[c].notna().all() and num.notna().all() and len(num) and (num % 1 == 0).all() \
+                and c not in [o["name"] for o in objectives if pareto.is_accuracy(o["name"])]:
+            out[c] = num.astype("Int64")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- orchestration
+
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, so that benchmark.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    write_text_atomic(path, df.to_csv(index=False))
+
+
+def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = print,
+                   remeasure_kwargs: dict | None = None) -> dict:
+    """Write RUN_DIR/results.csv, pareto.csv and benchmark.json; returns the benchmark summary."""
+    import optuna
+
+    run_dir = Path(run_dir)
+    meta = load_study_meta(run_dir)
+    study = open_study(run_dir, meta)
+    objectives = objectives_of(meta, study)
+    df = collect_results(run_dir, study, objectives, log)
+    df, summary = analyse(df, objectives)
+
+    best = []
+    try:
+        best = sorted(t.number for t in study.best_trials)
+    except (RuntimeError, ValueError) as e:
+        log(f"note: optuna best_trials unavailable ({e})")
+    summary["optuna_best_trials"] = best
+    summary["front_matches_optuna"] = best == sorted(summary["pareto_trials"])
+    if not summary["front_matches_optuna"]:
+        log("note: the front differs from optuna's best_trials (trials whose status is not 'complete' are "
+            f"excluded here): front {sorted(summary['pareto_trials'])}, optuna {best}")
+
+    summary["remeasure"] = None
+    if remeasure:
+        keys = {}
+        for i, row in df.iterrows():
+            if row["on_front"] or row["state"] == "REFERENCE":
+                label = f"reference {row['reference']}" if row["state"] == "REFERENCE" else f"trial {row['number']}"
+                keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
+        results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **(remeasure_kwargs or {}))
+        for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
+            df[col] = np.nan
+        for key, res in results.items():
+            for col, v in res.items():
+                df.loc[keys[key][0], col] = v
+        summary["remeasure"] = info
+
+    summary["importances"], summary["importances_note"] = param_importances(study, objectives)
+    summary = {
+        "study_name": meta.get("study_name") or meta.get("name"),
+        "run_dir": str(run_dir),
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "optuna_version": optuna.__version__,
+        **summary,
+    }
+    _write_csv(df, run_dir / "results.csv")
+    _write_csv(pareto_rows(df, objectives), run_dir / "pareto.csv")
+    write_json_atomic(run_dir / "benchmark.json", _finite(summary))
+    return summary
+
+
+def read_results(run_dir: str | Path) -> pd.DataFrame:
+    """results.csv as written by `run_benchmarks` (number as nullable integers)."""
+    df = pd.read_csv(Path(run_dir) / "results.csv")
+    df["number"] = df["number"].astype("Int64")
+    return df

@@ -1,0 +1,26 @@
+"""`python -m reports RUN_DIR`: write RUN_DIR/report.html (one file, opens offline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reports.html import build_report
+from study.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `python -m study run`")
+    args = p.parse_args(argv)
+    try:
+        out = build_report(args.run_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Export a trained (possibly pruned) student so it runs with torch alone: `torch.export` program + model card.
+
+Why torch.export: in torch 2.14 `torch.jit.trace/save/load` warn that TorchScript is deprecated. The exported
+program keeps the pruned layer shapes, takes any batch size (dynamic batch dimension) and loads with
+`torch.export.load(path).module()`; no class from this project is needed. The network expects NORMALISED input,
+x = (pixels / 255 - mean) / std per channel; mean and std travel inside the file (extra file `kdstudy.json`),
+in meta.json, in the model card and in predict.py.
+
+Files written to the export folder (each atomically):
+  model.pt2            the exported program (torch.export.save), meta embedded as extra file kdstudy.json
+  meta.json            the same meta: data set, classes, input shape, mean/std, metrics, config
+  example_images.pt    a few test images, uint8 (N, C, H, W), saved with torch.save (a plain tensor)
+  example_logits.pt    the trained model's logits for them (float32 (N, K)), to check a copy of the export
+  predict.py           a short script that imports only torch and runs the export
+  model_card.md        what the model is, how it was made, its metrics (mean +- std over seeds)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from study.io import write_json_atomic, write_text_atomic
+
+META_NAME = "kdstudy.json"  # extra file inside model.pt2
+KD_CONVENTION = "L = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))"
+
+
+def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (N, C, H, W) pixels -> the normalised float input the network expects (as in study.train)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - m) / s
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the suffix: torch.export.save warns unless the file name ends in .pt2.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_readable(out_dir: Path) -> None:
+    """Temp-file writes (mkstemp) leave files 0600; the export is meant to be copied and shared."""
+    for f in Path(out_dir).iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+
+
+def export_model(model: nn.Module, out_dir: Path, *, meta: dict, example_images: torch.Tensor) -> dict:
+    """Export `model` (eval mode, CPU, fp32, dynamic batch) to out_dir/model.pt2 and check the saved copy.
+
+    meta must hold "mean", "std" and "input_shape"; it is embedded in the file and written to meta.json.
+    The saved program is loaded back and run on `example_images` (uint8); returns where it went and how
+    closely the copy matches the model.
+    """
+    out_dir = Path(out_dir)
+    net = copy.deepcopy(model).cpu().float().eval()
+    x = normalise(example_images, meta["mean"], meta["std"])  # (N, C, H, W) float32
+    with torch.inference_mode():
+        expected = net(x).clone()  # (N, K)
+    batch = torch.export.Dim("batch", min=1)
+    # strict=False traces with Python semantics (no TorchDynamo), enough for these plain feed-forward nets.
+    program = torch.export.export(net, (x,), dynamic_shapes={"x": {0: batch}}, strict=False)
+    text = json.dumps(meta, indent=2, default=str)
+    _atomic(out_dir / "model.pt2", lambda p: torch.export.save(program, p, extra_files={META_NAME: text}))
+
+    loaded = torch.export.load(out_dir / "model.pt2").module()
+    with torch.no_grad():
+        got = loaded(x)
+        one = loaded(x[:1])  # batch 1 must work too (the batch dimension is dynamic)
+    info = {
+        "format": "torch.export", "file": "model.pt2", "torch_version": torch.__version__,
+        "max_abs_diff": float((got - expected).abs().max()), "argmax_equal": bool((got.argmax(1) ==
+                                                                                   expected.argmax(1)).all()),
+        "batch1_ok": bool(torch.allclose(one, expected[:1], atol=1e-5, rtol=1e-5)),
+    }
+    _atomic(out_dir / "example_images.pt", lambda p: torch.save(example_images.clone(), p))
+    _atomic(out_dir / "example_logits.pt", lambda p: torch.save(expected, p))
+    write_json_atomic(out_dir / "meta.json", meta)
+    write_text_atomic(out_dir / "predict.py", PREDICT_PY)
+    return info
+
+
+PREDICT_PY = '''"""Run the exported model with torch alone (no other package, nothing from the project that made it).
+
+    python predict.py               check: run the bundled example images, compare with the recorded logits
+    python predict.py IMAGES.pt     classify a tensor saved with torch.save: uint8 (N, C, H, W) pixels 0-255,
+                                    or float (N, C, H, W) already scaled to 0-1; prints one class index a line
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+extra = {"kdstudy.json": ""}
+model = torch.export.load(HERE / "model.pt2", extra_files=extra).module()  # already in eval mode
+meta = json.loads(extra["kdstudy.json"])
+MEAN = torch.tensor(meta["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+STD = torch.tensor(meta["std"], dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def preprocess(images: torch.Tensor) -> torch.Tensor:
+    """Pixels -> the normalised input the network was trained on: (x / 255 - mean) / std per channel."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return (x - MEAN) / STD
+
+
+def predict(images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(preprocess(images))  # (N, num_classes) logits
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        for k in predict(torch.load(sys.argv[1], weights_only=True)).argmax(1).tolist():
+            print(k)
+    else:
+        images = torch.load(HERE / "example_images.pt", weights_only=True)
+        expected = torch.load(HERE / "example_logits.pt", weights_only=True)
+        logits = predict(images)
+        ok = torch.allclose(logits, expected, atol=1e-5, rtol=1e-5) and bool(
+            (logits.argmax(1) == expected.argmax(1)).all())
+        print(f"{meta['dataset']}: {len(images)} example images, predicted {logits.argmax(1).tolist()}, "
+              f"max |logit difference| to the trained model {float((logits - expected).abs().max()):.2e}: "
+              f"{'OK' if ok else 'MISMATCH'}")
+        sys.exit(0 if ok else 1)
+'''
+
+
+def _pm(mean: float | None, std: float | None, n: int, unit: str = "%") -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}{unit} +- {std or 0.0:.2f}{unit} (n={n})"
+
+
+def _num(v: Any, fmt: str = ",") -> str:
+    if v is None:
+        return "-"
+    return format(v, fmt)
+
+
+def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, exported_metrics: dict,
+               export_info: dict) -> str:
+    """A short markdown model card: data, use, metrics (mean +- std over seeds), costs, recipe, config."""
+    n = len(summary["seeds"])
+    c = config
+    prune = c["prune_method"]
+    if prune == "none":
+        prune_text = "none (dense student)"
+    elif "unstructured" in prune:
+        prune_text = (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
+                      "magnitude (shapes and dense latency unchanged; nonzero_params drops)")
+    else:
+        prune_text = (f"{prune} (torch-pruning DepGraph), prune_ratio {c['prune_ratio']:.3f} = fraction of CHANNELS "
+                      "removed per layer (about 1-(1-p)^2 of the parameters); classifier kept")
+    teacher = summary.get("teacher") or {}
+    lines = [
+        f"# Model card: {c['student_arch']} x{c['width_mult']:g} on {meta['dataset']} "
+        f"(run {summary['run_name']}, trial {summary['trial']})",
+        "",
+        "A student network found by a knowledge-distillation + pruning search and re-trained with "
+        f"{n} seed(s) by `python -m study reproduce`. This folder needs only torch {export_info['torch_version']} "
+        "(or a compatible version) to run.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "model = torch.export.load(\"model.pt2\").module()  # eval mode, any batch size",
+        f"mean = torch.tensor({list(meta['mean'])}).view(1, -1, 1, 1)",
+        f"std = torch.tensor({list(meta['std'])}).view(1, -1, 1, 1)",
+        "x = (images.float() / 255 - mean) / std  # images: uint8 (N, C, H, W)",
+        f"logits = model(x)  # (N, {meta['num_classes']})",
+        "```",
+        "",
+        "`python predict.py` checks the export on bundled example images; `python predict.py IMAGES.pt` classifies "
+        "a saved tensor.",
+        "",
+        "## Data",
+        "",
+        f"- Data set: `{meta['dataset']}`, {meta['num_classes']} classes (index = the data set's label index), "
+        f"input (C, H, W) = {tuple(meta['input_shape'])}.",
+        f"- Input normalisation: x = (pixels / 255 - mean) / std per channel, mean {list(meta['mean'])}, "
+        f"std {list(meta['std'])}.",
+        f"- Validation split: {c['val_size']:g} of the training set, held out by seed (search objective); "
+        "test split: the data set's test set, used only for reporting.",
+        "",
+        "## Metrics",
+        "",
+        f"Over seeds {summary['seeds']} ({summary['seeds_vary']}); std is the sample std.",
+        "",
+        "| metric | reproduced (mean +- std) | search (one run) | this exported model (seed "
+        f"{exported_seed}) |",
+        "|---|---|---|---|",
+        f"| test accuracy | {_pm(summary['test_acc_mean'], summary['test_acc_std'], n)} | "
+        f"{_num(summary.get('test_acc_search'), '.2f')}% | {exported_metrics['test_acc']:.2f}% |",
+        f"| validation accuracy | {_pm(summary['val_acc_mean'], summary['val_acc_std'], n)} | "
+        f"{_num(summary.get('val_acc_search'), '.2f')}% | {exported_metrics['val_acc']:.2f}% |",
+        "",
+        f"Distillation budget: {summary['epochs']} epochs (search: {summary['epochs_search']})"
+        + (" -- a longer/shorter budget than the search, so the difference is not a pure reproduction check."
+           if summary["budget_changed"] else ".")
+        + f" Test accuracy minus the search's: {_num(summary.get('diff_test_acc'), '+.2f')} points.",
+        "",
+        "## Cost",
+        "",
+        f"- Parameters: {_num(summary['params'])} (non-zero: {_num(summary['nonzero_params'])}).",
+        f"- MACs (multiply-accumulates, batch 1): {_num(summary['macs'])}.",
+        f"- Latency, batch 1, CPU, eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
+        f"({summary['latency_threads']} torch thread(s)) on the machine that ran the reproduction.",
+        "",
+        "## How it was made",
+        "",
+        f"- Teacher: {c['teacher_arch']} x{c['teacher_width']:g}, {c['teacher_epochs']} epochs"
+        + (f", val_acc {teacher['val_acc']:.2f}%" if teacher.get("val_acc") is not None else "")
+        + (f", sha256 `{teacher['sha256'][:16]}...`" if teacher.get("sha256") else "") + ".",
+        f"- Distillation ({c['kd_loss']}): {KD_CONVENTION}; T = {c['temperature']:.3f}, alpha = {c['alpha']:.3f}, "
+        f"{summary['epochs']} epochs, SGD lr {c['lr']:g}, batch {c['batch_size']}.",
+        f"- Pruning after distillation: {prune_text}.",
+        f"- Fine-tuning after pruning: {c['finetune_epochs']} epochs at lr {c['finetune_lr']:g}"
+        + (" with KD from the teacher." if c["kd_loss"] == "kd" else "."),
+        f"- Command: `{summary['command']}`",
+        f"- Code: {summary['code'].get('git_commit') or 'no git commit'}"
+        + (" (uncommitted changes)" if summary["code"].get("git_dirty") else "")
+        + f", torch {summary['code'].get('torch')}; export check: max |logit difference| "
+        f"{export_info['max_abs_diff']:.1e}.",
+    ]
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
+    lines += ["", "## Resolved config (seed of the exported model)", "", "```yaml",
+              yaml.safe_dump({**config, "seed": exported_seed}, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,515 @@
+"""`python -m study reproduce RUN_DIR (--rank K | --trial N) [--seeds S] [--epochs E]`: rerun a Pareto trial.
+
+The trial is rerun from its saved, fully resolved config (RUN_DIR/trials/<n>/config.yaml), never re-sampled.
+
+Rank rule (--rank K): the front is the Pareto set (as Optuna's study.best_trials) of the trials that finished
+training (state COMPLETE and search status "complete"). Trials over --max-latency-ms (latency_ms_bs1) or
+--max-params (params, all stored weights) are dropped, using the values the search measured. The rest are sorted
+by validation accuracy, highest first; ties go to fewer params, then lower latency, then the lower trial number.
+K = 1 is the first. --trial N picks a trial of the front by its Optuna number.
+
+Seeds: seed i (i = 0 .. S-1) runs the config with seed = config.seed + i, so seed 0 repeats the search's run.
+`seed` fixes the train/validation split, the student's initialisation, the augmentation schedule and the batch
+order, so all four vary between seeds. The teacher stays the study's (the file in study.json), and the test
+split is fixed, so the test accuracy mean +- std is over the same images. Validation accuracy is on each seed's
+own split, and for seeds other than the study's the teacher was trained on some of those images.
+
+Before training, differences to the study (data set, teacher file, code and torch versions, device) are printed
+as WARNING lines and kept in the summary; they do not stop the run.
+
+Output, RUN_DIR/reproduce/<trial>/:
+  seed_<s>/config.yaml, metrics.json, epochs.csv, model.pt   one run_trial per seed; reproduce.json marks it
+                                                             finished (a finished seed is reused on a rerun);
+                                                             with --epochs E other than the search's: seed_<s>_e<E>/
+  summary.json                                               per-seed metrics, mean +- std, diff to the search
+                                                             (of the latest reproduce of this trial)
+  export/                                                    model.pt2 (torch.export) of seed 0, model_card.md,
+                                                             predict.py, meta.json, example images and logits
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
+from study.errors import UserError
+from study.io import write_json_atomic, write_text_atomic
+from study.trial import TrialHooks
+
+RANK_RULE = ("front = Optuna's Pareto-optimal trials that finished training; drop those over --max-latency-ms "
+             "(latency_ms_bs1) or --max-params (params) as measured by the search; sort by val_acc (highest "
+             "first), ties by fewer params, lower latency, lower trial number; --rank K takes the K-th (1 = best)")
+SEEDS_VARY = ("seed = config seed + i: varies the train/val split, student init, augmentation and batch order; "
+              "teacher and test split fixed")
+REPO = Path(__file__).resolve().parents[1]
+PER_SEED_KEYS = ("test_acc", "val_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_threads",
+                 "wall_s")
+
+
+def _log(msg: str) -> None:
+    # stderr: stdout carries the summary JSON the CLI prints at the end.
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- the study
+def load_study_meta(run_dir: Path) -> dict:
+    path = run_dir / "study.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: point to a run directory written by `python -m study run`.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg}); restore it, or re-run the study.") from None
+
+
+def open_study(run_dir: Path, meta: dict):
+    """The run's Optuna study. A SQLite file that moved with the run dir is found there."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, name = meta.get("storage"), meta.get("study_name")
+    if not url or not name:
+        raise UserError(f"{run_dir / 'study.json'} lacks 'storage' or 'study_name'; re-run the study to rewrite it.")
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if not db.is_file():  # optuna would silently create an empty database here
+            local = run_dir / "optuna.db"
+            if not local.is_file():
+                raise UserError(f"{run_dir}: the Optuna database {db} is missing (and there is no optuna.db in the "
+                                "run dir); copy it back or re-run the study.")
+            url = f"sqlite:///{local.resolve()}"
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise UserError(f"{run_dir}: study '{name}' is not in {url}; check study.json's study_name.") from None
+
+
+@dataclass
+class FrontTrial:
+    number: int
+    metrics: dict = field(repr=False)  # what the search measured (user_attrs["metrics"] or metrics.json)
+    user_attrs: dict = field(repr=False, default_factory=dict)
+
+    def get(self, key: str) -> Any:
+        return self.metrics.get(key)
+
+    def sort_key(self) -> tuple:
+        inf = float("inf")
+        val, params, lat = self.get("val_acc"), self.get("params"), self.get("latency_ms_bs1")
+        return (-(val if val is not None else -inf), params if params is not None else inf,
+                lat if lat is not None else inf, self.number)
+
+
+def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
+    pairs = [(x * g, y * g) for x, y, g in zip(a, b, signs, strict=True)]  # larger is better after the sign
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+
+def pareto_front(study, run_dir: Path) -> list[FrontTrial]:
+    """Pareto-optimal trials among those that finished training, sorted by the rank rule (before any filter).
+
+    Same set as Optuna's study.best_trials when every COMPLETE trial finished; computed here so that a trial
+    marked COMPLETE with partial values (status early_stopped) can neither enter the front nor hide others.
+    """
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("status", "complete") == "complete" and t.values is not None]
+    signs = [1 if d == StudyDirection.MAXIMIZE else -1 for d in study.directions]
+    front = []
+    for t in finished:
+        if any(_dominates(o.values, t.values, signs) for o in finished if o is not t):
+            continue
+        metrics = dict(t.user_attrs.get("metrics") or {})
+        path = run_dir / "trials" / str(t.number) / "metrics.json"
+        if not metrics and path.is_file():
+            metrics = json.loads(path.read_text())
+        front.append(FrontTrial(t.number, metrics, dict(t.user_attrs)))
+    return sorted(front, key=FrontTrial.sort_key)
+
+
+def select_trial(front: list[FrontTrial], run_dir: Path, *, rank: int | None = None, trial: int | None = None,
+                 max_latency_ms: float | None = None, max_params: float | None = None,
+                 all_numbers: set[int] | None = None) -> FrontTrial:
+    """Apply the rank rule (module docstring) or pick --trial N; errors name the run dir and the fix."""
+    numbers = ", ".join(str(t.number) for t in front) or "none"
+    if not front:
+        raise UserError(f"{run_dir}: no trial finished training, so the Pareto front is empty; run the study "
+                        "(longer) first.")
+    if (rank is None) == (trial is None):
+        raise UserError("give exactly one of --rank K or --trial N.")
+    if trial is not None:
+        if max_latency_ms is not None or max_params is not None:
+            raise UserError("--max-latency-ms and --max-params select among the front with --rank; drop them "
+                            "when you give --trial.")
+        for t in front:
+            if t.number == trial:
+                return t
+        what = "is not a trial of this study" if all_numbers is not None and trial not in all_numbers else \
+            "is not on the Pareto front (or did not finish training)"
+        raise UserError(f"{run_dir}: trial {trial} {what}; use one of the front's trials: {numbers}.")
+    assert rank is not None
+    kept = [t for t in front
+            if (max_latency_ms is None or (t.get("latency_ms_bs1") is not None
+                                           and t.get("latency_ms_bs1") <= max_latency_ms))
+            and (max_params is None or (t.get("params") is not None and t.get("params") <= max_params))]
+    if not kept:
+        limits = " and ".join(s for s in (f"latency_ms_bs1 <= {max_latency_ms:g}" if max_latency_ms is not None
+                                          else "", f"params <= {max_params:,.0f}" if max_params is not None else "")
+                              if s)
+        raise UserError(f"{run_dir}: no trial of the Pareto front (trials {numbers}) has {limits}; "
+                        "relax --max-latency-ms / --max-params.")
+    if not 1 <= rank <= len(kept):
+        raise UserError(f"{run_dir}: --rank {rank} is out of range: {len(kept)} front trial(s) pass the filters "
+                        f"(trials {', '.join(str(t.number) for t in kept)}); use --rank 1 to {len(kept)}.")
+    return kept[rank - 1]
+
+
+def trial_config(run_dir: Path, chosen: FrontTrial) -> TrialConfig:
+    """The trial's saved, fully resolved config; never re-sampled."""
+    path = run_dir / "trials" / str(chosen.number) / "config.yaml"
+    if path.is_file():
+        return load_config(path)
+    saved = chosen.user_attrs.get("config")
+    if isinstance(saved, dict) and set(CONFIG_FIELDS) <= set(saved):
+        return make_config(saved, source=f"{run_dir} trial {chosen.number} user_attrs['config']")
+    raise UserError(f"{path} is missing, so trial {chosen.number}'s resolved config is unknown; restore the file "
+                    "or pick another trial.")
+
+
+# ---------------------------------------------------------------------------------------------- versions
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_fingerprint(ds) -> str:
+    """sha256 over the data set's images and labels (train and test, as loaded), 16 hex digits."""
+    h = hashlib.sha256()
+    for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def code_version(root: Path = REPO) -> dict:
+    """git commit (+ whether the working tree has uncommitted changes) and a sha256 of the project's .py files."""
+    h = hashlib.sha256()
+    for p in sorted([*root.glob("study/*.py"), *root.glob("search_spaces/*.py")]):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
+    out: dict[str, Any] = {"git_commit": None, "git_dirty": None, "code_sha256": h.hexdigest()[:16],
+                           "torch": torch.__version__}
+    try:
+        import torch_pruning
+
+        out["torch_pruning"] = getattr(torch_pruning, "__version__", "?")
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                           check=True, timeout=10).stdout.strip() or None
+        status = subprocess.run(["git", "status", "--porcelain", "--", "study", "search_spaces"], cwd=root,
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        out["git_dirty"] = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def check_against_study(run_dir: Path, meta: dict, cfg: TrialConfig, ds, search_metrics: dict,
+                        teacher_file: Path | None, teacher_embedded: dict | None, code: dict,
+                        device: str) -> list[str]:
+    """Differences between this reproduction and the study, one sentence each (printed as WARNING lines)."""
+    w: list[str] = []
+    # data
+    if meta.get("dataset") not in (None, cfg.dataset):
+        w.append(f"data: the trial config names data set {cfg.dataset!r} but the study ran on {meta['dataset']!r}.")
+    for key, now in (("num_classes", ds.num_classes), ("input_shape", list(ds.input_shape))):
+        for where, then in (("study.json", meta.get(key)), ("the trial's metrics", search_metrics.get(key))):
+            if then is not None and then != now:
+                w.append(f"data: {key} is {now} now but {then} in {where}; the data set files changed.")
+    fp_then = meta.get("data_fingerprint") or (meta.get("versions") or {}).get("data_fingerprint")
+    fp_now = data_fingerprint(ds)
+    if fp_then and fp_then != fp_now:
+        w.append(f"data: the data set's fingerprint is {fp_now} now but {fp_then} in the study; the images or "
+                 "labels changed.")
+    # teacher
+    uses_teacher = cfg.kd_loss == "kd" and cfg.alpha < 1.0
+    recorded = meta.get("teacher") or {}
+    if uses_teacher:
+        from study.teacher import teacher_key
+
+        if not recorded.get("path"):
+            w.append("teacher: study.json records no teacher file; the teacher will be trained (or loaded from the "
+                     "cache) with the trial's recipe.")
+        elif teacher_file is None:
+            w.append(f"teacher: the study's teacher {recorded['path']} is missing; it will be retrained with the "
+                     "same recipe, which need not give the same weights.")
+        if recorded.get("key") and recorded["key"] != teacher_key(cfg):
+            w.append(f"teacher: the trial config's teacher key {teacher_key(cfg)} differs from the study's "
+                     f"{recorded['key']}.")
+        if teacher_file is not None and teacher_embedded is not None:
+            for k in ("key", "val_acc", "test_acc", "train_s"):
+                if k in recorded and k in teacher_embedded and recorded[k] != teacher_embedded[k]:
+                    w.append(f"teacher: {teacher_file} has {k} {teacher_embedded[k]!r} but the study recorded "
+                             f"{recorded[k]!r}; the file was replaced since the study ran.")
+                    break
+            if recorded.get("sha256") and recorded["sha256"] != file_sha256(teacher_file):
+                w.append(f"teacher: {teacher_file} sha256 differs from the one study.json records.")
+    # code
+    versions = meta.get("versions") or {}
+    for k in ("torch", "torch_pruning"):
+        if versions.get(k) and code.get(k) and versions[k] != code[k]:
+            w.append(f"code: {k} is {code[k]} now but the study ran with {versions[k]}.")
+    then_sha = versions.get("code_sha256") or meta.get("code_sha256")
+    then_git = versions.get("git_commit") or meta.get("git_commit")
+    if then_sha:
+        if then_sha != code["code_sha256"]:
+            w.append(f"code: the project's source (sha256 {code['code_sha256']}) differs from the study's "
+                     f"({then_sha}).")
+    elif then_git:
+        if then_git != code["git_commit"]:
+            w.append(f"code: git commit {code['git_commit']} now, {then_git} when the study ran.")
+        elif code.get("git_dirty"):
+            w.append("code: same git commit as the study, but study/ has uncommitted changes now.")
+    else:
+        w.append(f"code: study.json records no code version, so the code cannot be compared (now: git "
+                 f"{(code['git_commit'] or 'unknown')[:12]}{' + uncommitted changes' if code.get('git_dirty') else ''}"
+                 f", source sha256 {code['code_sha256']}).")
+    # device
+    if meta.get("device") and meta["device"] != device.split(":")[0]:
+        w.append(f"device: reproducing on {device}, the study ran on {meta['device']}; numbers can differ slightly.")
+    return w
+
+
+def _unset_fields(path: Path) -> list[str]:
+    """Config fields the saved config.yaml does not set (the code gained them after the study)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [k for k in CONFIG_FIELDS if isinstance(saved, dict) and k not in saved]
+
+
+# ---------------------------------------------------------------------------------------------- one seed
+class _SeedHooks(TrialHooks):
+    """No epoch checkpoints are kept (a seed reruns from scratch); teacher messages are indented."""
+
+    def __init__(self, log):
+        self._log = log
+
+    def on_epoch(self, epoch, total_epochs, val_acc, log, checkpoint_dir):
+        if checkpoint_dir is not None:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+    def log(self, msg: str) -> None:
+        self._log("  " + msg)
+
+
+def _finished(seed_dir: Path, cfg: TrialConfig, teacher_sha: str | None) -> dict | None:
+    """metrics.json of a finished earlier run of exactly this config and teacher file, else None."""
+    try:
+        stamp = json.loads((seed_dir / "reproduce.json").read_text())
+        m = json.loads((seed_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not (seed_dir / "model.pt").is_file():
+        return None
+    return m if stamp == {"config": cfg.to_dict(), "teacher_sha256": teacher_sha} else None
+
+
+def run_seed(cfg: TrialConfig, seed_dir: Path, teacher_path: Path | None, teacher_sha: str | None,
+             log=_log) -> tuple[dict, bool]:
+    """Train one seed into seed_dir (config.yaml, metrics.json, epochs.csv, model.pt); reuse a finished one.
+
+    reproduce.json, written last, marks the seed finished with this config and teacher (sha256)."""
+    from study.trial import run_trial
+
+    done = _finished(seed_dir, cfg, teacher_sha)
+    if done is not None:
+        return done, True
+    for name in ("reproduce.json", "metrics.json"):  # never leave a stale result next to a new config
+        (seed_dir / name).unlink(missing_ok=True)
+    metrics = run_trial(cfg, out_dir=seed_dir, teacher_path=teacher_path, hooks=_SeedHooks(log))
+    write_json_atomic(seed_dir / "reproduce.json", {"config": cfg.to_dict(), "teacher_sha256": teacher_sha})
+    return metrics, False
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = None, seeds: int = 3,
+              epochs: int | None = None, max_latency_ms: float | None = None, max_params: float | None = None,
+              export: bool = True, log=_log) -> dict:
+    """Rerun a Pareto trial of RUN_DIR with `seeds` seeds (see the module docstring), export it; returns the summary."""
+    from study.data import load_dataset
+    from study.teacher import get_teacher, load_teacher
+    from study.trial import resolve_device
+
+    run_dir = Path(run_dir).resolve()
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: give at least 1 seed.")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs {epochs}: give at least 1 epoch.")
+    meta = load_study_meta(run_dir)
+    study = open_study(run_dir, meta)
+    front = pareto_front(study, run_dir)
+    chosen = select_trial(front, run_dir, rank=rank, trial=trial, max_latency_ms=max_latency_ms,
+                          max_params=max_params, all_numbers={t.number for t in study.get_trials(deepcopy=False)})
+    cfg = trial_config(run_dir, chosen)
+    search = chosen.metrics
+
+    # Device: the trial's own, unless that is a GPU this machine lacks.
+    device_name = cfg.device
+    if device_name.startswith("cuda") and not torch.cuda.is_available():
+        device_name = "cpu"
+    device = str(resolve_device(device_name))
+    run_epochs = epochs or cfg.epochs
+    base = cfg.replace(epochs=run_epochs, device=device_name)
+
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    teacher_file: Path | None = None
+    teacher_embedded: dict | None = None
+    recorded = meta.get("teacher") or {}
+    uses_teacher = cfg.kd_loss == "kd" and cfg.alpha < 1.0
+    if uses_teacher and recorded.get("path"):
+        p = Path(recorded["path"])
+        p = p if p.is_absolute() or not (run_dir / p).is_file() else run_dir / p
+        if p.is_file():
+            teacher_file = p
+            _, teacher_embedded = load_teacher(p, torch.device("cpu"))
+    code = code_version()
+    warnings = check_against_study(run_dir, meta, cfg, ds, search, teacher_file, teacher_embedded, code, device)
+    if cfg.device != device_name:
+        warnings.append(f"device: the trial config asks for {cfg.device}, which this machine lacks; using cpu.")
+    unset = _unset_fields(run_dir / "trials" / str(chosen.number) / "config.yaml")
+    if unset:
+        warnings.append(f"code: the trial's saved config has no value for {', '.join(unset)} (fields added to the "
+                        "code since the study ran); today's defaults are used: "
+                        + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in unset) + ".")
+    if epochs is not None and epochs != cfg.epochs:
+        warnings.append(f"budget: {epochs} distillation epochs instead of the search's {cfg.epochs}; the "
+                        "difference to the search's accuracy is not a pure reproduction check.")
+
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    out = run_dir / "reproduce" / str(chosen.number)
+    how = f"rank {rank}" if rank is not None else "--trial"
+    log(f"reproduce {run_dir.name} trial {chosen.number} ({how}; search val_acc {_f(search.get('val_acc'))}%, "
+        f"test_acc {_f(search.get('test_acc'))}%): {cfg.student_arch} x{cfg.width_mult:g}, kd={cfg.kd_loss} "
+        f"T={cfg.temperature:.3g} alpha={cfg.alpha:.3g}, {cfg.prune_method}@{cfg.prune_ratio:.3g}, "
+        f"{run_epochs}+{cfg.finetune_epochs} epochs, seeds {seed_list} on {device} -> {out}")
+    for msg in warnings:
+        log(f"WARNING: {msg}")
+
+    if uses_teacher and teacher_file is None:  # one teacher for every seed: the study's recipe and seed
+        _, info = get_teacher(cfg.replace(device=device_name), resolve_device(device_name), log=log)
+        teacher_file = Path(info["path"])
+        teacher_embedded = info
+    teacher_sha = file_sha256(teacher_file) if teacher_file is not None else None
+
+    per_seed: list[dict] = []
+    for i, s in enumerate(seed_list):
+        t0 = time.time()
+        m, reused = run_seed(base.replace(seed=s), out / _seed_dir(s, run_epochs, cfg.epochs), teacher_file,
+                             teacher_sha, log)
+        row = {"seed": s, "dir": _seed_dir(s, run_epochs, cfg.epochs), **{k: m.get(k) for k in PER_SEED_KEYS}}
+        per_seed.append(row)
+        log(f"seed {s} ({i + 1}/{seeds}){' reused' if reused else ''}: test_acc {row['test_acc']:.2f}%  "
+            f"val_acc {row['val_acc']:.2f}%  params {row['params']:,} (nonzero {row['nonzero_params']:,})  "
+            f"MACs {row['macs']:,}  latency {row['latency_ms_bs1']:.3f} ms  [{time.time() - t0:.1f}s]")
+
+    test_mean, test_std = _mean_std([r["test_acc"] for r in per_seed])
+    val_mean, val_std = _mean_std([r["val_acc"] for r in per_seed])
+    first = per_seed[0]
+    same_seed_diff = (first["val_acc"] - search["val_acc"]
+                      if search.get("val_acc") is not None and run_epochs == cfg.epochs else None)
+    command = (f"python -m study reproduce {run_dir} "
+               + (f"--rank {rank}" if rank is not None else f"--trial {trial}")
+               + (f" --max-latency-ms {max_latency_ms:g}" if max_latency_ms is not None else "")
+               + (f" --max-params {max_params:g}" if max_params is not None else "")
+               + f" --seeds {seeds}" + (f" --epochs {epochs}" if epochs is not None else ""))
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir), "run_name": meta.get("name", run_dir.name), "trial": chosen.number,
+        "rank": rank, "max_latency_ms": max_latency_ms, "max_params": max_params, "rank_rule": RANK_RULE,
+        "front": [t.number for t in front],
+        "seeds": seed_list, "n_seeds": len(seed_list), "seeds_vary": SEEDS_VARY, "per_seed": per_seed,
+        "test_acc_mean": test_mean, "test_acc_std": test_std, "val_acc_mean": val_mean, "val_acc_std": val_std,
+        "std": "sample std (n-1)" if len(per_seed) > 1 else "n=1: no spread (std 0)",
+        "test_acc_search": search.get("test_acc"), "val_acc_search": search.get("val_acc"),
+        "diff_test_acc": test_mean - search["test_acc"] if search.get("test_acc") is not None else None,
+        "diff_val_acc": val_mean - search["val_acc"] if search.get("val_acc") is not None else None,
+        "same_seed_val_acc_diff": same_seed_diff,
+        "params": first["params"], "nonzero_params": first["nonzero_params"], "macs": first["macs"],
+        "latency_ms_bs1": statistics.median(r["latency_ms_bs1"] for r in per_seed),
+        "latency_threads": first["latency_threads"],
+        "search": {k: search.get(k) for k in ("val_acc", "test_acc", "params", "nonzero_params", "macs",
+                                              "latency_ms_bs1", "latency_threads")},
+        "epochs": run_epochs, "epochs_search": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
+        "budget_changed": run_epochs != cfg.epochs, "device": device,
+        "teacher": {"path": str(teacher_file) if teacher_file else None, "sha256": teacher_sha,
+                    "key": (teacher_embedded or {}).get("key"), "val_acc": (teacher_embedded or {}).get("val_acc")},
+        "data": {"dataset": cfg.dataset, "num_classes": ds.num_classes, "input_shape": list(ds.input_shape),
+                 "fingerprint": data_fingerprint(ds)},
+        "code": code, "warnings": warnings, "command": command, "config": base.to_dict(),
+    }
+    if export:
+        summary["export"] = _export(out, summary, base, ds, first["seed"], out / first["dir"])
+        log(f"exported seed {first['seed']} to {out / 'export'} (max |logit difference| "
+            f"{summary['export']['max_abs_diff']:.1e})")
+    summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json_atomic(out / "summary.json", summary)
+    log(f"trial {chosen.number}: test_acc {test_mean:.2f}% +- {test_std:.2f} (n={len(per_seed)}; search "
+        f"{_f(search.get('test_acc'))}%, diff {_f(summary['diff_test_acc'], '+.2f')})  val_acc {val_mean:.2f}% +- "
+        f"{val_std:.2f} (search {_f(search.get('val_acc'))}%)  -> {out / 'summary.json'}")
+    return summary
+
+
+def _seed_dir(seed: int, epochs: int, search_epochs: int) -> str:
+    # Another budget gets its own folders, so a --epochs run never overwrites the search-budget seeds.
+    return f"seed_{seed}" if epochs == search_epochs else f"seed_{seed}_e{epochs}"
+
+
+def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir: Path) -> dict:
+    from study.checkpoint import load_model
+    from study.export import export_model, make_readable, model_card
+
+    model, _ = load_model(seed_dir / "model.pt")
+    metrics = json.loads((seed_dir / "metrics.json").read_text())
+    meta = {"dataset": ds.name, "num_classes": ds.num_classes, "input_shape": list(ds.input_shape),
+            "mean": list(ds.mean), "std": list(ds.std), "input": "float32 (N, C, H, W), (pixels/255 - mean) / std",
+            "run": summary["run_name"], "trial": summary["trial"], "seed": seed,
+            "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
+            "test_acc_mean": summary["test_acc_mean"], "test_acc_std": summary["test_acc_std"],
+            "seeds": summary["seeds"], "params": metrics["params"], "nonzero_params": metrics["nonzero_params"],
+            "macs": metrics["macs"], "config": base.replace(seed=seed).to_dict()}
+    export_dir = out / "export"
+    info = export_model(model, export_dir, meta=meta, example_images=ds.test_x[:16])
+    info["seed"] = seed
+    info["dir"] = str(export_dir)
+    write_text_atomic(export_dir / "model_card.md",
+                      model_card(summary, meta, base.to_dict(), seed, metrics, info))
+    make_readable(export_dir)
+    return info
+
+
+def _f(v: Any, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)

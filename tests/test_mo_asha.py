@@ -1,0 +1,56 @@
+"""MO-ASHA ranking, checked against brute force."""
+
+import itertools
+
+import numpy as np
+
+from study.mo_asha import MOASHAScheduler, crowding_distance, mo_rank, non_dominated_fronts, promote
+
+
+def dominated(points, i):
+    return any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in range(len(points)) if j != i)
+
+
+def test_first_front_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for n, m in itertools.product((1, 5, 30), (2, 3)):
+        pts = rng.integers(0, 6, size=(n, m)).astype(float)  # many ties
+        fronts = non_dominated_fronts(pts)
+        assert sorted(i for f in fronts for i in f) == list(range(n))
+        assert set(fronts[0]) == {i for i in range(n) if not dominated(pts, i)}
+        for k in range(1, len(fronts)):  # everything in front k is dominated by something in front k-1
+            for i in fronts[k]:
+                assert dominated(pts[fronts[k - 1] + [i]], len(fronts[k - 1]))
+
+
+def test_crowding_extremes_are_infinite():
+    pts = np.array([[0.0, 3.0], [1.0, 2.0], [2.0, 1.0], [3.0, 0.0]])
+    cd = crowding_distance(pts)
+    assert np.isinf(cd[0]) and np.isinf(cd[3]) and np.isfinite(cd[1])
+
+
+def test_dominated_slow_trial_is_stopped_but_cheap_slow_trial_survives():
+    # (-acc, params): the cheap model learns slower but is not dominated -> single-metric ASHA would stop it.
+    pts = np.array([[-90.0, 100.0], [-85.0, 100.0], [-60.0, 10.0]])
+    assert promote(pts, 0, eta=3)
+    assert not promote(pts, 1, eta=3)  # same cost, lower accuracy: dominated
+    assert promote(pts, 2, eta=3)  # worst accuracy, but 10x cheaper
+    assert mo_rank(pts)[-1] == 1
+
+
+class _Trial:
+    def __init__(self, tid):
+        self.trial_id = tid
+
+
+def test_scheduler_records_rungs_and_stops_dominated():
+    s = MOASHAScheduler([("val_acc", "maximize"), ("params", "minimize")], max_t=9, grace_period=1,
+                        reduction_factor=3)
+    assert s._rungs == [1, 3]
+    r = {"status": "running", "epoch": 1, "params": 100}
+    assert s.on_trial_result(None, _Trial("a"), {**r, "val_acc": 90.0}) == "CONTINUE"
+    assert s.on_trial_result(None, _Trial("b"), {**r, "val_acc": 50.0}) == "STOP"
+    assert s.on_trial_result(None, _Trial("c"), {**r, "val_acc": 40.0, "params": 10}) == "CONTINUE"
+    # non-rung epochs and final results never stop a trial
+    assert s.on_trial_result(None, _Trial("a"), {**r, "epoch": 2, "val_acc": 1.0}) == "CONTINUE"
+    assert s.on_trial_result(None, _Trial("b"), {"status": "complete", "epoch": 9, "val_acc": 1.0}) == "CONTINUE"

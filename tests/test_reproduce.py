@@ -1,0 +1,225 @@
+"""`python -m study reproduce`: the rank rule on a synthetic study, then a real tiny study reproduced and exported."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRIAL, write_space
+from study_fixture import make_run_dir
+
+from study.errors import UserError
+from study.reproduce import (
+    check_against_study,
+    code_version,
+    load_study_meta,
+    open_study,
+    pareto_front,
+    reproduce,
+    select_trial,
+    trial_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------- rank rule
+@pytest.fixture
+def synthetic(tmp_path):
+    """Fixture study: front 0, 1, 2, 5 (0 and 5 tie); 9 is COMPLETE in Optuna but was early-stopped."""
+    run = make_run_dir(tmp_path, leaked_early_stop=True)
+    return run, pareto_front(open_study(run, load_study_meta(run)), run)
+
+
+def test_front_excludes_unfinished_trials_and_follows_the_rank_rule(synthetic):
+    run, front = synthetic
+    # 9 dominates everything with partial values; Optuna's best_trials would be [9] alone.
+    assert [t.number for t in front] == [0, 5, 1, 2]  # val_acc 90, 90 (tie -> lower number), 88, 85
+    assert [select_trial(front, run, rank=k).number for k in (1, 2, 3, 4)] == [0, 5, 1, 2]
+
+
+def test_budget_filters_use_the_search_measurements(synthetic):
+    run, front = synthetic
+    assert select_trial(front, run, rank=1, max_latency_ms=1.5).number == 1
+    assert select_trial(front, run, rank=2, max_latency_ms=1.5).number == 2
+    assert select_trial(front, run, rank=1, max_params=30_000).number == 2
+    with pytest.raises(UserError, match=r"no trial of the Pareto front .* latency_ms_bs1 <= 0.5"):
+        select_trial(front, run, rank=1, max_latency_ms=0.5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"rank": 5}, r"--rank 5 is out of range.*--rank 1 to 4"),
+    ({"rank": 0}, r"--rank 0 is out of range"),
+    ({"trial": 3}, r"trial 3 is not on the Pareto front.*0, 5, 1, 2"),
+    ({"trial": 6}, r"trial 6 is not on the Pareto front"),  # early stopped (PRUNED)
+    ({"trial": 99}, r"trial 99 is not a trial of this study"),
+    ({"trial": 1, "max_params": 1e5}, r"drop them when you give --trial"),
+])
+def test_bad_selection_names_the_run_and_the_fix(synthetic, kwargs, message):
+    run, front = synthetic
+    with pytest.raises(UserError, match=message) as exc:
+        select_trial(front, run, all_numbers=set(range(10)), **kwargs)
+    assert str(run) in str(exc.value) or "--trial" in str(exc.value)
+
+
+def test_missing_config_is_never_resampled(synthetic):
+    run, front = synthetic
+    # The fixture's user_attrs["config"] is partial: filling the rest with defaults would be a different trial.
+    with pytest.raises(UserError, match=r"trials/1/config.yaml is missing"):
+        trial_config(run, front[2])
+
+
+def test_cli_error_is_one_line_without_traceback(synthetic):
+    run, _ = synthetic
+    p = subprocess.run([sys.executable, "-m", "study", "reproduce", str(run), "--trial", "3"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr and p.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------- real study
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, ray_session):
+    """A 2-trial study on digits (real Ray and Optuna), its rank-1 trial reproduced with 2 seeds."""
+    from study.search import run_study
+
+    root = tmp_path_factory.mktemp("reproduce")
+    space = write_space(root / "tiny.yaml", search={"sampler": "tpe", "seed": 0, "trials": 2, "concurrent": 2,
+                                                    "scheduler": "none"})
+    run_dir = run_study(str(space), name="tiny", runs_dir=str(root / "runs"), report=False, log=lambda *_: None)
+    lines: list[str] = []
+    summary = reproduce(run_dir, rank=1, seeds=2, log=lines.append)
+    return run_dir, summary, lines
+
+
+@pytest.mark.slow
+def test_summary_has_both_seeds_with_mean_and_std(reproduced):
+    run_dir, summary, lines = reproduced
+    out = run_dir / "reproduce" / str(summary["trial"])
+    assert summary["seeds"] == [TINY_TRIAL["seed"], TINY_TRIAL["seed"] + 1]
+    accs = [r["test_acc"] for r in summary["per_seed"]]
+    assert [r["seed"] for r in summary["per_seed"]] == summary["seeds"]
+    assert summary["test_acc_mean"] == pytest.approx(statistics.fmean(accs))
+    assert summary["test_acc_std"] == pytest.approx(statistics.stdev(accs))
+    for key in ("trial", "seeds", "test_acc_mean", "test_acc_std", "val_acc_search", "params", "macs",
+                "latency_ms_bs1", "diff_test_acc", "warnings"):
+        assert summary[key] is not None, key
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    for s in summary["seeds"]:
+        for name in ("config.yaml", "metrics.json", "model.pt", "reproduce.json"):
+            assert (out / f"seed_{s}" / name).is_file(), (s, name)
+    # Seed 0 is the search's own seed and budget: on the same machine it gives the search's numbers.
+    assert summary["same_seed_val_acc_diff"] == pytest.approx(0.0, abs=1e-6)
+    assert summary["per_seed"][0]["test_acc"] == pytest.approx(summary["test_acc_search"], abs=1e-6)
+    # Differences to the study are announced before training starts.
+    first_seed = next(i for i, line in enumerate(lines) if line.startswith("seed "))
+    assert any(line.startswith("WARNING: code:") for line in lines[:first_seed])
+
+
+@pytest.mark.slow
+def test_export_runs_in_a_fresh_process_with_torch_only(reproduced, tmp_path):
+    from study.checkpoint import load_model
+    from study.data import load_dataset
+    from study.export import normalise
+
+    run_dir, summary, _ = reproduced
+    out = run_dir / "reproduce" / str(summary["trial"])
+    trained, _ = load_model(out / f"seed_{summary['seeds'][0]}" / "model.pt")
+    ds = load_dataset("digits", "data")
+    x = normalise(ds.test_x[-64:], ds.mean, ds.std)  # not the export's own example images
+    with torch.inference_mode():
+        expected = trained(x)
+    torch.save(x, tmp_path / "inputs.pt")
+    code = (
+        "import sys, torch\n"
+        f"m = torch.export.load({str(out / 'export' / 'model.pt2')!r}).module()\n"
+        f"x = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m(x), {str(tmp_path / 'logits.pt')!r})\n"
+        "assert not [k for k in sys.modules if k == 'study' or k.startswith(('study.', 'search_spaces'))]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = torch.load(tmp_path / "logits.pt", weights_only=True)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+    # The bundled script works from anywhere, also with only torch.
+    p = subprocess.run([sys.executable, str(out / "export" / "predict.py")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.slow
+def test_model_card_states_data_metrics_and_recipe(reproduced):
+    run_dir, summary, _ = reproduced
+    export = run_dir / "reproduce" / str(summary["trial"]) / "export"
+    card = (export / "model_card.md").read_text()
+    assert f"{summary['test_acc_mean']:.2f}% +- {summary['test_acc_std']:.2f}% (n=2)" in card
+    for text in ("`digits`", "(pixels / 255 - mean) / std", "alpha * CE(student, y) + (1 - alpha) * T^2 * KL",
+                 "prune_ratio", "--rank 1 --seeds 2", "MACs (multiply-accumulates", "torch thread"):
+        assert text in card, text
+    meta = json.loads((export / "meta.json").read_text())
+    assert meta["num_classes"] == 10 and meta["input_shape"] == [1, 8, 8] and len(meta["mean"]) == 1
+    assert summary["export"]["max_abs_diff"] <= 1e-5 and summary["export"]["batch1_ok"]
+
+
+@pytest.mark.slow
+def test_differences_to_the_study_are_reported(reproduced):
+    from study.data import load_dataset
+
+    run_dir, summary, _ = reproduced
+    meta = load_study_meta(run_dir)
+    front = pareto_front(open_study(run_dir, meta), run_dir)
+    chosen = next(t for t in front if t.number == summary["trial"])
+    cfg = trial_config(run_dir, chosen)
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    code = code_version()
+    teacher = Path(summary["teacher"]["path"])
+    from study.teacher import load_teacher
+
+    _, embedded = load_teacher(teacher, torch.device("cpu"))
+    same = dict(meta, versions={**meta["versions"], "code_sha256": code["code_sha256"]})
+    assert check_against_study(run_dir, same, cfg, ds, chosen.metrics, teacher, embedded, code, "cpu") == []
+
+    changed = dict(meta, num_classes=100, data_fingerprint="0" * 16, device="cuda",
+                   teacher={**meta["teacher"], "val_acc": 12.5, "sha256": "f" * 64},
+                   versions={**meta["versions"], "torch": "1.0.0", "code_sha256": "0" * 16})
+    found = " ".join(check_against_study(run_dir, changed, cfg, ds, chosen.metrics, teacher, embedded, code, "cpu"))
+    for text in ("data: num_classes is 10 now but 100", "data: the data set's fingerprint", "teacher: ",
+                 "was replaced", "sha256 differs", "code: torch is", "code: the project's source", "device: "):
+        assert text in found, text
+    missing = dict(meta, teacher={**meta["teacher"], "path": str(run_dir / "no-teacher.pt")})
+    found = " ".join(check_against_study(run_dir, missing, cfg, ds, chosen.metrics, None, None, code, "cpu"))
+    assert "is missing; it will be retrained" in found
+
+
+@pytest.mark.slow
+def test_rerun_reuses_finished_seeds(reproduced):
+    # Last in the module: it rewrites summary.json with one seed.
+    run_dir, summary, _ = reproduced
+    lines: list[str] = []
+    again = reproduce(run_dir, trial=summary["trial"], seeds=1, export=False, log=lines.append)
+    assert any(line.startswith(f"seed {summary['seeds'][0]} (1/1) reused") for line in lines)
+    assert again["per_seed"][0] == summary["per_seed"][0]
+    assert again["test_acc_std"] == 0.0 and again["std"].startswith("n=1")
+
+
+def test_config_fields_added_since_the_study_are_named(tmp_path):
+    from study.config import TrialConfig, save_config
+    from study.reproduce import _unset_fields
+
+    path = tmp_path / "config.yaml"
+    save_config(TrialConfig(), path)
+    assert _unset_fields(path) == []
+    path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("precision:")))
+    assert _unset_fields(path) == ["precision"]

@@ -1,0 +1,150 @@
+"""Search studies with real Ray and real Optuna (SQLite) storage, on digits with a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import TINY_TRIAL, write_space
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(run_dir: Path) -> optuna.Study:
+    meta = json.loads((run_dir / "study.json").read_text())
+    return optuna.load_study(study_name=meta["study_name"], storage=meta["storage"])
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory, ray_session):
+    from study.search import run_study
+
+    tmp = tmp_path_factory.mktemp("study")
+    space = write_space(tmp / "tiny.yaml")
+    run_dir = run_study(str(space), name="small", runs_dir=str(tmp / "runs"), report=False)
+    return run_dir
+
+
+def test_small_study_end_to_end(small_study):
+    study = load(small_study)
+    assert len(study.directions) == 3  # multi-objective stays multi-objective
+    trials = study.get_trials()
+    assert len(trials) == 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete, [t.user_attrs for t in trials]
+    for t in complete:
+        assert len(t.values) == 3
+        m = json.loads((small_study / t.user_attrs["trial_dir"] / "metrics.json").read_text())
+        assert m["epochs_done"] == m["epochs"] + m["finetune_epochs"]  # fully trained
+        assert t.values[0] == pytest.approx(m["val_acc"])
+        assert t.values[1] == m["nonzero_params"]
+    assert study.best_trials
+    for ref in ("teacher", "student_ce", "student_kd"):
+        assert (small_study / "references" / ref / "metrics.json").exists(), ref
+
+
+def test_conditional_parameter_absent_when_off(small_study):
+    for t in load(small_study).get_trials():
+        assert ("prune_ratio" in t.params) == (t.params["prune_method"] != "none"), t.params
+
+
+def test_early_stopped_infeasible_and_failing_trials(tmp_path, ray_session):
+    """Enqueued configurations make every case deterministic: a good trial, two dominated slow learners (MO-ASHA
+    stops them: PRUNED), a model over the params constraint (never trained: FAIL/infeasible) and a NaN loss (FAIL),
+    after which the study still goes on."""
+    from study.search import run_study
+
+    space = write_space(
+        tmp_path / "s.yaml", trial={k: v for k, v in TINY_TRIAL.items() if k != "lr"},
+        params={"lr": {"type": "categorical", "choices": [0.1, 1.0e-6, 1.0e9]},
+                "width_mult": {"type": "categorical", "choices": [0.25, 1.0]}},
+        objectives={"val_acc": "maximize", "params": "minimize"},
+        constraints={"max_params": 20000},
+        search={"sampler": "random", "trials": 6, "concurrent": 1, "scheduler": "mo_asha", "grace_epochs": 1,
+                "reduction_factor": 3})
+    run_dir = tmp_path / "runs" / "cases"
+    run_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name="cases", storage=f"sqlite:///{run_dir / 'optuna.db'}",
+                                directions=["maximize", "minimize"])
+    for params in ({"lr": 0.1, "width_mult": 0.25}, {"lr": 1e-6, "width_mult": 0.25},
+                   {"lr": 1e-6, "width_mult": 0.25}, {"lr": 0.1, "width_mult": 1.0},
+                   {"lr": 1e9, "width_mult": 0.25}, {"lr": 0.1, "width_mult": 0.25}):
+        study.enqueue_trial(params)
+    run_study(str(space), name="cases", runs_dir=str(tmp_path / "runs"), report=False)
+
+    trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
+    status = [t.user_attrs.get("status") for t in trials]
+    assert status[0] == "complete" and status[5] == "complete"  # the study went on after the failure
+    assert status[1] == status[2] == "early_stopped"
+    assert trials[1].state == trials[2].state == TrialState.PRUNED
+    assert trials[1].values is None  # never COMPLETE with partial values
+    assert status[3] == "infeasible" and trials[3].state == TrialState.FAIL
+    assert "params" in trials[3].user_attrs["error"] and "max_params" in trials[3].user_attrs["error"]
+    assert not (run_dir / "trials" / "3" / "model.pt").exists()  # never trained
+    assert not (run_dir / "trials" / "3" / "epochs.csv").exists()
+    assert status[4] == "failed" and trials[4].state == TrialState.FAIL
+    assert "loss became" in trials[4].user_attrs["error"]
+    front = load(run_dir).best_trials
+    assert {t.number for t in front} <= {0, 5}
+
+
+def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
+    """SIGKILL the driver, then the Ray processes it started (they ignore SIGTERM), found by an env marker."""
+    if proc is not None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(1)
+    needle = f"KDSTUDY_TEST_MARKER={marker}".encode()
+    for pid_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (pid_dir / "environ").read_bytes().split(b"\0"):
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
+    space = write_space(tmp_path / "s.yaml", search={"sampler": "tpe", "seed": 1, "trials": 5, "concurrent": 2,
+                                                    "scheduler": "none"})
+    marker = f"kdtest-{os.getpid()}-{time.time_ns()}"
+    import tempfile
+
+    # a short temp dir: Ray's unix socket paths must stay under ~107 characters
+    env = {**os.environ, "KDSTUDY_TEST_MARKER": marker, "RAY_TMPDIR": tempfile.mkdtemp(prefix="kr", dir="/tmp")}
+    cmd = [sys.executable, "-m", "study", "run", str(space), "--name", "killed", "--runs-dir",
+           str(tmp_path / "runs"), "--no-report"]
+    run_dir = tmp_path / "runs" / "killed"
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    done_before: dict[str, float] = {}
+    while time.time() < deadline:
+        done_before = {p.parent.name: p.stat().st_mtime for p in run_dir.glob("trials/*/metrics.json")}
+        if len(done_before) >= 1 and len(list(run_dir.glob("trials/*"))) >= 3:
+            break
+        time.sleep(0.5)
+    assert done_before, "no trial finished before the deadline: " + (tmp_path / "first.log").read_text()[-3000:]
+    _kill_tree(proc, marker)
+
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    _kill_tree(None, marker)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    study = load(run_dir)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    finished = [t for t in trials if t.user_attrs.get("status") in ("complete", "early_stopped", "infeasible")]
+    assert len(finished) == 5, [(t.number, t.state, t.user_attrs.get("status")) for t in trials]
+    assert len({t.user_attrs["trial_dir"] for t in finished}) == 5  # no duplicates
+    for name, mtime in done_before.items():  # completed before the kill: not rerun
+        assert (run_dir / "trials" / name / "metrics.json").stat().st_mtime == mtime
