@@ -29,7 +29,13 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+import warnings  # noqa: E402
+
 import optuna  # noqa: E402
+
+# multivariate/group TPE (and constant_liar) are "experimental" only by label; they are what makes TPE handle
+# conditional parameters and concurrent trials well.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 from optuna.trial import TrialState  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune import Callback  # noqa: E402

@@ -117,9 +117,12 @@ def test_summary_has_both_seeds_with_mean_and_std(reproduced):
     # Seed 0 is the search's own seed and budget: on the same machine it gives the search's numbers.
     assert summary["same_seed_val_acc_diff"] == pytest.approx(0.0, abs=1e-6)
     assert summary["per_seed"][0]["test_acc"] == pytest.approx(summary["test_acc_search"], abs=1e-6)
-    # Differences to the study are announced before training starts.
+    # The study recorded its code version, data fingerprint and teacher sha256: same code, same data, same
+    # teacher gives no data/teacher/code warning (differences are tested in test_differences_to_the_study_...).
     first_seed = next(i for i, line in enumerate(lines) if line.startswith("seed "))
-    assert any(line.startswith("WARNING: code:") for line in lines[:first_seed])
+    assert not [ln for ln in lines[:first_seed] if ln.startswith(("WARNING: data:", "WARNING: teacher:"))]
+    meta = load_study_meta(run_dir)
+    assert meta["data_fingerprint"] and meta["teacher"]["sha256"] and meta["versions"]["code_sha256"]
 
 
 @pytest.mark.slow
