@@ -73,7 +73,24 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def ray_auth_env(address: str | None) -> None:
+    """Ray 2.60's `ray start --head` turns token auth on when ~/.ray/auth_token exists, but a driver joining with
+    ray.init(address=...) only sends the token when RAY_AUTH_MODE=token is set before ray is imported
+    (ray-project/ray#64755 review). Set it for the user when a token is there."""
+    import os
+
+    if not address or "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    args.address = args.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
+    ray_auth_env(args.address)
     from study.search import run_study
 
     run_study(args.space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
@@ -117,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trials", type=int, help="number of trials (overrides search.trials)")
     r.add_argument("--concurrent", type=int, help="trials at once (overrides search.concurrent)")
     r.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://user@host/db (default runs/NAME/optuna.db)")
-    r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379)")
+    r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379; default $RAY_ADDRESS, else a local Ray)")
     r.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default runs)")
     r.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (overrides resources)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources)")

@@ -138,6 +138,8 @@ class Progress(Callback):
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        return f"{int(v):,}"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, int):
@@ -163,9 +165,14 @@ def _init_ray(address: str | None, cpus_needed: float) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise UserError(f"--address {address}: cannot join the Ray cluster ({exc}); start one with "
+                            "`ray start --head` (see scripts/slurm_study.sh) or drop --address to run locally.") from None
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), include_dashboard=False,
+        # address="local": always a fresh, light local Ray, even when a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), include_dashboard=False,
                  object_store_memory=200 * 2**20, log_to_driver=False, configure_logging=False)
 
 
