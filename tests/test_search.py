@@ -148,3 +148,22 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     assert len({t.user_attrs["trial_dir"] for t in finished}) == 5  # no duplicates
     for name, mtime in done_before.items():  # completed before the kill: not rerun
         assert (run_dir / "trials" / name / "metrics.json").stat().st_mtime == mtime
+
+
+def test_postgresql_storage(tmp_path, ray_session):
+    """--storage with a PostgreSQL URL keeps the Optuna study there (for multi-node studies)."""
+    url = os.environ.get("KDSTUDY_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("no PostgreSQL: run `.ci/postgres.sh` as root and export KDSTUDY_TEST_POSTGRES_URL to its output")
+    from study.search import run_study
+
+    name = f"pg{os.getpid()}{time.time_ns() % 10**6}"
+    space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "trials": 2, "concurrent": 2,
+                                                    "scheduler": "none"})
+    run_dir = run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"), storage=url, report=False)
+    assert json.loads((run_dir / "study.json").read_text())["storage"] == url
+    assert not (run_dir / "optuna.db").exists()
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.directions) == 3
+    assert len(study.get_trials()) == 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
