@@ -1,26 +1,72 @@
-"""Distillation losses.
+"""Distillation losses, a registry users pick by name (`kd_loss` in a trial config).
 
-Convention (same as torchdistill's KDLoss): ``L = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T))``.
-alpha weighs the hard-label term; alpha = 1 is plain cross-entropy. Other repos weigh the terms differently
-(RepDistiller: 0.1 CE + 0.9 KD), so compare alphas across projects with care.
+Convention for every loss here (torchdistill's `KDLoss` for "kd"):
+    L = alpha * CE(s, y) + (1 - alpha) * D(s, t)
+alpha weighs the hard-label term; alpha = 1 is plain cross-entropy. RepDistiller / mdistiller weigh CE 0.1 and
+KD 0.9, i.e. their setting is our alpha = 0.1. The distillation terms D (all architecture-agnostic, so they work
+for channel-pruned students):
+    kd     T^2 * KL(softmax(t/T) || softmax(s/T))                       (Hinton et al. 2015)
+    kd_ls  kd on z-score standardised logits                             (logit standardisation, Sun et al. 2024)
+    dkd    T^2 * [KL of target/non-target mass + beta * KL among non-target classes]  (DKD, Zhao et al. 2022)
+    ce     no distillation term (the no-KD baseline; no teacher is run)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 
+def _kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
+    """KL(p_t || p_s), mean over the batch."""
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def kd_term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, **_: float) -> torch.Tensor:
+    return _kl(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)) * temperature**2
+
+
+def _standardise(z: torch.Tensor) -> torch.Tensor:
+    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + 1e-7)
+
+
+def kd_ls_term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, **_: float) -> torch.Tensor:
+    return kd_term(_standardise(s), _standardise(t), y, temperature)
+
+
+def dkd_term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, dkd_beta: float = 8.0,
+             **_: float) -> torch.Tensor:
+    """Decoupled KD: target-class KD (binary target vs rest) + beta * non-target-class KD."""
+    gt = F.one_hot(y, s.shape[1]).bool()
+    p_s = F.softmax(s / temperature, 1)
+    p_t = F.softmax(t / temperature, 1)
+    # binary distributions (p_target, p_rest)
+    b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], 1).clamp_min(1e-12)
+    b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], 1).clamp_min(1e-12)
+    tckd = _kl(b_s.log(), b_t.log())
+    # distributions over the non-target classes only (target logit masked out)
+    masked = -1000.0 * gt
+    nckd = _kl(F.log_softmax(s / temperature + masked, 1), F.log_softmax(t / temperature + masked, 1))
+    return (tckd + dkd_beta * nckd) * temperature**2
+
+
+KD_LOSSES: dict[str, Callable[..., torch.Tensor] | None] = {
+    "kd": kd_term, "kd_ls": kd_ls_term, "dkd": dkd_term, "ce": None,
+}
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-            temperature: float, alpha: float, label_smoothing: float = 0.0
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (total, ce, kd) where kd is already scaled by T^2 (not by 1 - alpha). Computed in fp32."""
+            temperature: float, alpha: float, label_smoothing: float = 0.0, kind: str = "kd",
+            dkd_beta: float = 8.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (total, ce, distillation term) with total = alpha * ce + (1 - alpha) * term. Computed in fp32."""
+    if kind not in KD_LOSSES:
+        raise ValueError(f"unknown kd_loss {kind!r}; choose one of {', '.join(KD_LOSSES)}")
     s = student_logits.float()
     ce = F.cross_entropy(s, targets, label_smoothing=label_smoothing)
-    if teacher_logits is None or alpha >= 1.0:
+    term_fn = KD_LOSSES[kind]
+    if teacher_logits is None or alpha >= 1.0 or term_fn is None:
         return ce, ce, torch.zeros((), device=s.device)
-    t = teacher_logits.float()
-    log_p_s = F.log_softmax(s / temperature, dim=1)
-    log_p_t = F.log_softmax(t / temperature, dim=1)
-    kd = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
-    return alpha * ce + (1.0 - alpha) * kd, ce, kd
+    term = term_fn(s, teacher_logits.float(), targets, temperature, dkd_beta=dkd_beta)
+    return alpha * ce + (1.0 - alpha) * term, ce, term
