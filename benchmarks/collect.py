@@ -244,7 +244,8 @@ def param_importances(study: Any, objectives: list[dict]) -> tuple[dict[str, dic
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*low `target` values.*")
-                warnings.filterwarnings("ignore", message=".*regimes for parameter.*")  # small studies: noted in the report
+                # small studies: PED-ANOVA warns per parameter; the report notes importances are rough
+                warnings.filterwarnings("ignore", message=".*regimes for parameter.*")
                 imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
         except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
             notes.append(f"{obj['name']}: {e}")

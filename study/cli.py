@@ -31,11 +31,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
     class Hooks:
         def on_epoch(self, epoch, total, val_acc, log, ckpt):
-            import shutil
             print(f"  epoch {epoch + 1}/{total} [{log['phase']}] loss {log['loss']:.3f} (ce {log['ce']:.3f}, "
                   f"kd {log['kd']:.3f})  val_acc {val_acc:.2f}%", flush=True)
-            if ckpt is not None:
-                shutil.rmtree(ckpt, ignore_errors=True)
 
         def resume_dir(self):
             return None
@@ -134,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trials", type=int, help="number of trials (overrides search.trials)")
     r.add_argument("--concurrent", type=int, help="trials at once (overrides search.concurrent)")
     r.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://user@host/db (default runs/NAME/optuna.db)")
-    r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379; default $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379; default $RAY_ADDRESS, "
+                   "else a local Ray)")
     r.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default runs)")
     r.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (overrides resources)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources)")

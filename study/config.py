@@ -18,6 +18,7 @@ class TrialConfig:
     # --- data ---
     dataset: str = "digits"  # registry name: digits, fashion_mnist, cifar10, cifar100, tinyimagenet
     data_root: str = "data"  # folder holding the data set files (relative paths resolve against the CWD)
+    download: bool = False  # fetch a missing data set (cifar10/100, fashion_mnist, tinyimagenet; needs internet)
     val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
     seed: int = 0  # seeds the split, init, augmentation schedule and batch order
     # --- teacher (trained once per key and cached on disk) ---
@@ -29,7 +30,8 @@ class TrialConfig:
     student_arch: str = "resnet8"  # registry name in study.models
     width_mult: float = 1.0  # scales every stage of the student (and the stem)
     # --- distillation ---
-    kd_loss: str = "kd"  # kd: alpha*CE + (1-alpha)*T^2*KL(teacher||student); ce: plain CE, no teacher (baseline)
+    kd_loss: str = "kd"  # alpha*CE + (1-alpha)*D; D = kd (T^2*KL), kd_ls (on standardised logits), dkd; ce: no teacher
+    dkd_beta: float = 8.0  # dkd only: weight of the non-target-class term (DKD paper: 8 on CIFAR)
     temperature: float = 4.0  # KD softmax temperature T
     alpha: float = 0.5  # weight on the CE term; (1 - alpha) weighs the T^2-scaled KL term
     epochs: int = 6  # distillation epochs before pruning
@@ -37,16 +39,20 @@ class TrialConfig:
     lr: float = 0.1  # peak SGD learning rate (nesterov, momentum 0.9), warm-up then linear decay to 0
     weight_decay: float = 5e-4  # L2 weight decay on conv/linear weights (not on BN or biases)
     label_smoothing: float = 0.0  # label smoothing on the CE term
+    # read the teacher's logits per (epoch, image) view from a study-wide fp16 cache, built once
+    # (study/teacher_cache.py); false runs the teacher live on every batch (fresh views per trial)
+    teacher_cache: bool = True
     # --- pruning (after distillation) ---
     prune_method: str = "none"  # none, l1_structured, l2_structured (torch-pruning), l1_unstructured (global magnitude)
-    prune_ratio: float = 0.0  # structured: fraction of CHANNELS removed per layer; unstructured: fraction of weights zeroed
+    prune_ratio: float = 0.0  # structured: fraction of CHANNELS removed per layer; unstructured: of weights zeroed
     round_to: int = 1  # structured: keep channel counts a multiple of this (8 helps GPU kernels)
     # --- fine-tuning (after pruning, with KD from the teacher unless kd_loss == ce) ---
     finetune_epochs: int = 3  # fine-tuning epochs after pruning (0 skips; used also when prune_method == none)
     finetune_lr: float = 0.02  # peak learning rate of the fine-tuning schedule
     # --- execution and measurement ---
     device: str = "auto"  # auto (cuda if available, else cpu), cpu, cuda, cuda:N
-    precision: str = "fp32"  # fp32 or bf16 (autocast) for training; evaluation is fp32
+    precision: str = "auto"  # training: auto (bf16 + channels_last where measured faster: train.resolve_precision),
+    #                           fp32, or bf16 (autocast); evaluation and metrics are always fp32
     threads: int = 0  # torch intra-op threads for this trial; 0 keeps torch's default
     eval_batch_size: int = 1024  # batch size for validation/test evaluation
     latency_repeats: int = 30  # timed runs for batch-1 latency (median and IQR reported)
@@ -121,10 +127,12 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
         raise bad("epochs and teacher_epochs must be >= 1 and finetune_epochs >= 0.")
     if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
         raise bad("batch sizes must be >= 1.")
-    if cfg.kd_loss not in ("kd", "ce"):
-        raise bad(f"kd_loss must be one of kd, ce (got '{cfg.kd_loss}').")
-    if cfg.precision not in ("fp32", "bf16"):
-        raise bad(f"precision must be fp32 or bf16 (got '{cfg.precision}').")
+    from study.losses import KD_LOSSES
+
+    if cfg.kd_loss not in KD_LOSSES:
+        raise bad(f"kd_loss must be one of {', '.join(KD_LOSSES)} (got '{cfg.kd_loss}').")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise bad(f"precision must be auto, fp32 or bf16 (got '{cfg.precision}').")
     if cfg.val_size <= 0:
         raise bad("val_size must be > 0 (a fraction below 1 or a count).")
 
@@ -150,7 +158,8 @@ def load_config(path: Path) -> TrialConfig:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read the trial config ({exc}); point to a config.yaml written by a trial.") from None
+        raise UserError(f"{path}: cannot read the trial config ({exc}); point to a config.yaml written by a "
+                        "trial.") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a trial config (expected a mapping); point to a config.yaml written by a trial.")
     return make_config(data, source=str(path))

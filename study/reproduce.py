@@ -249,7 +249,7 @@ def check_against_study(run_dir: Path, meta: dict, cfg: TrialConfig, ds, search_
         w.append(f"data: the data set's fingerprint is {fp_now} now but {fp_then} in the study; the images or "
                  "labels changed.")
     # teacher
-    uses_teacher = cfg.kd_loss == "kd" and cfg.alpha < 1.0
+    uses_teacher = cfg.kd_loss != "ce" and cfg.alpha < 1.0
     recorded = meta.get("teacher") or {}
     if uses_teacher:
         from study.teacher import teacher_key
@@ -386,11 +386,11 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
     run_epochs = epochs or cfg.epochs
     base = cfg.replace(epochs=run_epochs, device=device_name)
 
-    ds = load_dataset(cfg.dataset, cfg.data_root)
+    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     teacher_file: Path | None = None
     teacher_embedded: dict | None = None
     recorded = meta.get("teacher") or {}
-    uses_teacher = cfg.kd_loss == "kd" and cfg.alpha < 1.0
+    uses_teacher = cfg.kd_loss != "ce" and cfg.alpha < 1.0
     if uses_teacher and recorded.get("path"):
         p = Path(recorded["path"])
         p = p if p.is_absolute() or not (run_dir / p).is_file() else run_dir / p

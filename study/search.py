@@ -69,6 +69,10 @@ class KDOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if stored.state.is_finished():  # told before a driver kill; Tune replays the completion after restore
+            self._completed_trials.add(trial_id)
+            return
         result = result or {}
         status = result.get("status", "failed" if error else "early_stopped")
         if status == "running":
@@ -169,7 +173,8 @@ def _init_ray(address: str | None, cpus_needed: float) -> None:
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError) as exc:
             raise UserError(f"--address {address}: cannot join the Ray cluster ({exc}); start one with "
-                            "`ray start --head` (see scripts/slurm_study.sh) or drop --address to run locally.") from None
+                            "`ray start --head` (see scripts/slurm_study.sh) or drop --address to run "
+                            "locally.") from None
     else:
         # address="local": always a fresh, light local Ray, even when a `ray start` cluster runs on this machine
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed + 0.999)), include_dashboard=False,
@@ -210,7 +215,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     from study.data import load_dataset
 
     base = space.base_config()
-    ds = load_dataset(base.dataset, base.data_root)
+    ds = load_dataset(base.dataset, base.data_root, download=base.download)
     input_shape = tuple(ds.train_x.shape[1:])
     run_dir.mkdir(parents=True, exist_ok=True)
     storage_url = storage or f"sqlite:///{run_dir / 'optuna.db'}"
@@ -222,11 +227,18 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     from study.trial import resolve_device
 
     teacher_path, teacher_info = None, {}
-    uses_kd = base.kd_loss == "kd" or any(p.name == "kd_loss" for p in space.params)
+    uses_kd = base.kd_loss != "ce" or any(p.name == "kd_loss" for p in space.params)
     if uses_kd:
         _, teacher_info = get_teacher(base, resolve_device(base.device), log=log)
         teacher_path = teacher_info["path"]
         teacher_info = {**teacher_info, "sha256": file_sha256(Path(teacher_path))}
+        if base.teacher_cache:  # teacher logits for every (epoch, image) view of the schedule, shared by all trials
+            from study.teacher_cache import ensure_teacher_cache
+
+            t0 = time.time()
+            manifest = ensure_teacher_cache(base, teacher_path, max_total_epochs(space), log=log)
+            teacher_info["logit_cache"] = manifest["path"]
+            log(f"teacher logit cache: {manifest['path']} ({time.time() - t0:.1f}s)")
         log(f"teacher {teacher_info['arch']}: val_acc {teacher_info['val_acc']:.2f}%  "
             f"params {teacher_info['params']:,}  ({teacher_path})")
 
@@ -299,6 +311,16 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     return run_dir
 
 
+def max_total_epochs(space: SearchSpace) -> int:
+    """The most epochs (distillation + fine-tuning) any trial of the space can run: the teacher cache covers them."""
+    base = space.base_config()
+    top = {"epochs": base.epochs, "finetune_epochs": base.finetune_epochs}
+    for p in space.params:
+        if p.name in top:
+            top[p.name] = int(max(p.choices) if p.type == "categorical" else p.high)
+    return top["epochs"] + top["finetune_epochs"]
+
+
 def _make_scheduler(space: SearchSpace, objectives: list[tuple[str, str]]):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -342,7 +364,8 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
 
         device = resolve_device(cfg.device)
         model, info = load_teacher(teacher_path, device)
-        data = make_resident(load_dataset(cfg.dataset, cfg.data_root), cfg.val_size, cfg.seed, device)
+        ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+        data = make_resident(ds, cfg.val_size, cfg.seed, device)
         prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
         tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
         metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)

@@ -6,7 +6,6 @@ Kept apart from study.search so that Ray workers import only what a trial needs.
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 import traceback
 from pathlib import Path
@@ -49,12 +48,9 @@ class RayHooks(TrialHooks):
 
         result = {**self.costs, "status": "running", "epoch": epoch + 1, "val_acc": val_acc,
                   "loss": log["loss"], "phase": log["phase"]}
-        try:
-            ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-            tune.report(result, checkpoint=ckpt)
-        finally:
-            if checkpoint_dir is not None:
-                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        # tune.report persists the checkpoint before it returns; run_trial then deletes checkpoint_dir
+        ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(result, checkpoint=ckpt)
 
     def resume_dir(self) -> Path | None:
         from ray import tune

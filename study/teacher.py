@@ -1,4 +1,4 @@
-"""The teacher: trained once per (data set, split, architecture, budget, seed), cached on disk, loaded by later trials."""
+"""The teacher: trained once per (data set, split, architecture, budget, seed), cached on disk, loaded later."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from study.measure import count_params
 from study.models import build_model
 from study.train import ResidentData, evaluate, make_resident, train_phase
 
-TEACHER_CODE_VERSION = 1  # bump when the teacher's training recipe changes, so old cached teachers are not reused
+TEACHER_CODE_VERSION = 2  # bump when the teacher's training recipe changes, so old cached teachers are not reused
 
 # Config fields that determine the teacher; anything else (student, KD, pruning) shares the same teacher.
-TEACHER_KEY_FIELDS = ("dataset", "val_size", "seed", "teacher_arch", "teacher_width", "teacher_epochs",
+TEACHER_KEY_FIELDS = ("dataset", "val_size", "seed", "precision", "teacher_arch", "teacher_width", "teacher_epochs",
                       "teacher_lr", "batch_size", "weight_decay", "label_smoothing")
 
 
@@ -67,7 +67,8 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
         if path.exists():
             return load_teacher(path, device)
         if data is None:
-            data = make_resident(load_dataset(cfg.dataset, cfg.data_root), cfg.val_size, cfg.seed, device)
+            ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+            data = make_resident(ds, cfg.val_size, cfg.seed, device)
         log(f"training teacher {cfg.teacher_arch} on {cfg.dataset} ({cfg.teacher_epochs} epochs) -> {path}")
         t0 = time.time()
         model = train_teacher(cfg, data, log)

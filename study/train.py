@@ -8,9 +8,11 @@ function of (seed, epoch), so every trial of a study replays the same views; a t
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -116,68 +118,183 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# ---------------------------------------------------------------------------------------------- precision
+# Student training step (fwd + KD loss + bwd + SGD), batch 128, median of interleaved runs, measured on this
+# project's 2-core Sapphire Rapids VM (avx512_bf16; torch 2.14), time relative to fp32 NCHW:
+#                        threads  fp32-NHWC  bf16-NCHW  bf16-NHWC (channels_last)
+#   resnet8  1x8x8  (digits)  1     1.26x      1.16x      1.43x
+#   resnet20 1x8x8  (digits)  1     1.19x      1.14x      1.34x
+#   resnet8  3x32x32          1     1.64x      2.13x      2.44x
+#   resnet20 3x32x32          1     1.47x      2.07x      2.54x
+#   resnet20 3x32x32          2     1.40x      1.93x      2.37x
+# bf16 + channels_last won every shape, so "auto" picks it on CPUs with native bf16 (avx512_bf16 / AMX);
+# elsewhere (no bf16 units: emulated bf16 is slower) it keeps fp32 NCHW. On CUDA it picks bf16 + channels_last
+# where the GPU has bf16 tensor cores (compute capability >= 8.0): the usual result, NOT measured here (no GPU
+# was lent to this work; `python -m benchmarks.speed` on a GPU shows it). Evaluation and metrics stay fp32.
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, bool]:
+    """(autocast dtype name "fp32" | "bf16", use channels_last) for a training precision setting on `device`."""
+    if precision == "auto":
+        if device.type == "cuda":
+            fast = torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
+        else:
+            fast = device.type == "cpu" and _cpu_has_native_bf16()
+        return ("bf16", True) if fast else ("fp32", False)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16 (got {precision!r})")
+    return precision, precision == "bf16" and device.type in ("cpu", "cuda")
+
+
+def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+class NesterovSGD:
+    """SGD with nesterov momentum and per-group L2 weight decay, bit for bit the same as
+    ``torch.optim.SGD(groups, lr, momentum, nesterov=True)`` (its foreach implementation); lr is given per step.
+
+    Written out (a dozen lines of foreach ops) because constructing any torch.optim optimiser imports
+    torch._dynamo, which costs 0.8-1.5 s per process here: a third of a whole demo trial.
+    """
+
+    def __init__(self, groups: list[dict], momentum: float = 0.9) -> None:
+        self.groups = [{"params": list(g["params"]), "weight_decay": g["weight_decay"]} for g in groups]
+        self.momentum = momentum
+        # one momentum buffer per parameter, None until the parameter first gets a gradient (as in torch)
+        self.bufs: list[list[torch.Tensor | None]] = [[None] * len(g["params"]) for g in self.groups]
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        m = self.momentum
+        for g, bufs in zip(self.groups, self.bufs, strict=True):
+            wd = g["weight_decay"]
+            if all(p.grad is not None for p in g["params"]) and all(b is not None for b in bufs):
+                params, grads = g["params"], [p.grad for p in g["params"]]
+                if wd:
+                    grads = torch._foreach_add(grads, params, alpha=wd)
+                torch._foreach_mul_(bufs, m)
+                torch._foreach_add_(bufs, grads)
+                torch._foreach_add_(params, torch._foreach_add(grads, bufs, alpha=m), alpha=-lr)  # nesterov
+                continue
+            for j, p in enumerate(g["params"]):  # first step, or parameters without a gradient this step
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=wd) if wd else p.grad
+                if bufs[j] is None:
+                    bufs[j] = d.detach().clone()
+                else:
+                    bufs[j].mul_(m).add_(d)
+                p.add_(d.add(bufs[j], alpha=m), alpha=-lr)
+
+    def zero_grad(self) -> None:
+        for g in self.groups:
+            for p in g["params"]:
+                p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"momentum": self.momentum, "bufs": [list(b) for b in self.bufs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.momentum = state["momentum"]
+        self.bufs = [[t.to(p.device) if t is not None else None for t, p in zip(b, g["params"], strict=True)]
+                     for b, g in zip(state["bufs"], self.groups, strict=True)]
+
+
+def lr_at(step: int, lr: float, total: int, warm: int) -> float:
+    """Linear warm-up over `warm` steps to `lr`, then linear decay to 0 at `total` steps."""
+    return lr * ((step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
+
+
 def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoch: int, seed: int, lr: float,
                 batch_size: int, weight_decay: float, teacher: TeacherFn | None, temperature: float, alpha: float,
-                label_smoothing: float = 0.0, precision: str = "fp32",
-                after_step: Callable[[], None] | None = None,
+                label_smoothing: float = 0.0, precision: str = "fp32", kd_kind: str = "kd",
+                dkd_beta: float = 8.0, after_step: Callable[[], None] | None = None,
                 on_epoch: Callable[[int, float, dict, dict], None] | None = None,
                 skip_epochs: int = 0, resume_opt: dict | None = None) -> list[dict]:
     """Train `epochs` epochs (schedule epochs first_epoch .. first_epoch + epochs - 1); return per-epoch logs.
 
     LR: linear warm-up over the first 15% of steps to `lr`, then linear decay to 0 (SGD, nesterov, momentum 0.9).
+    precision: fp32, bf16 (autocast) or auto (see resolve_precision); the loss and evaluation are fp32.
     on_epoch(schedule_epoch, val_acc, log, opt_state) is called after each epoch (the search layer reports and
     checkpoints from it). To resume, pass the epochs already done (skip_epochs) and the saved opt_state.
+    The model is trained in channels_last where that is faster and handed back in the default layout.
     """
     device = data.train_x.device
     n = data.train_x.shape[0]
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, epochs * steps_per_epoch)
     warm = max(1, int(0.15 * total))
-    opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    dtype, channels_last = resolve_precision(precision, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place: parameters keep their identity
+    opt = NesterovSGD(param_groups(model, weight_decay), momentum=0.9)
+    step = 0
     if resume_opt is not None:
         opt.load_state_dict(resume_opt["opt"])
-        sched.load_state_dict(resume_opt["sched"])
-    use_bf16 = precision == "bf16"
+        step = resume_opt["step"]
     logs = []
-    for e in range(skip_epochs, epochs):
-        epoch = first_epoch + e
-        model.train()
-        sums = torch.zeros(3, device=device)
-        seen = 0
-        for x, y, idx in augmented_batches(data, epoch, seed, batch_size):
-            t_logits = teacher(x, idx, epoch) if teacher is not None and alpha < 1.0 else None
-            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-            with ctx:
-                out = model(x)
-            loss, ce, kd = kd_loss(out, t_logits, y, temperature, alpha, label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step()
-            sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(y)
-            seen += len(y)
-        loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
-        if not math.isfinite(loss_m):
-            raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
-        val_acc = evaluate(model, data.val_x, data.val_y)
-        log = {"epoch": epoch, "loss": loss_m, "ce": ce_m, "kd": kd_m, "val_acc": val_acc,
-               "lr": opt.param_groups[0]["lr"]}
-        logs.append(log)
-        if on_epoch is not None:
-            on_epoch(epoch, val_acc, log, {"opt": opt.state_dict(), "sched": sched.state_dict()})
+    try:
+        for e in range(skip_epochs, epochs):
+            epoch = first_epoch + e
+            model.train()
+            sums = torch.zeros(3, device=device)
+            seen = 0
+            for x, y, idx in augmented_batches(data, epoch, seed, batch_size):
+                t_logits = teacher(x, idx, epoch) if teacher is not None and alpha < 1.0 else None
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(dtype, device):
+                    out = model(x)
+                loss, ce, kd = kd_loss(out, t_logits, y, temperature, alpha, label_smoothing, kind=kd_kind,
+                                       dkd_beta=dkd_beta)
+                opt.zero_grad()
+                loss.backward()
+                opt.step(lr_at(step, lr, total, warm))
+                step += 1
+                if after_step is not None:
+                    after_step()
+                sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(y)
+                seen += len(y)
+            loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
+            if not math.isfinite(loss_m):
+                raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
+            val_acc = evaluate(model, data.val_x, data.val_y)
+            log = {"epoch": epoch, "loss": loss_m, "ce": ce_m, "kd": kd_m, "val_acc": val_acc,
+                   "lr": lr_at(step, lr, total, warm)}
+            logs.append(log)
+            if on_epoch is not None:
+                on_epoch(epoch, val_acc, log, {"opt": opt.state_dict(), "step": step})
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
     return logs
 
 
-def live_teacher(teacher: nn.Module) -> TeacherFn:
-    """Run the teacher on the exact augmented view the student sees (eval mode, no grad)."""
+def live_teacher(teacher: nn.Module, precision: str = "fp32") -> TeacherFn:
+    """Run the teacher on the exact augmented view the student sees (eval mode, no grad).
+
+    precision as in train_phase: with bf16 the teacher runs under bf16 autocast (and channels_last), the same
+    speed/accuracy trade the student makes. The teacher-output cache (study.teacher_cache) is always fp32-exact.
+    """
     teacher.eval()
+    device = next(teacher.parameters()).device
+    dtype, channels_last = resolve_precision(precision, device)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
 
     def fn(x: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        with torch.no_grad():  # not inference_mode: its tensors cannot be saved for the student's backward
-            return teacher(x)
+        with torch.no_grad(), autocast(dtype, device):  # not inference_mode: its tensors cannot be saved for backward
+            return teacher(x).float()
 
     return fn

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ from study.measure import count_macs, count_nonzero_params, count_params, measur
 from study.models import build_model
 from study.pruning import prune_model, reapply_mask, sparsity_mask
 from study.teacher import get_teacher, load_teacher
-from study.train import ResidentData, evaluate, live_teacher, make_resident, train_phase
+from study.teacher_cache import CachedTeacher, teacher_cache_for
+from study.train import ResidentData, TeacherFn, evaluate, live_teacher, make_resident, resolve_precision, train_phase
 
 
 class TrialHooks:
@@ -71,6 +73,31 @@ def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[in
     return out
 
 
+def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, epochs: int,
+                    teacher_path: Path | None, cache_dir: Path | None, log) -> tuple[TeacherFn | None, dict, str]:
+    """(teacher function, teacher info, mode) for a trial; mode is none, cache or live.
+
+    With cfg.teacher_cache the logits come from the study-wide cache (built here if the driver has not built it;
+    extended if this trial runs more epochs); otherwise the teacher runs live in the trial's precision.
+    """
+    if cfg.kd_loss == "ce" or cfg.alpha >= 1.0:
+        return None, {}, "none"
+    teacher: nn.Module | None = None
+    info: dict = {}
+    if teacher_path is None:
+        teacher, info = get_teacher(cfg, device, cache_dir, data=data, log=log)
+        teacher_path = Path(info["path"])
+    if cfg.teacher_cache:
+        cache = teacher_cache_for(cfg, teacher_path, data, epochs, cache_dir=cache_dir, teacher=teacher,
+                                  teacher_info=info, log=log)
+        path = teacher_path
+        fn = CachedTeacher(cache, live=lambda: teacher if teacher is not None else load_teacher(path, device)[0])
+        return fn, info or cache.manifest.get("teacher", {}), "cache"
+    if teacher is None:
+        teacher, info = load_teacher(teacher_path, device)
+    return live_teacher(teacher, cfg.precision), info, "live"
+
+
 def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
               hooks: TrialHooks | None = None, cache_dir: Path | None = None) -> dict:
     """Run one trial and return its metrics (accuracies in percent). Writes config.yaml, metrics.json,
@@ -80,27 +107,22 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)  # missing data: fail before writing
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-
-    ds = load_dataset(cfg.dataset, cfg.data_root)
     data = make_resident(ds, cfg.val_size, cfg.seed, device)
     shape = data.input_shape
+    train_dtype, channels_last = resolve_precision(cfg.precision, device)
+    precision_used = train_dtype + ("+channels_last" if channels_last else "")  # what "auto" chose, for the record
 
-    teacher: nn.Module | None = None
-    teacher_info: dict = {}
-    if cfg.kd_loss == "kd" and cfg.alpha < 1.0:
-        if teacher_path is not None:
-            teacher, teacher_info = load_teacher(teacher_path, device)
-        else:
-            teacher, teacher_info = get_teacher(cfg, device, cache_dir, data=data, log=hooks.log)
-    teacher_fn = live_teacher(teacher) if teacher is not None else None
+    total_epochs = cfg.epochs + cfg.finetune_epochs
+    teacher_fn, teacher_info, teacher_mode = make_teacher_fn(cfg, data, device, total_epochs, teacher_path,
+                                                             cache_dir, hooks.log)
 
     torch.manual_seed(cfg.seed)
     student = build_model(cfg.student_arch, data.num_classes, shape[0], cfg.width_mult).to(device)
-    total_epochs = cfg.epochs + cfg.finetune_epochs
     epoch_rows: list[dict] = []
     prune_info: dict | None = None
     phase, done, resume_opt = "distill", 0, None
@@ -124,11 +146,15 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
             torch.save(opt_state, ckpt / "opt.pt")
             write_json_atomic(ckpt / "state.json", {"phase": phase_name, "done": epoch - phase_offset + 1,
                                                     "prune_info": prune_info, "rows": epoch_rows})
-            hooks.on_epoch(epoch, total_epochs, val_acc, row, ckpt)
+            try:
+                hooks.on_epoch(epoch, total_epochs, val_acc, row, ckpt)  # hooks copy what they keep
+            finally:
+                shutil.rmtree(ckpt, ignore_errors=True)
         return on_epoch
 
     common = dict(seed=cfg.seed, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, teacher=teacher_fn,
-                  temperature=cfg.temperature, alpha=cfg.alpha if cfg.kd_loss == "kd" else 1.0,
+                  temperature=cfg.temperature, alpha=cfg.alpha if cfg.kd_loss != "ce" else 1.0,
+                  kd_kind=cfg.kd_loss, dkd_beta=cfg.dkd_beta,
                   label_smoothing=cfg.label_smoothing, precision=cfg.precision)
     t_train = time.time()
     if phase == "distill":
@@ -149,7 +175,10 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
 
     student.eval()
     metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir)
-    metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3))
+    metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3),
+                   precision_used=precision_used, teacher_mode=teacher_mode)
+    if isinstance(teacher_fn, CachedTeacher):
+        metrics.update(teacher_cache_batches=teacher_fn.cached_batches, teacher_live_batches=teacher_fn.live_batches)
     metrics.update({f"teacher_{k}": teacher_info[k] for k in ("val_acc", "test_acc", "path") if k in teacher_info})
     metrics.update(cfg.to_dict())
     if out_dir is not None:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import TINY_TRIAL, write_space
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY_TRIAL, write_space
+
 from search_spaces import DefineByRun, load_space
 from study.cli import main
 from study.errors import SpaceError

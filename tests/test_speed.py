@@ -1,0 +1,91 @@
+"""The fast trial loop (optimiser, precision rule, layout) and `python -m benchmarks.speed` end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import TINY_TRIAL
+
+from study.config import make_config
+from study.data import load_dataset
+from study.models import build_model
+from study.train import NesterovSGD, make_resident, param_groups, resolve_precision, train_phase
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_nesterov_sgd_matches_torch_sgd_bit_for_bit():
+    torch.manual_seed(0)
+    a = build_model("resnet8", 10, 1)
+    b = copy.deepcopy(a)
+    b.fc.bias.requires_grad_(False)  # a parameter left out of the groups
+    a.fc.bias.requires_grad_(False)
+    ref = torch.optim.SGD(param_groups(a, 5e-4), lr=0.1, momentum=0.9, nesterov=True)
+    ours = NesterovSGD(param_groups(b, 5e-4), momentum=0.9)
+    for step in range(4):
+        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+        for model, opt in ((a, ref), (b, ours)):
+            opt.zero_grad()
+            out = model(x) if step != 2 else model.fc(torch.zeros(16, model.fc.in_features))  # step 2: fc only
+            torch.nn.functional.cross_entropy(out, y).backward()
+        lr = 0.1 * (step + 1) / 4
+        for g in ref.param_groups:
+            g["lr"] = lr
+        ref.step()
+        ours.step(lr)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_optimiser_state_round_trips_through_torch_save(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 1)
+    opt = NesterovSGD(param_groups(model, 5e-4))
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step(0.1)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    again = NesterovSGD(param_groups(model, 5e-4))
+    again.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    assert all(torch.equal(x, y) for bx, by in zip(opt.bufs, again.bufs, strict=True)
+               for x, y in zip(bx, by, strict=True))
+
+
+def test_precision_rule():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == ("fp32", False)
+    assert resolve_precision("bf16", cpu) == ("bf16", True)
+    assert resolve_precision("auto", cpu)[0] in ("fp32", "bf16")
+    assert resolve_precision("auto", torch.device("meta")) == ("fp32", False)
+
+
+def test_train_phase_hands_the_model_back_in_the_default_layout():
+    cfg = make_config(TINY_TRIAL)
+    data = make_resident(load_dataset("digits", "data"), cfg.val_size, cfg.seed, torch.device("cpu"))
+    model = build_model("resnet8", 10, 1)
+    logs = train_phase(model, data, epochs=1, first_epoch=0, seed=0, lr=0.05, batch_size=256, weight_decay=5e-4,
+                       teacher=None, temperature=1.0, alpha=1.0, precision="bf16")
+    assert logs[0]["val_acc"] > 10 and logs[0]["lr"] == 0.0  # linear decay to 0 at the last step
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_speed_benchmark_quick_writes_the_table_and_json(tmp_path):
+    out = tmp_path / "speed.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--quick", "--json", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "c/a" in r.stdout and "images/s" in r.stdout
+    res = json.loads(out.read_text())
+    assert set(res["students"]) == {"resnet20", "resnet8"}
+    assert res["cache_build_s"] >= 0 and res["images"] > 0
+    for s in res["students"].values():
+        for key in ("ratio_ours_vs_plain", "ratio_cache_vs_live", "ratio_live_vs_plain"):
+            assert s[key] > 0
+        for loop in ("plain", "live", "cache"):
+            assert s[loop]["images_per_s"] > 0 and s[loop]["peak_mem_mib"] > 0
+            assert 0 <= s[loop]["teacher_share"] < 1
+        assert s["live"]["teacher_share"] > 0 and s["cache_lookups_live_fallback"] == 0
