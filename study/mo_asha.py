@@ -2,9 +2,16 @@
 
 Single-metric ASHA ranks trials by accuracy alone, so it stops small / pruned students that learn slower but
 sit on the accuracy-cost front. Here, when a trial reaches a rung (epochs grace * eta^k), its vector
-(accuracy so far, plus the cost objectives known before training: params, MACs, latency) is ranked against every
-vector recorded at that rung by non-dominated sorting, ties within a front broken by crowding distance
-(NSGA-II selection, one of the paper's two variants). The trial continues when it is in the best
+(accuracy so far, plus the cost objectives) is ranked against every vector recorded at that rung by
+non-dominated sorting, ties within a front broken by crowding distance (NSGA-II selection, one of the paper's
+two variants).
+
+The costs at a rung are those of the model the trial is training at that moment (`rung_params`,
+`rung_nonzero_params`, `rung_macs` in the result): before pruning that is the dense student, so a trial that
+will prune hard gets no credit for a small final size while its accuracy is still that of the dense model (that
+credit would stop the milder, later more accurate configurations). Costs are exact counts; a noisy objective such
+as latency is ranked through MACs at the rungs, so two trials training the same architecture compare on accuracy
+alone. The trial continues when it is in the best
 ceil(n / eta) of the n recorded, or when no other trial at that rung dominates it (see `promote`); otherwise it
 is stopped and told to Optuna as PRUNED.
 """
@@ -107,12 +114,18 @@ class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
         return True
 
     def _vector(self, result: dict) -> list[float] | None:
-        vec = []
+        vec, used = [], set()
         for name, direction in self._objectives:
-            v = result.get(name)
+            key = name
+            if name != "val_acc":
+                key = f"rung_{name}" if f"rung_{name}" in result else "rung_macs" if "rung_macs" in result else name
+            if key in used:
+                continue
+            used.add(key)
+            v = result.get(key)
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 return None
-            vec.append(-float(v) if direction == "maximize" else float(v))
+            vec.append(-float(v) if direction == "maximize" and key == name else float(v))
         return vec
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:

@@ -35,18 +35,26 @@ def reportable(metrics: dict) -> dict:
             if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v))}
 
 
-class RayHooks(TrialHooks):
-    """Report val_acc (plus the architecture costs, for MO-ASHA) every epoch, with a resumable checkpoint."""
+# Deterministic cost counts of the model being trained, reported as rung_<name> for early stopping.
+RUNG_COSTS = ("params", "nonzero_params", "macs")
 
-    def __init__(self, costs: dict, total_epochs: int):
+
+class RayHooks(TrialHooks):
+    """Report val_acc every epoch with a resumable checkpoint, plus the final architecture costs and the costs of
+    the model being trained right now (rung_*: the dense student before pruning, the pruned one after) for MO-ASHA.
+    """
+
+    def __init__(self, costs: dict, total_epochs: int, dense_costs: dict | None = None):
         self.costs = costs
+        self.rung = {"distill": {f"rung_{k}": (dense_costs or costs)[k] for k in RUNG_COSTS},
+                     "finetune": {f"rung_{k}": costs[k] for k in RUNG_COSTS}}
         self.total_epochs = total_epochs
         self._resume_tmp: str | None = None
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
         from ray import tune
 
-        result = {**self.costs, "status": "running", "epoch": epoch + 1, "val_acc": val_acc,
+        result = {**self.costs, **self.rung[log["phase"]], "status": "running", "epoch": epoch + 1, "val_acc": val_acc,
                   "loss": log["loss"], "phase": log["phase"]}
         # tune.report persists the checkpoint before it returns; run_trial then deletes checkpoint_dir
         ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
@@ -89,7 +97,9 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                                                            "error": reason})
             tune.report({**base, **costs, "status": "infeasible", "error": reason})
             return
-        hooks = RayHooks(costs, total)
+        dense = architecture_costs(cfg.replace(prune_method="none", prune_ratio=0.0), ctx["num_classes"],
+                                   tuple(ctx["input_shape"]), latency=False)
+        hooks = RayHooks(costs, total, dense)
         metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
         metrics["status"] = "complete"
         write_json_atomic(trial_dir / "metrics.json", metrics)

@@ -54,3 +54,17 @@ def test_scheduler_records_rungs_and_stops_dominated():
     # non-rung epochs and final results never stop a trial
     assert s.on_trial_result(None, _Trial("a"), {**r, "epoch": 2, "val_acc": 1.0}) == "CONTINUE"
     assert s.on_trial_result(None, _Trial("b"), {"status": "complete", "epoch": 9, "val_acc": 1.0}) == "CONTINUE"
+
+
+def test_rung_costs_are_those_of_the_model_being_trained():
+    """Before pruning, two trials of the same dense student compare on accuracy alone: the one that will prune
+    harder gets no credit for its final size, and latency (noisy) is ranked through exact MACs."""
+    s = MOASHAScheduler([("val_acc", "maximize"), ("params", "minimize"), ("latency_ms_bs1", "minimize")],
+                        max_t=9, grace_period=1, reduction_factor=3)
+    dense = {"rung_params": 1000, "rung_nonzero_params": 1000, "rung_macs": 5000}
+    mild = {"status": "running", "epoch": 1, "params": 800, "latency_ms_bs1": 0.21, **dense}
+    hard = {"status": "running", "epoch": 1, "params": 200, "latency_ms_bs1": 0.20, **dense}
+    assert s.on_trial_result(None, _Trial("mild"), {**mild, "val_acc": 80.0}) == "CONTINUE"
+    # same dense model, worse accuracy: stopped although its final params and latency are lower
+    assert s.on_trial_result(None, _Trial("hard"), {**hard, "val_acc": 70.0}) == "STOP"
+    assert s._vector({**hard, "val_acc": 70.0}) == [-70.0, 1000.0, 5000.0]
