@@ -5,6 +5,7 @@ Kept apart from study.search so that Ray workers import only what a trial needs.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import traceback
@@ -74,6 +75,18 @@ class RayHooks(TrialHooks):
         print(msg, flush=True)
 
 
+def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
+    path = trial_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = all(metrics.get(k) == v for k, v in cfg.to_dict().items())
+    return metrics if metrics.get("status") == "complete" and same else None
+
+
 def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Ray Tune function trainable. config: sampled params + trial_number; ctx: the study's fixed context."""
     from ray import tune
@@ -88,6 +101,10 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         if not ctx.get("gpu"):
             cfg = cfg.replace(device="cpu")
         total = cfg.epochs + cfg.finetune_epochs
+        done = _finished_metrics(trial_dir, cfg)
+        if done is not None:  # finished before a driver kill that Tune's last snapshot missed: never rerun
+            tune.report({**base, **reportable(done), "status": "complete", "epoch": total})
+            return
         needs_latency = ("latency_ms_bs1" in ctx["objective_names"] or "max_latency_ms" in ctx["constraints"])
         costs = architecture_costs(cfg, ctx["num_classes"], tuple(ctx["input_shape"]), latency=needs_latency)
         violations = constraint_violations(costs, ctx["constraints"])

@@ -129,7 +129,8 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     deadline = time.time() + 240
     done_before: dict[str, float] = {}
     while time.time() < deadline:
-        done_before = {p.parent.name: p.stat().st_mtime for p in run_dir.glob("trials/*/metrics.json")}
+        done_before = {p.parent.name: p.stat().st_mtime for p in run_dir.glob("trials/*/metrics.json")
+                       if '"status": "complete"' in p.read_text()}
         if len(done_before) >= 1 and len(list(run_dir.glob("trials/*"))) >= 3:
             break
         time.sleep(0.5)
@@ -143,7 +144,7 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     trials = study.get_trials()
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     finished = [t for t in trials if t.user_attrs.get("status") in ("complete", "early_stopped", "infeasible")]
-    assert len(finished) == 5, [(t.number, t.state, t.user_attrs.get("status")) for t in trials]
+    assert len(finished) == 5, [(t.number, t.state, t.user_attrs.get("status"), t.user_attrs.get("error")) for t in trials]
     assert len({t.user_attrs["trial_dir"] for t in finished}) == 5  # no duplicates
     for name, mtime in done_before.items():  # completed before the kill: not rerun
         assert (run_dir / "trials" / name / "metrics.json").stat().st_mtime == mtime
