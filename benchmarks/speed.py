@@ -246,7 +246,7 @@ class StudentBench:
         k = 2 * self.batch_size
         d = self.data
         sub = ResidentData(d.train_x[:k], d.train_y[:k], d.val_x[:32], d.val_y[:32], d.test_x, d.test_y, d.pad,
-                           d.hflip, d.num_classes)
+                           d.hflip, d.num_classes, d.mean, d.std)
         plain_epoch(copy.deepcopy(self.init), self.teacher,
                     plain_loader(self.images_hwc[:k], self.labels[:k], self.batch_size, 1), self.device)
         ours_epoch(copy.deepcopy(self.init), sub, TimedTeacher(self.live_fn, self.device), 0, self.batch_size,

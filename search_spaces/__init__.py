@@ -39,6 +39,9 @@ OBJECTIVE_METRICS = {
 }
 # Objectives that are known before training (architecture only): early stopping may use them at every rung.
 COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_bytes")
+# Fields that define the study's data split and teacher: one value per study, never searched.
+STUDY_FIXED = ("dataset", "data_root", "download", "val_size", "seed", "teacher_arch", "teacher_width",
+               "teacher_epochs", "teacher_lr", "teacher_cache", "device")
 CONSTRAINTS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "max_macs": "macs",
                "max_latency_ms": "latency_ms_bs1"}
 
@@ -178,6 +181,10 @@ def _parse_param(name: str, spec: Any, path: str, earlier: dict[str, ParamSpec])
     if log and low <= 0:
         raise _err(path, where, f"log scale needs low > 0 (got {low}).")
     step = spec.get("step")
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0
+                             or (kind == "int" and not float(step).is_integer())):
+        unit = "integer" if kind == "int" else "number"
+        raise _err(path, f"{where}.step", f"must be a positive {unit} (got {step!r}).")
     if log and step is not None and kind == "float":
         raise _err(path, where, "a float parameter cannot have both log and step.")
     return ParamSpec(name, kind, float(low) if kind == "float" else int(low),
@@ -206,6 +213,9 @@ def load_space(path: str | Path) -> SearchSpace:
     for name, spec in _check_keys(raw.get("params"), tuple(CONFIG_FIELDS), p, "params").items():
         if name in trial:
             raise _err(p, f"params.{name}", "is also fixed under trial:; keep it in one place.")
+        if name in STUDY_FIXED:
+            raise _err(p, f"params.{name}", "cannot be searched: the study trains one teacher on one data split "
+                       "and every trial shares it; fix it under trial: (run one study per value).")
         params[name] = _parse_param(name, spec, p, params)
     _validate_values(base, trial, params, p)
 

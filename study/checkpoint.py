@@ -22,6 +22,9 @@ REQUIRED_META = ("arch", "num_classes", "in_channels", "width_mult", "input_shap
 _PLAIN = (str, int, float, bool, type(None))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 def _check_plain(value: object, where: str) -> None:
     # weights_only loading refuses anything but tensors and plain containers: fail at save time, not at load.
     if isinstance(value, dict):
@@ -56,6 +59,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
             torch.save({"format": FORMAT, "state_dict": state, "meta": dict(meta)}, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; checkpoints are shared results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

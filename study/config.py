@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class TrialConfig:
     precision: str = "auto"  # training: auto (bf16 + channels_last where measured faster: train.resolve_precision),
     #                           fp32, or bf16 (autocast); evaluation and metrics are always fp32
     threads: int = 0  # torch intra-op threads for this trial; 0 keeps torch's default
+    latency_device: str = "cpu"  # where latency_ms_bs1 / throughput are measured: cpu, or trial (the training device)
     eval_batch_size: int = 1024  # batch size for validation/test evaluation
     latency_repeats: int = 30  # timed runs for batch-1 latency (median and IQR reported)
     throughput_batch: int = 256  # batch size for the throughput measurement
@@ -74,9 +76,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     kind = type(default)
     try:
         if kind is bool:
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
         if kind is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
@@ -135,6 +142,23 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
         raise bad(f"precision must be auto, fp32 or bf16 (got '{cfg.precision}').")
     if cfg.val_size <= 0:
         raise bad("val_size must be > 0 (a fraction below 1 or a count).")
+    if cfg.threads < 0 or cfg.latency_repeats < 1 or cfg.throughput_batch < 1 or cfg.round_to < 1:
+        raise bad("threads must be >= 0, latency_repeats, throughput_batch and round_to >= 1.")
+    if cfg.latency_device not in ("cpu", "trial"):
+        raise bad(f"latency_device must be cpu or trial (got '{cfg.latency_device}').")
+    if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
+        raise bad(f"device must be auto, cpu, cuda or cuda:N (got '{cfg.device}').")
+    from study.data import DATASETS
+    from study.models import MODELS
+    from study.pruning import PRUNE_METHODS
+
+    for name, registry in (("dataset", DATASETS), ("student_arch", MODELS), ("teacher_arch", MODELS),
+                           ("prune_method", PRUNE_METHODS)):
+        value = getattr(cfg, name)
+        if value not in registry:
+            close = difflib.get_close_matches(value, list(registry), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(sorted(registry))}."
+            raise bad(f"unknown {name} '{value}'; {hint}")
 
 
 def parse_set_args(items: list[str]) -> dict[str, Any]:

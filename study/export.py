@@ -32,7 +32,13 @@ from torch import nn
 from study.io import write_json_atomic, write_text_atomic
 
 META_NAME = "kdstudy.json"  # extra file inside model.pt2
-KD_CONVENTION = "L = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))"
+KD_CONVENTION = "L = alpha * CE(student, y) + (1 - alpha) * D(student, teacher)"
+KD_TERMS = {  # the distillation term D of each kd_loss (study/losses.py)
+    "kd": "D = T^2 * KL(softmax(teacher/T) || softmax(student/T))",
+    "kd_ls": "D = T^2 * KL on z-score standardised logits (logit standardisation, Sun et al. 2024)",
+    "dkd": "D = T^2 * (target-vs-rest KL + dkd_beta * non-target KL) (decoupled KD, Zhao et al. 2022)",
+    "ce": "no distillation term: plain cross-entropy, no teacher",
+}
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -233,11 +239,12 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"- Teacher: {c['teacher_arch']} x{c['teacher_width']:g}, {c['teacher_epochs']} epochs"
         + (f", val_acc {teacher['val_acc']:.2f}%" if teacher.get("val_acc") is not None else "")
         + (f", sha256 `{teacher['sha256'][:16]}...`" if teacher.get("sha256") else "") + ".",
-        f"- Distillation ({c['kd_loss']}): {KD_CONVENTION}; T = {c['temperature']:.3f}, alpha = {c['alpha']:.3f}, "
+        f"- Distillation ({c['kd_loss']}): {KD_CONVENTION}, {KD_TERMS.get(c['kd_loss'], c['kd_loss'])}; "
+        f"T = {c['temperature']:.3f}, alpha = {c['alpha']:.3f}, "
         f"{summary['epochs']} epochs, SGD lr {c['lr']:g}, batch {c['batch_size']}.",
         f"- Pruning after distillation: {prune_text}.",
         f"- Fine-tuning after pruning: {c['finetune_epochs']} epochs at lr {c['finetune_lr']:g}"
-        + (" with KD from the teacher." if c["kd_loss"] == "kd" else "."),
+        + (" with the same distillation loss." if c["kd_loss"] != "ce" else "."),
         f"- Command: `{summary['command']}`",
         f"- Code: {summary['code'].get('git_commit') or 'no git commit'}"
         + (" (uncommitted changes)" if summary["code"].get("git_dirty") else "")

@@ -65,6 +65,8 @@ class KDOptunaSearch(OptunaSearch):
     COMPLETE with partial values); infeasible and failed trials are FAIL with the reason in user_attrs.
     """
 
+    _run_dir: str | None = None  # set by run_study: where trials/<n>/config.yaml live
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -78,7 +80,13 @@ class KDOptunaSearch(OptunaSearch):
         if status == "running":
             status = "failed" if error else "early_stopped"
         storage, tid = self._ot_study._storage, ot_trial._trial_id
-        attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir", "")}
+        number = ot_trial.number
+        attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir") or f"trials/{number}"}
+        cfg_path = Path(self._run_dir) / "trials" / str(number) / "config.yaml" if self._run_dir else None
+        if cfg_path is not None and cfg_path.exists():
+            import yaml
+
+            attrs["config"] = yaml.safe_load(cfg_path.read_text())
         if status == "complete":
             attrs["metrics"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
         elif status in ("infeasible", "failed"):
@@ -97,6 +105,17 @@ class KDOptunaSearch(OptunaSearch):
         else:
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+def _name_objectives(storage_url: str, study_name: str, objectives: list[tuple[str, str]]) -> None:
+    """Name the objectives in the Optuna study (optuna-dashboard shows them); the searcher creates it lazily."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except KeyError:
+        study = optuna.create_study(study_name=study_name, storage=storage_url,
+                                    directions=[d for _, d in objectives])
+    if not study.metric_names:
+        study.set_metric_names([m for m, _ in objectives])
 
 
 def close_orphans(storage_url: str, study_name: str) -> int:
@@ -191,8 +210,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only.")
     run_dir = (Path(runs_dir) / name).resolve()
-    n_trials = trials or space.trials
-    n_conc = concurrent or space.concurrent
+    n_trials = trials if trials is not None else space.trials
+    n_conc = concurrent if concurrent is not None else space.concurrent
     cpus = cpus_per_trial if cpus_per_trial is not None else space.cpus_per_trial
     gpus = gpus_per_trial if gpus_per_trial is not None else space.gpus_per_trial
     if n_trials < 1 or n_conc < 1:
@@ -281,6 +300,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         space=space.define_by_run(), metric=[m for m, _ in objectives],
         mode=["max" if d == "maximize" else "min" for _, d in objectives], sampler=make_sampler(space),
         storage=optuna.storages.RDBStorage(storage_url), study_name=study_name, seed=space.seed)
+    searcher._run_dir = str(run_dir)
     scheduler = _make_scheduler(space, objectives)
     exp_dir = run_dir / "ray" / "tune"
     run_config = tune.RunConfig(
@@ -297,6 +317,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
             reuse_actors=True))
     log(f"study {name}: {n_trials} trials, {n_conc} at a time, sampler {space.sampler}, scheduler "
         f"{space.scheduler}, objectives {', '.join(f'{d} {m}' for m, d in objectives)}; results in {run_dir}")
+    _name_objectives(storage_url, study_name, objectives)
     tuner.fit()
     _finish_references(refs, log)
     orphans = close_orphans(storage_url, study_name)
@@ -326,7 +347,7 @@ def _make_scheduler(space: SearchSpace, objectives: list[tuple[str, str]]):
 
     from study.mo_asha import MOASHAScheduler
 
-    total = space.total_epochs
+    total = max_total_epochs(space)
     if space.scheduler == "asha":
         # stop_last_trials=False: a trial that reaches the last epoch still sends its final metrics.
         return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=total,

@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from study.config import make_config
+from study.config import make_config, save_config
 from study.io import write_json_atomic
 from study.trial import TrialHooks, architecture_costs, run_trial
 
@@ -100,6 +100,7 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         cfg = make_config(ctx["trial"], sampled, source=ctx["space_file"])
         if not ctx.get("gpu"):
             cfg = cfg.replace(device="cpu")
+        save_config(cfg, trial_dir / "config.yaml")  # the fully resolved config, also for trials never trained
         total = cfg.epochs + cfg.finetune_epochs
         done = _finished_metrics(trial_dir, cfg)
         if done is not None:  # finished before a driver kill that Tune's last snapshot missed: never rerun

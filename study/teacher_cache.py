@@ -146,13 +146,12 @@ def _teacher_pass(teacher: nn.Module, data: ResidentData, seed: int, epochs: ran
                   channels_last: bool, check_fp16: bool) -> float:
     """Fill out[e] with the teacher's logits for every image's view in schedule epoch e; return max |logit|."""
     n = data.train_x.shape[0]
-    dev = data.train_x.device
     peak = 0.0
     for e in epochs:
         _, dy, dx, flip = epoch_schedule(n, e, seed, data.pad, data.hflip)
         for i in range(0, n, BUILD_BATCH):
             idx = torch.arange(i, min(n, i + BUILD_BATCH))
-            x = crop_flip(data.train_x[idx.to(dev)], dy[idx], dx[idx], flip[idx], data.pad)  # (B, C, H, W)
+            x = data.views(idx, dy, dx, flip)  # (B, C, H, W) normalised
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             logits = teacher(x).float()
@@ -169,7 +168,7 @@ def _check_against_fresh(teacher: nn.Module, data: ResidentData, seed: int, out:
     n = data.train_x.shape[0]
     _, dy, dx, flip = epoch_schedule(n, epoch, seed, data.pad, data.hflip)
     idx = torch.arange(min(n, 256))
-    x = crop_flip(data.train_x[idx.to(data.train_x.device)], dy[idx], dx[idx], flip[idx], data.pad)
+    x = data.views(idx, dy, dx, flip)
     fresh = teacher(x).float().cpu()
     return float((torch.from_numpy(np.asarray(out[epoch, :len(idx)], dtype=np.float32)) - fresh).abs().max())
 

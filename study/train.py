@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from study.data import Dataset, split_train_val
 from study.losses import kd_loss
@@ -28,9 +27,11 @@ TeacherFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 @dataclass
 class ResidentData:
-    """Normalised splits on one device. train_x is padded once by `pad` pixels for random crops."""
+    """Splits on one device. The training images stay uint8 (4x less memory than fp32: Tiny-ImageNet's padded
+    training set is 1.7 GB instead of 6.9 GB per trial), padded once by `pad` pixels with the mean colour, and are
+    normalised per batch by `views`; validation and test images are normalised once."""
 
-    train_x: torch.Tensor  # (N, C, H + 2*pad, W + 2*pad) float32, normalised, zero-padded
+    train_x: torch.Tensor  # (N, C, H + 2*pad, W + 2*pad) uint8, padded with the data set's mean colour
     train_y: torch.Tensor  # (N,) int64
     val_x: torch.Tensor  # (M, C, H, W) float32, normalised
     val_y: torch.Tensor
@@ -39,6 +40,13 @@ class ResidentData:
     pad: int  # random-crop padding in pixels
     hflip: bool  # horizontal flips are label-preserving for this data set
     num_classes: int
+    mean: torch.Tensor  # (1, C, 1, 1) float32 on the device, 0-1 scale
+    std: torch.Tensor  # (1, C, 1, 1)
+
+    def views(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Normalised float32 crops/flips (B, C, H, W) of training images idx (CPU indices into the schedule)."""
+        x = crop_flip(self.train_x[idx.to(self.train_x.device)], dy[idx], dx[idx], flip[idx], self.pad)
+        return (x.float() / 255.0 - self.mean) / self.std
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -54,11 +62,13 @@ def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device)
     def norm(x: torch.Tensor) -> torch.Tensor:
         return ((x.float() / 255.0 - mean) / std).to(device)
 
-    train = norm(tr_x)
-    if ds.crop_pad:
-        train = F.pad(train, (ds.crop_pad,) * 4)  # zero in normalised space = the data mean
-    return ResidentData(train, tr_y.to(device), norm(va_x), va_y.to(device), norm(ds.test_x),
-                        ds.test_y.to(device), ds.crop_pad, ds.hflip, ds.num_classes)
+    p = ds.crop_pad
+    n, c, h, w = tr_x.shape
+    fill = (mean.view(-1) * 255).round().to(torch.uint8).view(1, c, 1, 1)  # normalises to ~0, as zero padding did
+    train = fill.expand(n, c, h + 2 * p, w + 2 * p).clone()
+    train[:, :, p:p + h, p:p + w] = tr_x
+    return ResidentData(train.to(device), tr_y.to(device), norm(va_x), va_y.to(device), norm(ds.test_x),
+                        ds.test_y.to(device), p, ds.hflip, ds.num_classes, mean.to(device), std.to(device))
 
 
 def epoch_schedule(n: int, epoch: int, seed: int, pad: int, hflip: bool
@@ -93,9 +103,7 @@ def augmented_batches(data: ResidentData, epoch: int, seed: int, batch_size: int
         idx = order[start:start + batch_size]
         if len(idx) < max(2, batch_size // 4) and start > 0:
             break  # a tiny last batch gives noisy BN statistics
-        dev_idx = idx.to(data.train_x.device)
-        x = crop_flip(data.train_x[dev_idx], dy[idx], dx[idx], flip[idx], data.pad)
-        yield x, data.train_y[dev_idx], idx
+        yield data.views(idx, dy, dx, flip), data.train_y[idx.to(data.train_y.device)], idx
 
 
 @torch.inference_mode()

@@ -16,14 +16,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from study import latency_cache
 from study.checkpoint import load_model, save_model
 from study.config import TrialConfig, save_config
 from study.data import load_dataset
+from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
-from study.measure import count_macs, count_nonzero_params, count_params, measure_latency, measure_throughput
+from study.measure import count_macs, count_nonzero_params, count_params
 from study.models import build_model
 from study.pruning import prune_model, reapply_mask, sparsity_mask
-from study.teacher import get_teacher, load_teacher
+from study.teacher import default_cache_dir, get_teacher, load_teacher
 from study.teacher_cache import CachedTeacher, teacher_cache_for
 from study.train import ResidentData, TeacherFn, evaluate, live_teacher, make_resident, resolve_precision, train_phase
 
@@ -45,7 +47,15 @@ class TrialHooks:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device '{name}' is not available on this machine; set device: auto or cpu.")
+    return dev
+
+
+def latency_device(cfg: TrialConfig) -> torch.device:
+    """Where latency and throughput are measured: the CPU (default, a deployment target) or the trial's device."""
+    return torch.device("cpu") if cfg.latency_device == "cpu" else resolve_device(cfg.device)
 
 
 def model_meta(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float, **extra: Any) -> dict:
@@ -54,7 +64,7 @@ def model_meta(arch: str, num_classes: int, input_shape: tuple[int, int, int], w
 
 
 def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[int, int, int],
-                       latency: bool = True) -> dict:
+                       latency: bool = True, cache_dir: Path | None = None) -> dict:
     """Params, MACs and latency of the student after pruning, known before any training.
 
     The per-layer channel counts of uniform structured pruning, and the number of weights zeroed by global
@@ -63,12 +73,15 @@ def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[in
     """
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.student_arch, num_classes, input_shape[0], cfg.width_mult).eval()
+    with torch.no_grad():  # no exact zeros before pruning (fresh BN / bias terms are 0), as in a trained model
+        for p in model.parameters():
+            p.copy_(torch.empty_like(p).uniform_(0.5, 1.0) * (torch.randint_like(p, 0, 2) * 2 - 1))
     prune_model(model, cfg.prune_method, cfg.prune_ratio, torch.randn(1, *input_shape), round_to=cfg.round_to)
     out = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
            "macs": count_macs(model, input_shape)}
     if latency:
-        lat = measure_latency(model, input_shape, batch_size=1, threads=cfg.threads or None,
-                              repeats=max(10, cfg.latency_repeats // 2))
+        lat = latency_cache.latency(model, input_shape, device=latency_device(cfg), threads=cfg.threads or None,
+                                    repeats=cfg.latency_repeats, cache_dir=cache_dir or default_cache_dir())
         out["latency_ms_bs1"] = lat["median_ms"]
     return out
 
@@ -111,6 +124,8 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("metrics.json", "model.pt", "epochs.csv"):  # never mix this run's files with an older run's
+            (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     data = make_resident(ds, cfg.val_size, cfg.seed, device)
     shape = data.input_shape
@@ -174,7 +189,7 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
     train_s = time.time() - t_train
 
     student.eval()
-    metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir)
+    metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir, cache_dir)
     metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3),
                    precision_used=precision_used, teacher_mode=teacher_mode)
     if isinstance(teacher_fn, CachedTeacher):
@@ -188,7 +203,7 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
 
 
 def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, teacher_info: dict,
-                    prune_info: dict, out_dir: Path | None) -> dict:
+                    prune_info: dict, out_dir: Path | None, cache_dir: Path | None = None) -> dict:
     """Accuracy (val: the search objective; test: reported only), size, MACs, latency and throughput."""
     shape = data.input_shape
     params, nonzero = count_params(student), count_nonzero_params(student)
@@ -197,9 +212,12 @@ def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, te
         path = (out_dir if out_dir is not None else Path(tmp)) / "model.pt"
         save_model(path, student, meta)
         size_bytes = path.stat().st_size
-    cpu_model = copy.deepcopy(student)
-    lat = measure_latency(cpu_model, shape, batch_size=1, threads=cfg.threads or None, repeats=cfg.latency_repeats)
-    thr = measure_throughput(cpu_model, shape, batch_size=cfg.throughput_batch, threads=cfg.threads or None)
+    timed = copy.deepcopy(student)  # moved to the latency device; the student stays where it is
+    lat_dev, threads, cache = latency_device(cfg), cfg.threads or None, cache_dir or default_cache_dir()
+    lat = latency_cache.latency(timed, shape, device=lat_dev, threads=threads, repeats=cfg.latency_repeats,
+                                cache_dir=cache)
+    thr = latency_cache.throughput(timed, shape, device=lat_dev, threads=threads, batch_size=cfg.throughput_batch,
+                                   cache_dir=cache)
     teacher_params = teacher_info.get("params") or count_params(
         build_model(cfg.teacher_arch, data.num_classes, shape[0], cfg.teacher_width))  # ce baseline: no teacher loaded
     return {
@@ -215,7 +233,7 @@ def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, te
         "nonzero_reduction": round(1 - prune_info["nonzero_params_after"] / max(1, prune_info["params_before"]), 4),
         "macs_reduction": round(1 - prune_info["macs_after"] / max(1, prune_info["macs_before"]), 4),
         "val_acc_after_prune": prune_info.get("val_acc_after_prune"),
-        "num_classes": data.num_classes, "input_shape": list(shape), "device": str(data.val_x.device),
+        "num_classes": data.num_classes, "input_shape": list(shape), "device_used": str(data.val_x.device),
         "torch_version": torch.__version__,
     }
 

@@ -168,7 +168,8 @@ def test_model_card_states_data_metrics_and_recipe(reproduced):
     export = run_dir / "reproduce" / str(summary["trial"]) / "export"
     card = (export / "model_card.md").read_text()
     assert f"{summary['test_acc_mean']:.2f}% +- {summary['test_acc_std']:.2f}% (n=2)" in card
-    for text in ("`digits`", "(pixels / 255 - mean) / std", "alpha * CE(student, y) + (1 - alpha) * T^2 * KL",
+    for text in ("`digits`", "(pixels / 255 - mean) / std", "alpha * CE(student, y) + (1 - alpha) * D(student, teacher)",
+                 "D = T^2 * KL",
                  "prune_ratio", "--rank 1 --seeds 2", "MACs (multiply-accumulates", "torch thread"):
         assert text in card, text
     meta = json.loads((export / "meta.json").read_text())

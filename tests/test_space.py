@@ -32,7 +32,7 @@ BAD = [
     ({"bogus": 1}, "unknown key 'bogus'"),
     ({"trial": {**TINY_TRIAL, "tempreature": 3}}, "Did you mean 'temperature'"),
     ({"trial": {**TINY_TRIAL, "alpha": 2.0}}, "alpha must be in [0, 1]"),
-    ({"trial": {**TINY_TRIAL, "student_arch": "resnet9"}}, "unknown 'resnet9'"),
+    ({"trial": {**TINY_TRIAL, "student_arch": "resnet9"}}, "unknown student_arch 'resnet9'"),
     ({"params": {"alpha": {"type": "float", "low": 0.9, "high": 0.1}}}, "low (0.9) is greater than high (0.1)"),
     ({"params": {"alpha": {"type": "float", "low": 0.0, "high": 1.5}}}, "params.alpha: value 1.5 is invalid"),
     ({"params": {"temperature": {"type": "float", "low": 0, "high": 4, "log": True}}}, "log scale needs low > 0"),
@@ -132,3 +132,41 @@ def test_define_by_run_is_picklable(tiny_space):
 
     fn = load_space(tiny_space).define_by_run()
     assert pickle.loads(pickle.dumps(fn)).params == fn.params
+
+
+@pytest.mark.parametrize("name,spec", [
+    ("seed", {"type": "int", "low": 0, "high": 3}),
+    ("val_size", {"type": "float", "low": 0.1, "high": 0.3}),
+    ("teacher_arch", {"type": "categorical", "choices": ["resnet14", "resnet20"]}),
+    ("dataset", {"type": "categorical", "choices": ["digits"]}),
+])
+def test_study_level_fields_cannot_be_searched(tmp_path, name, spec):
+    """One teacher and one split per study: searching them would leak validation images or mislabel trials."""
+    trial = {k: v for k, v in TINY_TRIAL.items() if k != name}
+    path = write_space(tmp_path / "bad.yaml", trial=trial, params={name: spec})
+    with pytest.raises(SpaceError, match=f"params.{name}: cannot be searched"):
+        load_space(path)
+
+
+def test_int_step_must_be_a_positive_integer(tmp_path):
+    path = write_space(tmp_path / "bad.yaml", params={"epochs": {"type": "int", "low": 2, "high": 4, "step": 0.5}})
+    raw = yaml.safe_load(path.read_text())
+    raw["trial"].pop("epochs")
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpaceError, match="step: must be a positive integer"):
+        load_space(path)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("prune_method=l2_structrued", "did you mean 'l2_structured'"),
+    ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
+    ("teacher_cache=flase", "'teacher_cache' must be a bool"),
+    ("threads=-1", "threads must be >= 0"),
+])
+def test_bad_set_values_fail_before_anything_is_written(tmp_path, capsys, override, message):
+    space = write_space(tmp_path / "s.yaml")
+    out = tmp_path / "out"
+    assert main(["trial", str(space), "--set", override, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
