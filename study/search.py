@@ -68,14 +68,23 @@ class KDOptunaSearch(OptunaSearch):
     _run_dir: str | None = None  # set by run_study: where trials/<n>/config.yaml live
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        result = result or {}
+        if trial_id in self._completed_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
+        if trial_id in self._ot_trials:
+            ot_trial = self._ot_trials[trial_id]
+        elif result.get("trial_number") is not None:
+            # After a driver kill the searcher's state can be older than Tune's: the trial was asked for before the
+            # last searcher snapshot was written. Find it by the number the trial reports.
+            storage = self._ot_study._storage
+            tid = storage.get_trial_id_from_study_id_trial_number(self._ot_study._study_id, int(result["trial_number"]))
+            ot_trial = optuna.trial.Trial(self._ot_study, tid)
+        else:
+            return
         stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
         if stored.state.is_finished():  # told before a driver kill; Tune replays the completion after restore
             self._completed_trials.add(trial_id)
             return
-        result = result or {}
         status = result.get("status", "failed" if error else "early_stopped")
         if status == "running":
             status = "failed" if error else "early_stopped"
@@ -306,8 +315,11 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     run_config = tune.RunConfig(
         name="tune", storage_path=str(run_dir / "ray"), verbose=0,
         callbacks=[Progress(objectives, n_trials)],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=0))
+        # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer kept,
+        # that one can already be deleted ("does not exist on storage anymore").
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+        # a trial's own errors are caught and recorded FAIL by the trainable; retries cover crashed processes
+        failure_config=tune.FailureConfig(max_failures=1))
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         log(f"resuming {run_dir} (finished trials are kept; interrupted ones continue from their checkpoints)")
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)

@@ -45,8 +45,12 @@ class RayHooks(TrialHooks):
     the model being trained right now (rung_*: the dense student before pruning, the pruned one after) for MO-ASHA.
     """
 
-    def __init__(self, costs: dict, total_epochs: int, dense_costs: dict | None = None):
+    def __init__(self, costs: dict, total_epochs: int, dense_costs: dict | None = None,
+                 trial_dir: Path | None = None):
         self.costs = costs
+        self.trial_dir = trial_dir
+        # lets the searcher find the Optuna trial even when its own state was restored from an older snapshot
+        self.ids = {"trial_number": int(trial_dir.name), "trial_dir": f"trials/{trial_dir.name}"} if trial_dir else {}
         self.rung = {"distill": {f"rung_{k}": (dense_costs or costs)[k] for k in RUNG_COSTS},
                      "finetune": {f"rung_{k}": costs[k] for k in RUNG_COSTS}}
         self.total_epochs = total_epochs
@@ -55,11 +59,15 @@ class RayHooks(TrialHooks):
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
         from ray import tune
 
-        result = {**self.costs, **self.rung[log["phase"]], "status": "running", "epoch": epoch + 1, "val_acc": val_acc,
+        result = {**self.costs, **self.rung[log["phase"]], **self.ids, "status": "running", "epoch": epoch + 1,
+                  "val_acc": val_acc,
                   "loss": log["loss"], "phase": log["phase"]}
         # tune.report persists the checkpoint before it returns; run_trial then deletes checkpoint_dir
         ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(result, checkpoint=ckpt)
+        if self.trial_dir is not None:  # progress a user (or a test) can watch: epochs done, checkpoint reported
+            write_json_atomic(self.trial_dir / "progress.json", {"epoch": epoch + 1, "total_epochs": total_epochs,
+                                                                 "val_acc": val_acc, "phase": log["phase"]})
 
     def resume_dir(self) -> Path | None:
         from ray import tune
@@ -117,7 +125,7 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             return
         dense = architecture_costs(cfg.replace(prune_method="none", prune_ratio=0.0), ctx["num_classes"],
                                    tuple(ctx["input_shape"]), latency=False)
-        hooks = RayHooks(costs, total, dense)
+        hooks = RayHooks(costs, total, dense, trial_dir)
         metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
         metrics["status"] = "complete"
         write_json_atomic(trial_dir / "metrics.json", metrics)

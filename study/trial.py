@@ -150,6 +150,9 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
         resume_opt = torch.load(resume / "opt.pt", weights_only=True, map_location=device)
         phase, done, prune_info, epoch_rows = state["phase"], state["done"], state["prune_info"], state["rows"]
         hooks.log(f"resuming trial from {phase} epoch {done}")
+        if out_dir is not None:  # a record that this trial continued from a checkpoint (and from where)
+            write_json_atomic(out_dir / "resumed.json", {"phase": phase, "done": done, "epochs_logged": len(epoch_rows),
+                                                         "at": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     def on_epoch_factory(phase_name: str, phase_offset: int):
         def on_epoch(epoch: int, val_acc: float, row: dict, opt_state: dict) -> None:

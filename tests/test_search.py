@@ -114,8 +114,9 @@ def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
 
 
 def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
-    space = write_space(tmp_path / "s.yaml", search={"sampler": "tpe", "seed": 1, "trials": 5, "concurrent": 2,
-                                                    "scheduler": "none"})
+    # long enough trials (40 epochs of ~0.05 s) that one is caught mid-way
+    space = write_space(tmp_path / "s.yaml", trial={**TINY_TRIAL, "epochs": 36, "finetune_epochs": 4},
+                        search={"sampler": "tpe", "seed": 1, "trials": 5, "concurrent": 2, "scheduler": "none"})
     marker = f"kdtest-{os.getpid()}-{time.time_ns()}"
     import tempfile
 
@@ -128,12 +129,17 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     done_before: dict[str, float] = {}
+    in_flight: set[str] = set()
     while time.time() < deadline:
         done_before = {p.parent.name: p.stat().st_mtime for p in run_dir.glob("trials/*/metrics.json")
                        if '"status": "complete"' in p.read_text()}
-        if len(done_before) >= 1 and len(list(run_dir.glob("trials/*"))) >= 3:
+        # a trial that reported a checkpoint but has not finished: it must continue from it after the kill
+        in_flight = {p.parent.name for p in run_dir.glob("trials/*/progress.json")
+                     if 2 <= json.loads(p.read_text())["epoch"] <= 20} - set(done_before)
+        if done_before and in_flight:
+            time.sleep(0.3)  # let the driver snapshot the reported checkpoint
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert done_before, "no trial finished before the deadline: " + (tmp_path / "first.log").read_text()[-3000:]
     _kill_tree(proc, marker)
 
@@ -148,6 +154,9 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     assert len({t.user_attrs["trial_dir"] for t in finished}) == 5  # no duplicates
     for name, mtime in done_before.items():  # completed before the kill: not rerun
         assert (run_dir / "trials" / name / "metrics.json").stat().st_mtime == mtime
+    resumed = [json.loads((run_dir / "trials" / n / "resumed.json").read_text()) for n in in_flight
+               if (run_dir / "trials" / n / "resumed.json").exists()]
+    assert resumed and all(r["done"] >= 1 or r["phase"] == "finetune" for r in resumed), (in_flight, resumed)
 
 
 def test_postgresql_storage(tmp_path, ray_session):
