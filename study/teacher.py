@@ -32,8 +32,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KDSTUDY_CACHE", ".cache/kdstudy")).resolve()
 
 
+def _resolved_precision(cfg: TrialConfig) -> str:
+    from study.train import resolve_precision
+    from study.trial import resolve_device
+
+    try:
+        return resolve_precision(cfg.precision, resolve_device(cfg.device))[0]
+    except Exception:  # noqa: BLE001  an unavailable device fails later with its own clear message
+        return cfg.precision
+
+
 def teacher_key(cfg: TrialConfig) -> str:
     parts = {k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS}
+    parts["precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
     parts["code"] = TEACHER_CODE_VERSION
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.dataset}-{cfg.teacher_arch}-w{cfg.teacher_width:g}-e{cfg.teacher_epochs}-s{cfg.seed}-{digest}"
