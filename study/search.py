@@ -451,7 +451,7 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
     front.sort(key=lambda t: -t.values[0])
     cols = ["trial", *[m for m, _ in objectives], "test_acc", "width_mult", "prune_method", "prune_ratio",
-            "temperature", "alpha"]
+            "kd_loss", "temperature", "alpha"]
     rows = []
     for t in front:
         m = t.user_attrs.get("metrics", {})
