@@ -21,7 +21,8 @@ class TrialConfig:
     data_root: str = "data"  # folder holding the data set files (relative paths resolve against the CWD)
     download: bool = False  # fetch a missing data set (cifar10/100, fashion_mnist, tinyimagenet; needs internet)
     val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
-    seed: int = 0  # seeds the split, init, augmentation schedule and batch order
+    seed: int = 0  # seeds the init, augmentation schedule and batch order (and the split, unless split_seed is set)
+    split_seed: int = -1  # seed of the train/validation split; -1 uses `seed` (reproduce keeps the study's split)
     # --- teacher (trained once per key and cached on disk) ---
     teacher_arch: str = "resnet20"  # registry name in study.models
     teacher_width: float = 1.0  # width multiplier of the teacher
@@ -59,6 +60,10 @@ class TrialConfig:
     eval_batch_size: int = 1024  # batch size for validation/test evaluation
     latency_repeats: int = 30  # timed runs for batch-1 latency (median and IQR reported)
     throughput_batch: int = 256  # batch size for the throughput measurement
+
+    @property
+    def val_split_seed(self) -> int:
+        return self.seed if self.split_seed < 0 else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

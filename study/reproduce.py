@@ -8,11 +8,11 @@ training (state COMPLETE and search status "complete"). Trials over --max-latenc
 by validation accuracy, highest first; ties go to fewer params, then lower latency, then the lower trial number.
 K = 1 is the first. --trial N picks a trial of the front by its Optuna number.
 
-Seeds: seed i (i = 0 .. S-1) runs the config with seed = config.seed + i, so seed 0 repeats the search's run.
-`seed` fixes the train/validation split, the student's initialisation, the augmentation schedule and the batch
-order, so all four vary between seeds. The teacher stays the study's (the file in study.json), and the test
-split is fixed, so the test accuracy mean +- std is over the same images. Validation accuracy is on each seed's
-own split, and for seeds other than the study's the teacher was trained on some of those images.
+Seeds: seed i (i = 0 .. S-1) runs the config with seed = config.seed + i and split_seed = the study's split seed,
+so seed 0 repeats the search's run. The seed varies the student's initialisation, the augmentation schedule and
+the batch order; the train/validation split, the teacher (the study's file) and the test split stay fixed, so
+the validation and test accuracy mean +- std are over the same images, and the teacher never saw the validation
+images.
 
 Before training, differences to the study (data set, teacher file, code and torch versions, device) are printed
 as WARNING lines and kept in the summary; they do not stop the run.
@@ -50,8 +50,8 @@ from study.trial import TrialHooks
 RANK_RULE = ("front = Optuna's Pareto-optimal trials that finished training; drop those over --max-latency-ms "
              "(latency_ms_bs1) or --max-params (params) as measured by the search; sort by val_acc (highest "
              "first), ties by fewer params, lower latency, lower trial number; --rank K takes the K-th (1 = best)")
-SEEDS_VARY = ("seed = config seed + i: varies the train/val split, student init, augmentation and batch order; "
-              "teacher and test split fixed")
+SEEDS_VARY = ("seed = config seed + i: varies the student init, augmentation and batch order; "
+              "train/val split, teacher and test split fixed")
 REPO = Path(__file__).resolve().parents[1]
 PER_SEED_KEYS = ("test_acc", "val_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_threads",
                  "wall_s")
@@ -429,8 +429,8 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
     per_seed: list[dict] = []
     for i, s in enumerate(seed_list):
         t0 = time.time()
-        m, reused = run_seed(base.replace(seed=s), out / _seed_dir(s, run_epochs, cfg.epochs), teacher_file,
-                             teacher_sha, log)
+        seed_cfg = base.replace(seed=s, split_seed=base.val_split_seed)  # same split as the study
+        m, reused = run_seed(seed_cfg, out / _seed_dir(s, run_epochs, cfg.epochs), teacher_file, teacher_sha, log)
         row = {"seed": s, "dir": _seed_dir(s, run_epochs, cfg.epochs), **{k: m.get(k) for k in PER_SEED_KEYS}}
         per_seed.append(row)
         log(f"seed {s} ({i + 1}/{seeds}){' reused' if reused else ''}: test_acc {row['test_acc']:.2f}%  "
@@ -500,7 +500,7 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
             "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
             "test_acc_mean": summary["test_acc_mean"], "test_acc_std": summary["test_acc_std"],
             "seeds": summary["seeds"], "params": metrics["params"], "nonzero_params": metrics["nonzero_params"],
-            "macs": metrics["macs"], "config": base.replace(seed=seed).to_dict()}
+            "macs": metrics["macs"], "config": base.replace(seed=seed, split_seed=base.val_split_seed).to_dict()}
     export_dir = out / "export"
     info = export_model(model, export_dir, meta=meta, example_images=ds.test_x[:16])
     info["seed"] = seed

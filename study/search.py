@@ -398,7 +398,7 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
         device = resolve_device(cfg.device)
         model, info = load_teacher(teacher_path, device)
         ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-        data = make_resident(ds, cfg.val_size, cfg.seed, device)
+        data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
         prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
         tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
         metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)

@@ -45,6 +45,8 @@ def _resolved_precision(cfg: TrialConfig) -> str:
 def teacher_key(cfg: TrialConfig) -> str:
     parts = {k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS}
     parts["precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
+    if cfg.split_seed >= 0 and cfg.split_seed != cfg.seed:
+        parts["split_seed"] = cfg.split_seed  # absent otherwise, so existing teacher keys stay valid
     parts["code"] = TEACHER_CODE_VERSION
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.dataset}-{cfg.teacher_arch}-w{cfg.teacher_width:g}-e{cfg.teacher_epochs}-s{cfg.seed}-{digest}"
@@ -79,7 +81,7 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
             return load_teacher(path, device)
         if data is None:
             ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-            data = make_resident(ds, cfg.val_size, cfg.seed, device)
+            data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
         log(f"training teacher {cfg.teacher_arch} on {cfg.dataset} ({cfg.teacher_epochs} epochs) -> {path}")
         t0 = time.time()
         model = train_teacher(cfg, data, log)

@@ -127,7 +127,7 @@ def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Pa
         for stale in ("metrics.json", "model.pt", "epochs.csv"):  # never mix this run's files with an older run's
             (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    data = make_resident(ds, cfg.val_size, cfg.seed, device)
+    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
     shape = data.input_shape
     train_dtype, channels_last = resolve_precision(cfg.precision, device)
     precision_used = train_dtype + ("+channels_last" if channels_last else "")  # what "auto" chose, for the record

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_TRIAL, write_space
 from study_fixture import make_run_dir
 
@@ -114,6 +115,10 @@ def test_summary_has_both_seeds_with_mean_and_std(reproduced):
     for s in summary["seeds"]:
         for name in ("config.yaml", "metrics.json", "model.pt", "reproduce.json"):
             assert (out / f"seed_{s}" / name).is_file(), (s, name)
+    # Every seed keeps the study's train/validation split (the teacher never saw those validation images).
+    for s in summary["seeds"]:
+        seed_cfg = yaml.safe_load((out / f"seed_{s}" / "config.yaml").read_text())
+        assert seed_cfg["seed"] == s and seed_cfg["split_seed"] == TINY_TRIAL["seed"]
     # Seed 0 is the search's own seed and budget: on the same machine it gives the search's numbers.
     assert summary["same_seed_val_acc_diff"] == pytest.approx(0.0, abs=1e-6)
     assert summary["per_seed"][0]["test_acc"] == pytest.approx(summary["test_acc_search"], abs=1e-6)
