@@ -124,7 +124,9 @@ def _name_objectives(storage_url: str, study_name: str, objectives: list[tuple[s
         study = optuna.create_study(study_name=study_name, storage=storage_url,
                                     directions=[d for _, d in objectives])
     if not study.metric_names:
-        study.set_metric_names([m for m, _ in objectives])
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, stable in use
+            warnings.simplefilter("ignore")
+            study.set_metric_names([m for m, _ in objectives])
 
 
 def close_orphans(storage_url: str, study_name: str) -> int:
