@@ -176,3 +176,26 @@ def test_postgresql_storage(tmp_path, ray_session):
     assert len(study.directions) == 3
     assert len(study.get_trials()) == 2
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
+
+
+def test_ray_asha_stops_slow_learners_as_pruned(tmp_path, ray_session):
+    """Ray's own ASHA (accuracy only) through the same searcher: stopped trials reach Optuna as PRUNED."""
+    from study.search import run_study
+
+    space = write_space(
+        tmp_path / "s.yaml", trial={k: v for k, v in TINY_TRIAL.items() if k != "lr"},
+        params={"lr": {"type": "categorical", "choices": [0.1, 1.0e-6]}},
+        objectives={"val_acc": "maximize", "params": "minimize"},
+        search={"sampler": "random", "trials": 3, "concurrent": 1, "scheduler": "asha", "grace_epochs": 2,
+                "reduction_factor": 2})
+    run_dir = tmp_path / "runs" / "asha"
+    run_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name="asha", storage=f"sqlite:///{run_dir / 'optuna.db'}",
+                                directions=["maximize", "minimize"])
+    for lr in (0.1, 1e-6, 1e-6):
+        study.enqueue_trial({"lr": lr})
+    run_study(str(space), name="asha", runs_dir=str(tmp_path / "runs"), report=False)
+    trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
+    assert trials[0].state == TrialState.COMPLETE
+    assert [t.state for t in trials[1:]] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all(t.user_attrs["early_stopped_at_epoch"] == 2 for t in trials[1:])
