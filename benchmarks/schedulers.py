@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import pareto
+from benchmarks.collect import _finite  # NaN/inf -> None for strict JSON
 
 SCHEDULERS = ("none", "asha", "mo_asha")
 DEFAULT_SPACE = "search_spaces/demo.yaml"
@@ -283,16 +284,6 @@ def format_table(summary: dict) -> str:
             lines.append(f"  {c['scheduler']} s{c['seed']}: {c['epochs']} epochs -> none's first {c['none_trials']} "
                          f"trials, HV {c['none_hypervolume']:.4f}")
     return "\n".join(lines)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ------------------------------------------------------------------------------------------- running
