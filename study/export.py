@@ -231,7 +231,8 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "",
         f"- Parameters: {_num(summary['params'])} (non-zero: {_num(summary['nonzero_params'])}).",
         f"- MACs (multiply-accumulates, batch 1): {_num(summary['macs'])}.",
-        f"- Latency, batch 1, CPU, eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
+        f"- Latency, batch 1, {'CPU' if c.get('latency_device', 'cpu') == 'cpu' else 'the training device'}, "
+        f"eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
         f"({summary['latency_threads']} torch thread(s)) on the machine that ran the reproduction.",
         "",
         "## How it was made",
