@@ -94,8 +94,13 @@ class SearchSpace:
 
     @property
     def total_epochs(self) -> int:
-        cfg = self.base_config()
-        return cfg.epochs + cfg.finetune_epochs
+        """The most epochs (distillation + fine-tuning) any trial can run, searched epoch counts included."""
+        base = self.base_config()
+        top = {"epochs": base.epochs, "finetune_epochs": base.finetune_epochs}
+        for p in self.params:
+            if p.name in top:
+                top[p.name] = int(max(p.choices) if p.type == "categorical" else p.high)
+        return top["epochs"] + top["finetune_epochs"]
 
     def define_by_run(self) -> DefineByRun:
         return DefineByRun(self.params)

@@ -8,13 +8,13 @@ unpickled but tensors and plain Python containers.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from study.errors import CheckpointError, UserError
+from study.io import write_atomic
 from study.models import build_model
 
 FORMAT = "kdstudy-model-v1"
@@ -22,8 +22,6 @@ REQUIRED_META = ("arch", "num_classes", "in_channels", "width_mult", "input_shap
 _PLAIN = (str, int, float, bool, type(None))
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 def _check_plain(value: object, where: str) -> None:
     # weights_only loading refuses anything but tensors and plain containers: fail at save time, not at load.
@@ -51,19 +49,12 @@ def save_model(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
         raise ValueError(
             f"model still carries pruning masks ({masked[0]}, ...); call torch.nn.utils.prune.remove first"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "state_dict": state, "meta": dict(meta)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; checkpoints are shared results
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(f) -> None:
+        torch.save({"format": FORMAT, "state_dict": state, "meta": dict(meta)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+    write_atomic(path, write, "wb")
 
 
 def _resize(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -22,23 +22,17 @@ def _space_config(space_path: str, sets: list[str]):
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from study.trial import run_trial
+    from study.trial import TrialHooks, run_trial
 
     _, cfg = _space_config(args.space, args.set)
     out = Path(args.out or f"out/trial-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"trial: {cfg.student_arch} x{cfg.width_mult:g}, kd={cfg.kd_loss} T={cfg.temperature:g} "
           f"alpha={cfg.alpha:g}, prune={cfg.prune_method}@{cfg.prune_ratio:g} on {cfg.dataset} -> {out}", flush=True)
 
-    class Hooks:
+    class Hooks(TrialHooks):
         def on_epoch(self, epoch, total, val_acc, log, ckpt):
             print(f"  epoch {epoch + 1}/{total} [{log['phase']}] loss {log['loss']:.3f} (ce {log['ce']:.3f}, "
                   f"kd {log['kd']:.3f})  val_acc {val_acc:.2f}%", flush=True)
-
-        def resume_dir(self):
-            return None
-
-        def log(self, msg):
-            print(msg, flush=True)
 
     m = run_trial(cfg, out_dir=out, hooks=Hooks())
     print(f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%  params {m['params']:,} "

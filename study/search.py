@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,8 +43,6 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- Optuna side
 def make_sampler(space: SearchSpace):
-    import optuna
-
     seed = space.seed
     if space.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
@@ -266,7 +263,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
             from study.teacher_cache import ensure_teacher_cache
 
             t0 = time.time()
-            manifest = ensure_teacher_cache(base, teacher_path, max_total_epochs(space), log=log)
+            manifest = ensure_teacher_cache(base, teacher_path, space.total_epochs, log=log)
             teacher_info["logit_cache"] = manifest["path"]
             log(f"teacher logit cache: {manifest['path']} ({time.time() - t0:.1f}s)")
         log(f"teacher {teacher_info['arch']}: val_acc {teacher_info['val_acc']:.2f}%  "
@@ -346,22 +343,12 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     return run_dir
 
 
-def max_total_epochs(space: SearchSpace) -> int:
-    """The most epochs (distillation + fine-tuning) any trial of the space can run: the teacher cache covers them."""
-    base = space.base_config()
-    top = {"epochs": base.epochs, "finetune_epochs": base.finetune_epochs}
-    for p in space.params:
-        if p.name in top:
-            top[p.name] = int(max(p.choices) if p.type == "categorical" else p.high)
-    return top["epochs"] + top["finetune_epochs"]
-
-
 def _make_scheduler(space: SearchSpace, objectives: list[tuple[str, str]]):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from study.mo_asha import MOASHAScheduler
 
-    total = max_total_epochs(space)
+    total = space.total_epochs
     if space.scheduler == "asha":
         # stop_last_trials=False: a trial that reaches the last epoch still sends its final metrics.
         return ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=total,
@@ -380,7 +367,6 @@ REFERENCES = ("teacher", "student_ce", "student_kd")
 def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
     """Reference points measured with the trials' protocol: the teacher itself, the unpruned student trained
     with plain CE (no KD), and the unpruned student with KD at the default T and alpha."""
-    import torch
 
     from study.config import TrialConfig
     from study.measure import count_params
@@ -411,7 +397,6 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
         metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
     metrics["reference"] = kind
     write_json_atomic(out / "metrics.json", metrics)
-    torch.set_num_threads(torch.get_num_threads())
     return metrics
 
 
@@ -478,7 +463,3 @@ def _build_report(run_dir: Path, log) -> None:
     run_benchmarks(run_dir, remeasure=True, log=log)
     path = build_report(run_dir)
     log(f"report: {path}")
-
-
-def clean_run(run_dir: Path) -> None:  # used by tests
-    shutil.rmtree(run_dir, ignore_errors=True)

@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
 
+from search_spaces import CONSTRAINTS
 from study.config import make_config, save_config
 from study.io import write_json_atomic
 from study.trial import TrialHooks, architecture_costs, run_trial
-
-# Space constraint key -> metric it bounds (from the architecture alone).
-CONSTRAINT_METRICS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "max_macs": "macs",
-                      "max_latency_ms": "latency_ms_bs1"}
 
 
 def constraint_violations(costs: dict, constraints: dict) -> list[str]:
     out = []
     for key, bound in constraints.items():
-        metric = CONSTRAINT_METRICS[key]
+        metric = CONSTRAINTS[key]
         if costs.get(metric) is not None and costs[metric] > bound:
             out.append(f"{metric} {costs[metric]:,.4g} > {key} {bound:,.4g}")
     return out
@@ -45,16 +43,14 @@ class RayHooks(TrialHooks):
     the model being trained right now (rung_*: the dense student before pruning, the pruned one after) for MO-ASHA.
     """
 
-    def __init__(self, costs: dict, total_epochs: int, dense_costs: dict | None = None,
-                 trial_dir: Path | None = None):
+    def __init__(self, costs: dict, dense_costs: dict | None = None, trial_dir: Path | None = None):
         self.costs = costs
         self.trial_dir = trial_dir
         # lets the searcher find the Optuna trial even when its own state was restored from an older snapshot
         self.ids = {"trial_number": int(trial_dir.name), "trial_dir": f"trials/{trial_dir.name}"} if trial_dir else {}
         self.rung = {"distill": {f"rung_{k}": (dense_costs or costs)[k] for k in RUNG_COSTS},
                      "finetune": {f"rung_{k}": costs[k] for k in RUNG_COSTS}}
-        self.total_epochs = total_epochs
-        self._resume_tmp: str | None = None
+        self._resume_tmp: str | None = None  # where a Ray checkpoint was unpacked; removed after the trial
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
         from ray import tune
@@ -125,8 +121,12 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             return
         dense = architecture_costs(cfg.replace(prune_method="none", prune_ratio=0.0), ctx["num_classes"],
                                    tuple(ctx["input_shape"]), latency=False)
-        hooks = RayHooks(costs, total, dense, trial_dir)
-        metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
+        hooks = RayHooks(costs, dense, trial_dir)
+        try:
+            metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
+        finally:
+            if hooks._resume_tmp:
+                shutil.rmtree(hooks._resume_tmp, ignore_errors=True)
         metrics["status"] = "complete"
         write_json_atomic(trial_dir / "metrics.json", metrics)
         tune.report({**base, **reportable(metrics), "status": "complete", "epoch": total})

@@ -58,12 +58,24 @@ def test_conditional_parameter_absent_when_off(small_study):
         assert ("prune_ratio" in t.params) == (t.params["prune_method"] != "none"), t.params
 
 
+def run_enqueued(tmp_path: Path, name: str, space: Path, queue: list[dict]) -> Path:
+    """Run a study whose first trials are the given configurations, in order (Optuna's enqueue_trial)."""
+    from study.search import run_study
+
+    run_dir = tmp_path / "runs" / name
+    run_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{run_dir / 'optuna.db'}",
+                                directions=["maximize", "minimize"])
+    for params in queue:
+        study.enqueue_trial(params)
+    run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"), report=False)
+    return run_dir
+
+
 def test_early_stopped_infeasible_and_failing_trials(tmp_path, ray_session):
     """Enqueued configurations make every case deterministic: a good trial, two dominated slow learners (MO-ASHA
     stops them: PRUNED), a model over the params constraint (never trained: FAIL/infeasible) and a NaN loss (FAIL),
     after which the study still goes on."""
-    from study.search import run_study
-
     space = write_space(
         tmp_path / "s.yaml", trial={k: v for k, v in TINY_TRIAL.items() if k != "lr"},
         params={"lr": {"type": "categorical", "choices": [0.1, 1.0e-6, 1.0e9]},
@@ -72,15 +84,9 @@ def test_early_stopped_infeasible_and_failing_trials(tmp_path, ray_session):
         constraints={"max_params": 20000},
         search={"sampler": "random", "trials": 6, "concurrent": 1, "scheduler": "mo_asha", "grace_epochs": 1,
                 "reduction_factor": 3})
-    run_dir = tmp_path / "runs" / "cases"
-    run_dir.mkdir(parents=True)
-    study = optuna.create_study(study_name="cases", storage=f"sqlite:///{run_dir / 'optuna.db'}",
-                                directions=["maximize", "minimize"])
-    for params in ({"lr": 0.1, "width_mult": 0.25}, {"lr": 1e-6, "width_mult": 0.25},
-                   {"lr": 1e-6, "width_mult": 0.25}, {"lr": 0.1, "width_mult": 1.0},
-                   {"lr": 1e9, "width_mult": 0.25}, {"lr": 0.1, "width_mult": 0.25}):
-        study.enqueue_trial(params)
-    run_study(str(space), name="cases", runs_dir=str(tmp_path / "runs"), report=False)
+    run_dir = run_enqueued(tmp_path, "cases", space, [
+        {"lr": 0.1, "width_mult": 0.25}, {"lr": 1e-6, "width_mult": 0.25}, {"lr": 1e-6, "width_mult": 0.25},
+        {"lr": 0.1, "width_mult": 1.0}, {"lr": 1e9, "width_mult": 0.25}, {"lr": 0.1, "width_mult": 0.25}])
 
     trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
     status = [t.user_attrs.get("status") for t in trials]
@@ -180,21 +186,13 @@ def test_postgresql_storage(tmp_path, ray_session):
 
 def test_ray_asha_stops_slow_learners_as_pruned(tmp_path, ray_session):
     """Ray's own ASHA (accuracy only) through the same searcher: stopped trials reach Optuna as PRUNED."""
-    from study.search import run_study
-
     space = write_space(
         tmp_path / "s.yaml", trial={k: v for k, v in TINY_TRIAL.items() if k != "lr"},
         params={"lr": {"type": "categorical", "choices": [0.1, 1.0e-6]}},
         objectives={"val_acc": "maximize", "params": "minimize"},
         search={"sampler": "random", "trials": 3, "concurrent": 1, "scheduler": "asha", "grace_epochs": 2,
                 "reduction_factor": 2})
-    run_dir = tmp_path / "runs" / "asha"
-    run_dir.mkdir(parents=True)
-    study = optuna.create_study(study_name="asha", storage=f"sqlite:///{run_dir / 'optuna.db'}",
-                                directions=["maximize", "minimize"])
-    for lr in (0.1, 1e-6, 1e-6):
-        study.enqueue_trial({"lr": lr})
-    run_study(str(space), name="asha", runs_dir=str(tmp_path / "runs"), report=False)
+    run_dir = run_enqueued(tmp_path, "asha", space, [{"lr": 0.1}, {"lr": 1e-6}, {"lr": 1e-6}])
     trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
     assert trials[0].state == TrialState.COMPLETE
     assert [t.state for t in trials[1:]] == [TrialState.PRUNED, TrialState.PRUNED]
