@@ -9,7 +9,7 @@ A space file (YAML) has these top-level keys (see demo.yaml for a commented exam
   objectives   {METRIC: maximize|minimize}; computed on the validation split, never on test
   constraints  {max_params, max_nonzero_params, max_macs, max_latency_ms, max_size_bytes}: checked before training
   search       {sampler: tpe|nsga2|nsga3|gp|random, seed, trials, concurrent,
-                scheduler: none|asha|mo_asha, grace_epochs, reduction_factor}
+                scheduler: none|asha|mo_asha, grace_epochs, reduction_factor, report_every_s}
   resources    {cpus_per_trial, gpus_per_trial}
 """
 
@@ -27,7 +27,8 @@ from study.errors import SpaceError, UserError
 
 TOP_KEYS = ("name", "description", "trial", "params", "objectives", "constraints", "search", "resources")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
-SEARCH_KEYS = ("sampler", "seed", "trials", "concurrent", "scheduler", "grace_epochs", "reduction_factor")
+SEARCH_KEYS = ("sampler", "seed", "trials", "concurrent", "scheduler", "grace_epochs", "reduction_factor",
+               "report_every_s")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 SCHEDULERS = ("none", "asha", "mo_asha")
@@ -82,6 +83,9 @@ class SearchSpace:
     scheduler: str = "mo_asha"
     grace_epochs: int = 1  # first early-stopping rung, in epochs
     reduction_factor: int = 3  # keep the best 1/reduction_factor at each rung
+    # A trial reports to Ray Tune (with a resumable checkpoint) at the scheduler's rung epochs, and otherwise
+    # after any epoch that ends at least this many seconds after its last report (0: every epoch).
+    report_every_s: float = 30.0
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fraction of a GPU per trial; ignored (CPU is used) on a machine without GPUs
     raw: dict = field(default_factory=dict)  # the file's content, as loaded
@@ -258,6 +262,9 @@ def load_space(path: str | Path) -> SearchSpace:
             raise _err(p, f"search.{k}", f"must be a positive integer (got {v!r}).")
     if ints["reduction_factor"] < 2:
         raise _err(p, "search.reduction_factor", "must be >= 2.")
+    report_every_s = search.get("report_every_s", 30.0)
+    if not isinstance(report_every_s, (int, float)) or isinstance(report_every_s, bool) or report_every_s < 0:
+        raise _err(p, "search.report_every_s", f"must be a number of seconds >= 0 (got {report_every_s!r}).")
     if sampler == "gp":
         try:
             import scipy  # noqa: F401
@@ -275,7 +282,7 @@ def load_space(path: str | Path) -> SearchSpace:
     name = str(raw.get("name") or Path(path).stem)
     return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
                        sampler, ints["seed"], ints["trials"], ints["concurrent"], scheduler, ints["grace_epochs"],
-                       ints["reduction_factor"], float(cpus), float(gpus), raw)
+                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw)
 
 
 def _validate_values(base: TrialConfig, trial: dict, params: dict[str, ParamSpec], path: str) -> None:

@@ -92,6 +92,15 @@ def promote(points: np.ndarray, index: int, eta: int) -> bool:
     return index in mo_rank(points)[:keep] or index in non_dominated_fronts(points)[0]
 
 
+def rung_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The epochs at which (MO-)ASHA compares trials: grace * eta^k below max_t (Ray's ASHA uses the same)."""
+    rungs, r = [], grace_period
+    while r < max_t:
+        rungs.append(r)
+        r *= reduction_factor
+    return rungs
+
+
 class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
     """Ray Tune scheduler for MO-ASHA. `objectives` is [(metric, "maximize"|"minimize"), ...]; results must carry
     `time_attr` and the objectives (cost objectives in every intermediate result)."""
@@ -102,11 +111,7 @@ class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
         self._objectives = list(objectives)
         self._eta = reduction_factor
         self._time_attr = time_attr
-        self._rungs: list[int] = []
-        r = grace_period
-        while r < max_t:
-            self._rungs.append(r)
-            r *= reduction_factor
+        self._rungs = rung_epochs(grace_period, reduction_factor, max_t)
         self._recorded: dict[int, dict[str, list[float]]] = {r: {} for r in self._rungs}
         self._num_stopped = 0
 

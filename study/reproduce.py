@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -310,14 +309,10 @@ def _unset_fields(path: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- one seed
 class _SeedHooks(TrialHooks):
-    """No epoch checkpoints are kept (a seed reruns from scratch); teacher messages are indented."""
+    """No epoch checkpoints (a seed reruns from scratch); teacher messages are indented."""
 
     def __init__(self, log):
         self._log = log
-
-    def on_epoch(self, epoch, total_epochs, val_acc, log, checkpoint_dir):
-        if checkpoint_dir is not None:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     def log(self, msg: str) -> None:
         self._log("  " + msg)

@@ -298,7 +298,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     ctx = {"run_dir": str(run_dir), "trial": dict(space.trial), "space_file": str(space_file),
            "teacher_path": teacher_path, "constraints": space.constraints, "num_classes": ds.num_classes,
-           "input_shape": list(input_shape), "objective_names": [m for m, _ in objectives], "gpu": gpus > 0}
+           "input_shape": list(input_shape), "objective_names": [m for m, _ in objectives], "gpu": gpus > 0,
+           "report_epochs": report_epochs(space), "report_every_s": space.report_every_s}
     from study.search_trial import search_trainable
 
     trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), resources)
@@ -341,6 +342,15 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if report:
         _build_report(run_dir, log)
     return run_dir
+
+
+def report_epochs(space: SearchSpace) -> list[int]:
+    """Epoch counts at which every trial must report to Tune: the early-stopping rungs (none without one)."""
+    from study.mo_asha import rung_epochs
+
+    if space.scheduler == "none":
+        return []
+    return rung_epochs(space.grace_epochs, space.reduction_factor, space.total_epochs)
 
 
 def _make_scheduler(space: SearchSpace, objectives: list[tuple[str, str]]):

@@ -51,6 +51,8 @@ def test_small_study_end_to_end(small_study):
     assert study.best_trials
     for ref in ("teacher", "student_ce", "student_kd"):
         assert (small_study / "references" / ref / "metrics.json").exists(), ref
+    # no early stopping and trials far shorter than report_every_s: one report per trial, its final result
+    assert all(r == [(4, "complete")] for r in tune_reports(small_study).values()), tune_reports(small_study)
 
 
 def test_conditional_parameter_absent_when_off(small_study):
@@ -102,6 +104,21 @@ def test_early_stopped_infeasible_and_failing_trials(tmp_path, ray_session):
     assert "loss became" in trials[4].user_attrs["error"]
     front = load(run_dir).best_trials
     assert {t.number for t in front} <= {0, 5}
+    # Trials report to Tune only at the rung epochs (1 and 3 of 4), not after every epoch; progress.json has all.
+    reports = tune_reports(run_dir)
+    assert reports[0] == [(1, "running"), (3, "running"), (4, "complete")]
+    assert reports[1] == reports[2] == [(1, "running")]
+    assert json.loads((run_dir / "trials" / "0" / "progress.json").read_text())["epoch"] == 4
+
+
+def tune_reports(run_dir: Path) -> dict[int, list[tuple[int, str]]]:
+    """Optuna trial number -> [(epoch, status)] of every result the trial reported to Ray Tune."""
+    out: dict[int, list[tuple[int, str]]] = {}
+    for path in (run_dir / "ray" / "tune").glob("*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_number"]] = [(r["epoch"], r["status"]) for r in rows]
+    return out
 
 
 def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
@@ -122,7 +139,8 @@ def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
 def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     # long enough trials (40 epochs of ~0.05 s) that one is caught mid-way
     space = write_space(tmp_path / "s.yaml", trial={**TINY_TRIAL, "epochs": 36, "finetune_epochs": 4},
-                        search={"sampler": "tpe", "seed": 1, "trials": 5, "concurrent": 2, "scheduler": "none"})
+                        search={"sampler": "tpe", "seed": 1, "trials": 5, "concurrent": 2, "scheduler": "none",
+                                "report_every_s": 0})  # a report + checkpoint after every epoch
     marker = f"kdtest-{os.getpid()}-{time.time_ns()}"
     import tempfile
 

@@ -56,6 +56,7 @@ BAD = [
     ({"search": {"scheduler": "hyperband"}}, "unknown scheduler 'hyperband'"),
     ({"search": {"trials": 0}}, "search.trials: must be a positive integer"),
     ({"search": {"reduction_factor": 1}}, "must be >= 2"),
+    ({"search": {"report_every_s": -1}}, "search.report_every_s: must be a number of seconds >= 0"),
     ({"resources": {"cpus_per_trial": -1}}, "must be a number >= 0"),
 ]
 

@@ -21,13 +21,30 @@ METRIC_KEYS = ("val_acc", "test_acc", "params", "nonzero_params", "macs", "laten
                "params_reduction", "macs_reduction")
 
 
+class Watch(TrialHooks):
+    """Records what each epoch's hook call got (default wants_checkpoint: never)."""
+
+    def __init__(self):
+        self.checkpoints: list = []
+
+    def on_epoch(self, epoch, total, val_acc, log, ckpt):
+        self.checkpoints.append(ckpt)
+
+
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory):
     out = tmp_path_factory.mktemp("trials")
-    dense = run_trial(make_config(TINY_TRIAL), out_dir=out / "dense")
+    watch = Watch()
+    dense = run_trial(make_config(TINY_TRIAL), out_dir=out / "dense", hooks=watch)
     pruned = run_trial(make_config(TINY_TRIAL, {"prune_method": "l1_structured", "prune_ratio": 0.5}),
                        out_dir=out / "pruned")
+    dense["_checkpoints_seen"] = watch.checkpoints
     return out, dense, pruned
+
+
+def test_no_checkpoint_is_written_unless_the_hooks_ask(trials):
+    _, dense, _ = trials
+    assert dense["_checkpoints_seen"] == [None] * (TINY_TRIAL["epochs"] + TINY_TRIAL["finetune_epochs"])
 
 
 def test_trial_writes_files_with_sane_values(trials):
@@ -67,6 +84,9 @@ def test_resume_from_a_checkpoint_gives_the_same_result(tmp_path):
     saved = {}
 
     class Keep(TrialHooks):
+        def wants_checkpoint(self, epoch, total):
+            return True
+
         def on_epoch(self, epoch, total, val_acc, log, ckpt):
             if epoch == 2:  # the first fine-tuning epoch: after pruning
                 saved["dir"] = tmp_path / "ckpt"
@@ -119,3 +139,22 @@ def test_missing_data_is_one_clear_sentence(tmp_path, space):
 def test_bad_set_value_is_a_user_error():
     with pytest.raises(UserError, match="prune_ratio must be in"):
         make_config(TINY_TRIAL, {"prune_ratio": 1.5})
+
+
+def test_per_epoch_validation_in_the_training_precision_agrees_with_fp32(trials):
+    """train_phase validates each epoch under bf16 autocast + channels_last (when it trains that way); the final
+    metrics use fp32. On a trained model the two agree to a few images."""
+    from study.data import load_dataset
+    from study.train import evaluate, make_resident
+
+    out, dense, _ = trials
+    model, _ = load_model(out / "dense" / "model.pt")
+    cfg = make_config(TINY_TRIAL)
+    data = make_resident(load_dataset(cfg.dataset, cfg.data_root), cfg.val_size, cfg.val_split_seed,
+                         torch.device("cpu"))
+    fp32 = evaluate(model, data.val_x, data.val_y)
+    assert fp32 == pytest.approx(dense["val_acc"])
+    model.train().to(memory_format=torch.channels_last)
+    bf16 = evaluate(model, data.val_x, data.val_y, dtype="bf16", channels_last=True)
+    assert model.training  # mode restored
+    assert abs(bf16 - fp32) <= 100 * 3 / len(data.val_y)  # at most 3 of the 270 images change

@@ -1,0 +1,224 @@
+"""`python -m benchmarks.e2e`: this checkout against an earlier commit, end to end, run the way a user runs them.
+
+  trial  `python -m study trial` with the default study's trial settings (digits, 15 distillation + 5
+         fine-tuning epochs, one thread) and a fixed sampled point (KD T=4 alpha=0.5, width 1.0; unpruned and
+         l1_structured 0.5). Each side trains its teacher (and fills its caches) in an untimed warm-up run, then
+         the two sides alternate, N pairs. Reported: the trial's own clock (metrics.json wall_s: what the CLI
+         prints) and the whole process (imports included), with val/test accuracy.
+  study  `python -m study run` on the default space (search_spaces/demo.yaml) from an EMPTY cache, so teacher
+         training, Ray start, all 40 trials, references and the report are timed; sides alternate. The kd_loss
+         parameter is left out of the space for both sides (the baseline commit knows only `kd`).
+
+The baseline is checked out with `git worktree` (needs a git clone with history) and runs with this Python
+environment. Default baseline: 5ca609f, the last commit before the fast-trials work (issue 6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from study.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BASELINE = "5ca609f"
+TRIAL_POINTS = {  # name -> the sampled parameters of the timed trial
+    "dense": {"kd_loss": "kd", "temperature": 4.0, "alpha": 0.5, "width_mult": 1.0, "prune_method": "none",
+              "prune_ratio": 0.0},
+    "l1_structured": {"kd_loss": "kd", "temperature": 4.0, "alpha": 0.5, "width_mult": 1.0,
+                      "prune_method": "l1_structured", "prune_ratio": 0.5},
+}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def checkout(ref: str, dest: Path) -> str:
+    """A detached worktree of `ref` at dest; returns the full commit id."""
+    try:
+        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{ref}^{{commit}}"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(dest), sha], check=True,
+                       capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise UserError(f"cannot check out baseline {ref!r} from {ROOT} ({detail.strip()}); run this from a git "
+                        "clone with history (not a shallow copy), or pass --baseline with a commit it has.") from None
+    return sha
+
+
+def head_commit() -> str:
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return (r.stdout.strip() or "unknown") + ("+uncommitted changes" if dirty else "")
+
+
+def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> float:
+    """Run `python -m study ARGS` in cwd with its own cache; returns the process wall time in seconds."""
+    env = {**os.environ, "KDSTUDY_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    with open(log, "a") as fh:
+        r = subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, stdout=fh,
+                           stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise UserError(f"`python -m study {' '.join(args)}` failed in {cwd} (exit {r.returncode}); see {log}.")
+    return wall
+
+
+def demo_space() -> dict:
+    return yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+
+
+def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
+    base_trial = demo_space()["trial"]
+    out: dict = {}
+    for point, params in TRIAL_POINTS.items():
+        space = work / f"trial-{point}.yaml"
+        space.write_text(yaml.safe_dump({"name": f"e2e-{point}", "trial": {**base_trial, **params}}))
+        rows: dict[str, list[dict]] = {s: [] for s in sides}
+        for s, root in sides.items():  # warm-up: trains the teacher, fills the caches
+            run_side(root, ["trial", str(space), "--out", str(work / s / "warm")], work / s / "cache",
+                     work / f"{s}.log")
+        for i in range(pairs):
+            order = list(sides) if i % 2 == 0 else list(reversed(sides))
+            for s in order:
+                dest = work / s / f"{point}-{i}"
+                wall = run_side(sides[s], ["trial", str(space), "--out", str(dest)], work / s / "cache",
+                                work / f"{s}.log")
+                m = json.loads((dest / "metrics.json").read_text())
+                rows[s].append({"trial_wall_s": m["wall_s"], "process_wall_s": round(wall, 3),
+                                "val_acc": m["val_acc"], "test_acc": m["test_acc"]})
+            log(f"  trial {point} pair {i + 1}/{pairs}: " + "  ".join(
+                f"{s} {rows[s][-1]['trial_wall_s']:.2f} s" for s in sides))
+        out[point] = {s: summarise(r) for s, r in rows.items()}
+        out[point]["speedup_trial_wall"] = round(out[point]["baseline"]["trial_wall_s"]
+                                                 / out[point]["head"]["trial_wall_s"], 2)
+        out[point]["speedup_process_wall"] = round(out[point]["baseline"]["process_wall_s"]
+                                                   / out[point]["head"]["process_wall_s"], 2)
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    res = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
+    res["trial_wall_s_all"] = [r["trial_wall_s"] for r in rows]
+    return res
+
+
+def study_result(run_dir: Path) -> dict:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return {"complete": len(done), "trials": len(study.trials),
+            "best_val_acc": max((t.values[0] for t in done), default=None)}
+
+
+def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
+    space = demo_space()
+    space["params"].pop("kd_loss", None)
+    path = work / "study.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    rows: dict[str, list[dict]] = {s: [] for s in sides}
+    for i in range(pairs):
+        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        for s in order:
+            cache, runs = work / s / f"study-cache-{i}", work / s / f"study-runs-{i}"
+            wall = run_side(sides[s], ["run", str(path), "--name", "e2e", "--runs-dir", str(runs)], cache,
+                            work / f"{s}.log")
+            rows[s].append({"wall_s": round(wall, 2), **study_result(runs / "e2e")})
+        log(f"  study pair {i + 1}/{pairs}: " + "  ".join(f"{s} {rows[s][-1]['wall_s']:.1f} s" for s in sides))
+    out: dict = {s: {"wall_s": statistics.median(r["wall_s"] for r in rows[s]), "runs": rows[s]} for s in sides}
+    out["speedup"] = round(out["baseline"]["wall_s"] / out["head"]["wall_s"], 2)
+    out["trials"] = space["search"]["trials"]
+    return out
+
+
+def format_table(res: dict) -> str:
+    head = res["head"][:10] + (" with uncommitted changes" if res["head"].endswith("changes") else "")
+    lines = [f"end to end on {res['cpu']} (torch {res['torch']}); baseline {res['baseline'][:10]}, "
+             f"this checkout {head}", "",
+             "| run | baseline | this checkout | speed-up | val / test acc (baseline -> this) |",
+             "|---|---|---|---|---|"]
+    for point, r in res.get("trial", {}).items():
+        b, h = r["baseline"], r["head"]
+        lines.append(f"| trial {point}: trial clock | {b['trial_wall_s']:.2f} s | {h['trial_wall_s']:.2f} s | "
+                     f"{r['speedup_trial_wall']:.2f}x | {b['val_acc']:.2f} / {b['test_acc']:.2f} -> "
+                     f"{h['val_acc']:.2f} / {h['test_acc']:.2f} |")
+        lines.append(f"| trial {point}: whole process | {b['process_wall_s']:.2f} s | {h['process_wall_s']:.2f} s | "
+                     f"{r['speedup_process_wall']:.2f}x | |")
+    if "study" in res:
+        s = res["study"]
+        b, h = s["baseline"], s["head"]
+        acc = " ".join(f"{x['best_val_acc']:.2f}" for x in b["runs"]) + " -> " + " ".join(
+            f"{x['best_val_acc']:.2f}" for x in h["runs"])
+        lines.append(f"| default study ({s.get('trials', '?')} trials, empty cache) | {b['wall_s']:.1f} s | "
+                     f"{h['wall_s']:.1f} s | "
+                     f"{s['speedup']:.2f}x | best val {acc} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", default=DEFAULT_BASELINE,
+                   help=f"git commit to compare with (default {DEFAULT_BASELINE})")
+    p.add_argument("--pairs", type=int, default=3, help="alternating trial pairs per trial setting (default 3)")
+    p.add_argument("--study-pairs", type=int, default=1, help="alternating default-study pairs (default 1; 0 skips)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.pairs < 1 or args.study_pairs < 0:
+        print("error: --pairs must be >= 1 and --study-pairs >= 0.", file=sys.stderr)
+        return 2
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="kdstudy-e2e-"))
+    base_dir = work / "baseline-src"
+    try:
+        sha = checkout(args.baseline, base_dir)
+        sides = {"baseline": base_dir, "head": ROOT}
+        for s in sides:
+            (work / s).mkdir()
+        res: dict = {"cpu": cpu_model(), "torch": torch.__version__, "baseline": sha, "head": head_commit(),
+                     "pairs": args.pairs, "study_pairs": args.study_pairs}
+        print(f"baseline {sha[:10]} vs this checkout; logs in {work}", flush=True)
+        res["trial"] = time_trials(sides, work, args.pairs, lambda m: print(m, flush=True))
+        if args.study_pairs:
+            res["study"] = time_studies(sides, work, args.study_pairs, lambda m: print(m, flush=True))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)], capture_output=True)
+        shutil.rmtree(base_dir, ignore_errors=True)
+    print(format_table(res))
+    if args.json:
+        from study.io import write_json_atomic
+
+        write_json_atomic(args.json, res)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""benchmarks.e2e: the parts that run without timing two commits (that takes minutes; README shows a run)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.e2e import TRIAL_POINTS, demo_space, format_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_baseline_is_one_sentence_and_exit_2():
+    r = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--baseline", "no-such-commit-xyz"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "cannot check out baseline 'no-such-commit-xyz'" in r.stderr
+    assert "Traceback" not in r.stderr
+    listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "kdstudy-e2e" not in listed  # nothing left behind
+
+
+def test_timed_trials_use_the_default_studys_trial_settings():
+    trial = demo_space()["trial"]
+    assert trial["dataset"] == "digits" and trial["threads"] == 1
+    for params in TRIAL_POINTS.values():  # every timed point is a point of the default search space
+        space = demo_space()["params"]
+        for name, value in params.items():
+            spec = space[name]
+            assert value in spec["choices"] if "choices" in spec else spec["low"] <= value <= spec["high"] or (
+                name == "prune_ratio" and params["prune_method"] == "none"), name
+
+
+def test_table_shows_both_sides_the_ratio_and_accuracy():
+    side = {"trial_wall_s": 4.0, "process_wall_s": 6.0, "val_acc": 97.0, "test_acc": 96.5}
+    res = {"cpu": "Test CPU", "torch": "2.x", "baseline": "a" * 40, "head": "b" * 40,
+           "trial": {"dense": {"baseline": side, "head": {**side, "trial_wall_s": 1.0, "process_wall_s": 3.0},
+                               "speedup_trial_wall": 4.0, "speedup_process_wall": 2.0}},
+           "study": {"baseline": {"wall_s": 60.0, "runs": [{"best_val_acc": 95.0}]},
+                     "head": {"wall_s": 30.0, "runs": [{"best_val_acc": 97.5}]}, "speedup": 2.0, "trials": 40}}
+    table = format_table(res)
+    assert "| trial dense: trial clock | 4.00 s | 1.00 s | 4.00x |" in table
+    assert "| default study (40 trials, empty cache) | 60.0 s | 30.0 s | 2.00x | best val 95.00 -> 97.50 |" in table
+    assert "Test CPU" in table
