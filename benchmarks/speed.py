@@ -45,6 +45,15 @@ LOOPS = ("plain", "live", "cache")
 T, ALPHA, LR, WD = 4.0, 0.5, 0.05, 5e-4  # KD temperature, CE weight, SGD learning rate, weight decay
 
 
+def hardware_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name: ratios are only comparable on the same hardware."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from benchmarks.e2e import cpu_model
+
+    return cpu_model()
+
+
 # ---------------------------------------------------------------------------------------------- data
 def synthetic_dataset(n_train: int, n_val: int, seed: int = 0) -> Dataset:
     """Random uint8 32x32x3 images, 10 balanced classes, CIFAR-10's normalisation and augmentation."""
@@ -186,7 +195,8 @@ def run(students: list[str], *, images: int, val_images: int, repeats: int, batc
     labels = tr_y.numpy()
     teacher = build_model(teacher_arch, 10, 3, teacher_width).to(device).eval()
     dtype, channels_last = resolve_precision(precision, device)
-    info = {"device": str(device), "threads": torch.get_num_threads(), "images": n_train, "val_images": val_images,
+    info = {"device": str(device), "hardware": hardware_name(device), "threads": torch.get_num_threads(),
+            "images": n_train, "val_images": val_images,
             "batch_size": batch_size, "repeats": repeats, "precision_ours": dtype + ("+channels_last" if
                                                                                     channels_last else ""),
             "data": "synthetic 32x32x3 uint8, 10 classes",
@@ -285,7 +295,8 @@ class StudentBench:
 
 
 def format_table(res: dict) -> str:
-    head = (f"KD epoch speed on {res['device']} ({res['threads']} threads), {res['images']:,} images/epoch, "
+    head = (f"KD epoch speed on {res['device']} ({res.get('hardware', '?')}, {res['threads']} threads), "
+            f"{res['images']:,} images/epoch, "
             f"batch {res['batch_size']}, median of {res['repeats']} interleaved repeats (ratios: median of "
             f"per-repeat ratios)\ndata: {res['data']}; teacher {res['teacher']['arch']} "
             f"x{res['teacher']['width_mult']:g} ({res['teacher']['macs'] / 1e6:,.0f} MMACs/image, random init); "
