@@ -32,8 +32,8 @@ import pandas as pd
 from benchmarks import latency, pareto
 from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
+from study.references import REFERENCES
 
-REFERENCES = ("teacher", "student_ce", "student_kd")
 STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
 STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE")
 BASE_COLUMNS = ["number", "reference", "state", "prune_kind", "note", "error", "wall_s"]

@@ -2,9 +2,10 @@
 
   trial  `python -m study trial` with the default study's trial settings (digits, 15 distillation + 5
          fine-tuning epochs, one thread) and a fixed sampled point (KD T=4 alpha=0.5, width 1.0; unpruned and
-         l1_structured 0.5). Each side trains its teacher (and fills its caches) in an untimed warm-up run, then
-         the two sides alternate, N pairs. Reported: the trial's own clock (metrics.json wall_s: what the CLI
-         prints) and the whole process (imports included), with val/test accuracy.
+         l1_structured 0.5). Each side trains its teachers (and fills its caches) in untimed warm-up runs, then
+         the two sides alternate, N pairs, pair i with seed i on both sides. Reported: the trial's own clock
+         (metrics.json wall_s: what the CLI prints) and the whole process (imports included), medians, with
+         val/test accuracy as mean +- std over the seeds.
   study  `python -m study run` on the default space (search_spaces/demo.yaml) from an EMPTY cache, so teacher
          training, Ray start, all 40 trials, references and the report are timed; sides alternate. The kd_loss
          parameter is left out of the space for both sides (the baseline commit knows only `kd`).
@@ -90,26 +91,34 @@ def demo_space() -> dict:
 
 
 def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
+    """Pair i runs seed i on both sides (same split, teacher recipe and student initialisation), so the
+    accuracies over the pairs show the seed-to-seed noise both sides are compared within."""
     base_trial = demo_space()["trial"]
-    out: dict = {}
+    spaces = {}
     for point, params in TRIAL_POINTS.items():
-        space = work / f"trial-{point}.yaml"
-        space.write_text(yaml.safe_dump({"name": f"e2e-{point}", "trial": {**base_trial, **params}}))
+        for i in range(pairs):
+            spaces[point, i] = work / f"trial-{point}-seed{i}.yaml"
+            spaces[point, i].write_text(yaml.safe_dump({"name": f"e2e-{point}",
+                                                        "trial": {**base_trial, **params, "seed": i}}))
+    for i in range(pairs):  # untimed warm-up per seed: trains that seed's teacher, fills the caches
+        for s, root in sides.items():
+            run_side(root, ["trial", str(spaces[next(iter(TRIAL_POINTS)), i]), "--out", str(work / s / "warm")],
+                     work / s / "cache", work / f"{s}.log")
+        log(f"  warm-up seed {i}: teachers trained")
+    out: dict = {}
+    for point in TRIAL_POINTS:
         rows: dict[str, list[dict]] = {s: [] for s in sides}
-        for s, root in sides.items():  # warm-up: trains the teacher, fills the caches
-            run_side(root, ["trial", str(space), "--out", str(work / s / "warm")], work / s / "cache",
-                     work / f"{s}.log")
         for i in range(pairs):
             order = list(sides) if i % 2 == 0 else list(reversed(sides))
             for s in order:
                 dest = work / s / f"{point}-{i}"
-                wall = run_side(sides[s], ["trial", str(space), "--out", str(dest)], work / s / "cache",
+                wall = run_side(sides[s], ["trial", str(spaces[point, i]), "--out", str(dest)], work / s / "cache",
                                 work / f"{s}.log")
                 m = json.loads((dest / "metrics.json").read_text())
                 rows[s].append({"trial_wall_s": m["wall_s"], "process_wall_s": round(wall, 3),
                                 "val_acc": m["val_acc"], "test_acc": m["test_acc"]})
-            log(f"  trial {point} pair {i + 1}/{pairs}: " + "  ".join(
-                f"{s} {rows[s][-1]['trial_wall_s']:.2f} s" for s in sides))
+            log(f"  trial {point} seed {i}: " + "  ".join(
+                f"{s} {rows[s][-1]['trial_wall_s']:.2f} s (val {rows[s][-1]['val_acc']:.2f})" for s in sides))
         out[point] = {s: summarise(r) for s, r in rows.items()}
         out[point]["speedup_trial_wall"] = round(out[point]["baseline"]["trial_wall_s"]
                                                  / out[point]["head"]["trial_wall_s"], 2)
@@ -119,8 +128,13 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    res = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
-    res["trial_wall_s_all"] = [r["trial_wall_s"] for r in rows]
+    """Median times; accuracy as mean and standard deviation over the seeds."""
+    res: dict = {k: round(statistics.median(r[k] for r in rows), 3) for k in ("trial_wall_s", "process_wall_s")}
+    for k in ("val_acc", "test_acc"):
+        vals = [r[k] for r in rows]
+        res[k] = round(statistics.fmean(vals), 2)
+        res[k + "_std"] = round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0
+    res["runs"] = rows
     return res
 
 
@@ -158,13 +172,17 @@ def format_table(res: dict) -> str:
     head = res["head"][:10] + (" with uncommitted changes" if res["head"].endswith("changes") else "")
     lines = [f"end to end on {res['cpu']} (torch {res['torch']}); baseline {res['baseline'][:10]}, "
              f"this checkout {head}", "",
-             "| run | baseline | this checkout | speed-up | val / test acc (baseline -> this) |",
+             "| run | baseline | this checkout | speed-up | accuracy, baseline -> this checkout |",
              "|---|---|---|---|---|"]
+
+    def acc(side: dict, k: str) -> str:
+        return f"{side[k]:.2f} +- {side[k + '_std']:.2f}"
+
     for point, r in res.get("trial", {}).items():
         b, h = r["baseline"], r["head"]
         lines.append(f"| trial {point}: trial clock | {b['trial_wall_s']:.2f} s | {h['trial_wall_s']:.2f} s | "
-                     f"{r['speedup_trial_wall']:.2f}x | {b['val_acc']:.2f} / {b['test_acc']:.2f} -> "
-                     f"{h['val_acc']:.2f} / {h['test_acc']:.2f} |")
+                     f"{r['speedup_trial_wall']:.2f}x | val {acc(b, 'val_acc')} -> {acc(h, 'val_acc')}; "
+                     f"test {acc(b, 'test_acc')} -> {acc(h, 'test_acc')} (mean +- std over seeds) |")
         lines.append(f"| trial {point}: whole process | {b['process_wall_s']:.2f} s | {h['process_wall_s']:.2f} s | "
                      f"{r['speedup_process_wall']:.2f}x | |")
     if "study" in res:
@@ -183,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"git commit to compare with (default {DEFAULT_BASELINE})")
-    p.add_argument("--pairs", type=int, default=3, help="alternating trial pairs per trial setting (default 3)")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="alternating trial pairs per trial setting; pair i uses seed i (default 3)")
     p.add_argument("--study-pairs", type=int, default=1, help="alternating default-study pairs (default 1; 0 skips)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)

@@ -31,13 +31,24 @@ def test_timed_trials_use_the_default_studys_trial_settings():
 
 
 def test_table_shows_both_sides_the_ratio_and_accuracy():
-    side = {"trial_wall_s": 4.0, "process_wall_s": 6.0, "val_acc": 97.0, "test_acc": 96.5}
+    side = {"trial_wall_s": 4.0, "process_wall_s": 6.0, "val_acc": 97.0, "val_acc_std": 0.5, "test_acc": 96.5,
+            "test_acc_std": 0.25}
     res = {"cpu": "Test CPU", "torch": "2.x", "baseline": "a" * 40, "head": "b" * 40,
            "trial": {"dense": {"baseline": side, "head": {**side, "trial_wall_s": 1.0, "process_wall_s": 3.0},
                                "speedup_trial_wall": 4.0, "speedup_process_wall": 2.0}},
            "study": {"baseline": {"wall_s": 60.0, "runs": [{"best_val_acc": 95.0}]},
                      "head": {"wall_s": 30.0, "runs": [{"best_val_acc": 97.5}]}, "speedup": 2.0, "trials": 40}}
     table = format_table(res)
-    assert "| trial dense: trial clock | 4.00 s | 1.00 s | 4.00x |" in table
+    assert "| trial dense: trial clock | 4.00 s | 1.00 s | 4.00x | val 97.00 +- 0.50 -> 97.00 +- 0.50;" in table
     assert "| default study (40 trials, empty cache) | 60.0 s | 30.0 s | 2.00x | best val 95.00 -> 97.50 |" in table
     assert "Test CPU" in table
+
+
+def test_accuracy_is_summarised_over_seeds():
+    from benchmarks.e2e import summarise
+
+    rows = [{"trial_wall_s": t, "process_wall_s": t + 1, "val_acc": v, "test_acc": v - 1}
+            for t, v in ((1.0, 96.0), (3.0, 98.0), (2.0, 97.0))]
+    s = summarise(rows)
+    assert s["trial_wall_s"] == 2.0 and s["process_wall_s"] == 3.0  # medians
+    assert s["val_acc"] == 97.0 and s["val_acc_std"] == 1.0 and s["test_acc"] == 96.0
