@@ -42,7 +42,7 @@ OBJECTIVE_METRICS = {
 COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_bytes")
 # Fields that define the study's data split and teacher: one value per study, never searched.
 STUDY_FIXED = ("dataset", "data_root", "download", "val_size", "seed", "split_seed", "teacher_arch", "teacher_width",
-               "teacher_epochs", "teacher_lr", "teacher_cache", "device")
+               "teacher_epochs", "teacher_lr", "teacher_precision", "teacher_cache", "device")
 CONSTRAINTS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "max_macs": "macs",
                "max_latency_ms": "latency_ms_bs1"}
 

@@ -21,11 +21,11 @@ from study.measure import count_params
 from study.models import build_model
 from study.train import ResidentData, evaluate, make_resident, train_phase
 
-TEACHER_CODE_VERSION = 2  # bump when the teacher's training recipe changes, so old cached teachers are not reused
+TEACHER_CODE_VERSION = 3  # bump when the teacher's training recipe changes, so old cached teachers are not reused
 
 # Config fields that determine the teacher; anything else (student, KD, pruning) shares the same teacher.
-TEACHER_KEY_FIELDS = ("dataset", "val_size", "seed", "precision", "teacher_arch", "teacher_width", "teacher_epochs",
-                      "teacher_lr", "batch_size", "weight_decay", "label_smoothing")
+TEACHER_KEY_FIELDS = ("dataset", "val_size", "seed", "teacher_precision", "teacher_arch", "teacher_width",
+                      "teacher_epochs", "teacher_lr", "batch_size", "weight_decay", "label_smoothing")
 
 
 def default_cache_dir() -> Path:
@@ -37,14 +37,14 @@ def _resolved_precision(cfg: TrialConfig) -> str:
     from study.trial import resolve_device
 
     try:
-        return resolve_precision(cfg.precision, resolve_device(cfg.device))[0]
+        return resolve_precision(cfg.teacher_precision, resolve_device(cfg.device))[0]
     except Exception:  # noqa: BLE001  an unavailable device fails later with its own clear message
-        return cfg.precision
+        return cfg.teacher_precision
 
 
 def teacher_key(cfg: TrialConfig) -> str:
     parts = {k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS}
-    parts["precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
+    parts["teacher_precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
     if cfg.split_seed >= 0 and cfg.split_seed != cfg.seed:
         parts["split_seed"] = cfg.split_seed  # absent otherwise, so existing teacher keys stay valid
     parts["code"] = TEACHER_CODE_VERSION
@@ -66,7 +66,7 @@ def train_teacher(cfg: TrialConfig, data: ResidentData, log=print) -> nn.Module:
 
     train_phase(model, data, epochs=cfg.teacher_epochs, first_epoch=0, seed=cfg.seed, lr=cfg.teacher_lr,
                 batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, teacher=None, temperature=1.0,
-                alpha=1.0, label_smoothing=cfg.label_smoothing, precision=cfg.precision, on_epoch=progress)
+                alpha=1.0, label_smoothing=cfg.label_smoothing, precision=cfg.teacher_precision, on_epoch=progress)
     model.eval()
     return model
 

@@ -33,6 +33,7 @@ BAD = [
     ({"trial": {**TINY_TRIAL, "tempreature": 3}}, "Did you mean 'temperature'"),
     ({"trial": {**TINY_TRIAL, "alpha": 2.0}}, "alpha must be in [0, 1]"),
     ({"trial": {**TINY_TRIAL, "student_arch": "resnet9"}}, "unknown student_arch 'resnet9'"),
+    ({"trial": {**TINY_TRIAL, "teacher_precision": "fp8"}}, "teacher_precision must be auto, fp32 or bf16"),
     ({"params": {"alpha": {"type": "float", "low": 0.9, "high": 0.1}}}, "low (0.9) is greater than high (0.1)"),
     ({"params": {"alpha": {"type": "float", "low": 0.0, "high": 1.5}}}, "params.alpha: value 1.5 is invalid"),
     ({"params": {"temperature": {"type": "float", "low": 0, "high": 4, "log": True}}}, "log scale needs low > 0"),

@@ -184,3 +184,13 @@ def test_a_trial_with_the_cache_matches_the_live_teacher(setup, tmp_path):
     # val_acc differed by -1.9, +3.2, -1.4 points (216 images) and test_acc by -0.6, +0.3, 0.0 (359 images).
     assert abs(metrics[True]["val_acc"] - metrics[False]["val_acc"]) <= 5.0
     assert abs(metrics[True]["test_acc"] - metrics[False]["test_acc"]) <= 3.0
+
+
+def test_teacher_key_follows_the_teacher_precision_not_the_students():
+    from study.config import make_config
+    from study.teacher import teacher_key
+
+    base = make_config(TINY_TRIAL)
+    assert base.teacher_precision == "fp32"
+    assert teacher_key(base.replace(precision="bf16")) == teacher_key(base.replace(precision="fp32"))
+    assert teacher_key(base.replace(teacher_precision="bf16")) != teacher_key(base)
