@@ -188,11 +188,10 @@ def format_table(res: dict) -> str:
     if "study" in res:
         s = res["study"]
         b, h = s["baseline"], s["head"]
-        acc = " ".join(f"{x['best_val_acc']:.2f}" for x in b["runs"]) + " -> " + " ".join(
+        best = " ".join(f"{x['best_val_acc']:.2f}" for x in b["runs"]) + " -> " + " ".join(
             f"{x['best_val_acc']:.2f}" for x in h["runs"])
         lines.append(f"| default study ({s.get('trials', '?')} trials, empty cache) | {b['wall_s']:.1f} s | "
-                     f"{h['wall_s']:.1f} s | "
-                     f"{s['speedup']:.2f}x | best val {acc} |")
+                     f"{h['wall_s']:.1f} s | {s['speedup']:.2f}x | best val {best} |")
     return "\n".join(lines)
 
 
