@@ -144,7 +144,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 # Re-measured on an AMD EPYC 2-core VM (avx512_bf16, no AMX), resnet8 digits, 1 thread, best of 3 runs of 40 steps:
 #   width 1.0   fp32-NHWC 1.44x   bf16-NCHW 1.24x   bf16-NHWC 1.47x
 #   width 0.25  fp32-NHWC 1.01x   bf16-NCHW 0.90x   bf16-NHWC 0.98x   (tiny channels: per-op overhead dominates)
-# bf16 + channels_last won every shape, so "auto" picks it on CPUs with native bf16 (avx512_bf16 / AMX);
+# bf16 + channels_last won every shape but the tiniest (a tie within noise; with 3x32x32 images it was 2.4x on
+# the AMD VM too), so "auto" picks it on CPUs with native bf16 (avx512_bf16 / AMX);
 # elsewhere (no bf16 units: emulated bf16 is slower) it keeps fp32 NCHW. On CUDA it picks bf16 + channels_last
 # where the GPU has bf16 tensor cores (compute capability >= 8.0): the usual result, NOT measured here (no GPU
 # was lent to this work; `python -m benchmarks.speed` on a GPU shows it). Final metrics are evaluated in fp32;
