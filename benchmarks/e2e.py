@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -40,16 +39,6 @@ TRIAL_POINTS = {  # name -> the sampled parameters of the timed trial
     "l1_structured": {"kd_loss": "kd", "temperature": 4.0, "alpha": 0.5, "width_mult": 1.0,
                       "prune_method": "l1_structured", "prune_ratio": 0.5},
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def checkout(ref: str, dest: Path) -> str:
@@ -210,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from study.latency_cache import cpu_name
+
     work = Path(tempfile.mkdtemp(prefix="kdstudy-e2e-"))
     base_dir = work / "baseline-src"
     try:
@@ -217,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         sides = {"baseline": base_dir, "head": ROOT}
         for s in sides:
             (work / s).mkdir()
-        res: dict = {"cpu": cpu_model(), "torch": torch.__version__, "baseline": sha, "head": head_commit(),
+        res: dict = {"cpu": cpu_name(), "torch": torch.__version__, "baseline": sha, "head": head_commit(),
                      "pairs": args.pairs, "study_pairs": args.study_pairs}
         print(f"baseline {sha[:10]} vs this checkout; logs in {work}", flush=True)
         res["trial"] = time_trials(sides, work, args.pairs, lambda m: print(m, flush=True))

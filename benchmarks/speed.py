@@ -49,9 +49,9 @@ def hardware_name(device: torch.device) -> str:
     """The GPU's or the CPU's model name: ratios are only comparable on the same hardware."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from benchmarks.e2e import cpu_model
+    from study.latency_cache import cpu_name
 
-    return cpu_model()
+    return cpu_name()
 
 
 # ---------------------------------------------------------------------------------------------- data

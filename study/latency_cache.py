@@ -25,7 +25,8 @@ from study.measure import measure_latency, measure_throughput
 CACHE_VERSION = 1
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (part of every latency key; benchmarks print it beside their ratios)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -38,7 +39,7 @@ def _cpu_name() -> str:
 def architecture_key(model: nn.Module, input_shape: tuple, device: torch.device, threads: int | None,
                      kind: str, batch_size: int, repeats: int) -> str:
     shapes = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     payload = json.dumps([CACHE_VERSION, type(model).__name__, shapes, list(input_shape), device.type, dev,
                           threads or torch.get_num_threads(), kind, batch_size, repeats, torch.__version__])
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
