@@ -119,10 +119,11 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
 def summarise(rows: list[dict]) -> dict:
     """Median times; accuracy as mean and standard deviation over the seeds."""
     res: dict = {k: round(statistics.median(r[k] for r in rows), 3) for k in ("trial_wall_s", "process_wall_s")}
+    from study.reproduce import mean_std
+
     for k in ("val_acc", "test_acc"):
-        vals = [r[k] for r in rows]
-        res[k] = round(statistics.fmean(vals), 2)
-        res[k + "_std"] = round(statistics.stdev(vals), 2) if len(vals) > 1 else 0.0
+        mean, std = mean_std([r[k] for r in rows])
+        res[k], res[k + "_std"] = round(mean, 2), round(std, 2)
     res["runs"] = rows
     return res
 

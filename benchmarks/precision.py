@@ -9,7 +9,6 @@ and mean +- std per pair. This is the measurement behind `teacher_precision: fp3
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -37,10 +36,11 @@ def run(seeds: int, space_file: str, log=print) -> dict:
                                               "precision_used": m["precision_used"]})
             log(f"seed {seed}  {name:28s} val {m['val_acc']:.2f}  test {m['test_acc']:.2f}  "
                 f"(teacher val {m.get('teacher_val_acc', float('nan')):.2f}, student ran {m['precision_used']})")
+    from study.reproduce import mean_std
+
     summary = {}
     for name, rs in rows.items():
-        summary[name] = {k: (round(statistics.fmean(r[k] for r in rs), 2),
-                             round(statistics.stdev(r[k] for r in rs), 2) if len(rs) > 1 else 0.0)
+        summary[name] = {k: tuple(round(v, 2) for v in mean_std([r[k] for r in rs]))
                          for k in ("val_acc", "test_acc", "teacher_val_acc")}
         summary[name]["runs"] = rs
     return summary

@@ -347,7 +347,8 @@ def run_seed(cfg: TrialConfig, seed_dir: Path, teacher_path: Path | None, teache
     return metrics, False
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0.0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -432,8 +433,8 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
             f"val_acc {row['val_acc']:.2f}%  params {row['params']:,} (nonzero {row['nonzero_params']:,})  "
             f"MACs {row['macs']:,}  latency {row['latency_ms_bs1']:.3f} ms  [{time.time() - t0:.1f}s]")
 
-    test_mean, test_std = _mean_std([r["test_acc"] for r in per_seed])
-    val_mean, val_std = _mean_std([r["val_acc"] for r in per_seed])
+    test_mean, test_std = mean_std([r["test_acc"] for r in per_seed])
+    val_mean, val_std = mean_std([r["val_acc"] for r in per_seed])
     first = per_seed[0]
     same_seed_diff = (first["val_acc"] - search["val_acc"]
                       if search.get("val_acc") is not None and run_epochs == cfg.epochs else None)
