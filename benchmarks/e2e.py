@@ -56,10 +56,11 @@ def checkout(ref: str, dest: Path) -> str:
 
 
 def head_commit() -> str:
-    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return (r.stdout.strip() or "unknown") + ("+uncommitted changes" if dirty else "")
+    """This checkout's commit, flagged when the timed code (study/, search_spaces/) has uncommitted changes."""
+    from study.reproduce import code_version
+
+    v = code_version(ROOT)
+    return (v["git_commit"] or "unknown") + ("+uncommitted changes" if v["git_dirty"] else "")
 
 
 def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> float:
