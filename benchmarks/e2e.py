@@ -8,7 +8,10 @@
          val/test accuracy as mean +- std over the seeds.
   study  `python -m study run` on the default space (search_spaces/demo.yaml) from an EMPTY cache, so teacher
          training, Ray start, all 40 trials, references and the report are timed; sides alternate. The kd_loss
-         parameter is left out of the space for both sides (the baseline commit knows only `kd`).
+         parameter is left out of the space for both sides (the baseline commit knows only `kd`). Also reported:
+         the CPU time the whole machine used during each study (Ray's workers included; from /proc/stat, Linux
+         only) and how many cores that kept busy on average: a study that keeps every core busy can only get
+         faster by doing less work, so the CPU-time ratio bounds its speed-up.
 
 The baseline is checked out with `git worktree` (needs a git clone with history) and runs with this Python
 environment. Default baseline: 5ca609f, the last commit before the fast-trials work (issue 6).
@@ -63,17 +66,29 @@ def head_commit() -> str:
     return (v["git_commit"] or "unknown") + ("+uncommitted changes" if v["git_dirty"] else "")
 
 
-def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> float:
-    """Run `python -m study ARGS` in cwd with its own cache; returns the process wall time in seconds."""
+def machine_cpu_s() -> float | None:
+    """CPU time all processes of this machine have used since boot (user + system, not idle or iowait), in
+    seconds, from /proc/stat; None where there is none (not Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> tuple[float, float | None]:
+    """Run `python -m study ARGS` in cwd with its own cache; returns (process wall time, CPU time of the whole
+    machine meanwhile), in seconds. The machine-wide count includes Ray's worker processes, which a child's own
+    rusage misses; it assumes nothing else busy runs on the machine (the e2e benchmark's own rule)."""
     env = {**os.environ, "KDSTUDY_CACHE": str(cache)}
-    t0 = time.perf_counter()
+    cpu0, t0 = machine_cpu_s(), time.perf_counter()
     with open(log, "a") as fh:
         r = subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, stdout=fh,
                            stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t0
+    wall, cpu1 = time.perf_counter() - t0, machine_cpu_s()
     if r.returncode != 0:
         raise UserError(f"`python -m study {' '.join(args)}` failed in {cwd} (exit {r.returncode}); see {log}.")
-    return wall
+    return wall, (round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None)
 
 
 def demo_space() -> dict:
@@ -102,8 +117,8 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
             order = list(sides) if i % 2 == 0 else list(reversed(sides))
             for s in order:
                 dest = work / s / f"{point}-{i}"
-                wall = run_side(sides[s], ["trial", str(spaces[point, i]), "--out", str(dest)], work / s / "cache",
-                                work / f"{s}.log")
+                wall, _ = run_side(sides[s], ["trial", str(spaces[point, i]), "--out", str(dest)],
+                                   work / s / "cache", work / f"{s}.log")
                 m = json.loads((dest / "metrics.json").read_text())
                 rows[s].append({"trial_wall_s": m["wall_s"], "process_wall_s": round(wall, 3),
                                 "val_acc": m["val_acc"], "test_acc": m["test_acc"]})
@@ -149,12 +164,18 @@ def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
         order = list(sides) if i % 2 == 0 else list(reversed(sides))
         for s in order:
             cache, runs = work / s / f"study-cache-{i}", work / s / f"study-runs-{i}"
-            wall = run_side(sides[s], ["run", str(path), "--name", "e2e", "--runs-dir", str(runs)], cache,
-                            work / f"{s}.log")
-            rows[s].append({"wall_s": round(wall, 2), **study_result(runs / "e2e")})
+            wall, cpu = run_side(sides[s], ["run", str(path), "--name", "e2e", "--runs-dir", str(runs)], cache,
+                                 work / f"{s}.log")
+            rows[s].append({"wall_s": round(wall, 2), "cpu_s": cpu, **study_result(runs / "e2e")})
         log(f"  study pair {i + 1}/{pairs}: " + "  ".join(f"{s} {rows[s][-1]['wall_s']:.1f} s" for s in sides))
     out: dict = {s: {"wall_s": statistics.median(r["wall_s"] for r in rows[s]), "runs": rows[s]} for s in sides}
     out["speedup"] = round(out["baseline"]["wall_s"] / out["head"]["wall_s"], 2)
+    out["cores"] = os.cpu_count()
+    if all(r["cpu_s"] is not None for rs in rows.values() for r in rs):  # the work done, and how busy the cores were
+        for s in sides:
+            out[s]["cpu_s"] = statistics.median(r["cpu_s"] for r in rows[s])
+            out[s]["cores_busy"] = round(statistics.median(r["cpu_s"] / r["wall_s"] for r in rows[s]), 2)
+        out["cpu_ratio"] = round(out["baseline"]["cpu_s"] / out["head"]["cpu_s"], 2)
     out["trials"] = space["search"]["trials"]
     return out
 
@@ -183,6 +204,10 @@ def format_table(res: dict) -> str:
             f"{x['best_val_acc']:.2f}" for x in h["runs"])
         lines.append(f"| default study ({s.get('trials', '?')} trials, empty cache) | {b['wall_s']:.1f} s | "
                      f"{h['wall_s']:.1f} s | {s['speedup']:.2f}x | best val {best} |")
+        if "cpu_ratio" in s:
+            lines.append(f"| default study: CPU time, all processes | {b['cpu_s']:.1f} s | {h['cpu_s']:.1f} s | "
+                         f"{s['cpu_ratio']:.2f}x | cores busy (CPU time / wall time): {b['cores_busy']:.2f} -> "
+                         f"{h['cores_busy']:.2f} of {s['cores']} |")
     return "\n".join(lines)
 
 

@@ -42,6 +42,29 @@ def test_table_shows_both_sides_the_ratio_and_accuracy():
     assert "| trial dense: trial clock | 4.00 s | 1.00 s | 4.00x | val 97.00 +- 0.50 -> 97.00 +- 0.50;" in table
     assert "| default study (40 trials, empty cache) | 60.0 s | 30.0 s | 2.00x | best val 95.00 -> 97.50 |" in table
     assert "Test CPU" in table
+    assert "CPU time" not in table  # no CPU accounting (not Linux): no row for it
+
+    res["study"].update(cores=2, cpu_ratio=1.5)
+    res["study"]["baseline"].update(cpu_s=114.0, cores_busy=1.9)
+    res["study"]["head"].update(cpu_s=76.0, cores_busy=1.95)
+    assert ("| default study: CPU time, all processes | 114.0 s | 76.0 s | 1.50x | cores busy (CPU time / wall "
+            "time): 1.90 -> 1.95 of 2 |") in format_table(res)
+
+
+def test_machine_cpu_time_counts_this_process_work():
+    import os
+    import time
+
+    from benchmarks.e2e import machine_cpu_s
+
+    if not os.path.exists("/proc/stat"):
+        assert machine_cpu_s() is None
+        return
+    a, c0 = machine_cpu_s(), time.process_time()
+    while time.process_time() - c0 < 0.3:  # busy for 0.3 s of this process's CPU time
+        pass
+    b = machine_cpu_s()
+    assert b - a >= 0.2  # the machine-wide count saw (at least most of) it; other processes only add
 
 
 def test_accuracy_is_summarised_over_seeds():
