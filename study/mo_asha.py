@@ -93,7 +93,9 @@ def promote(points: np.ndarray, index: int, eta: int) -> bool:
 
 
 def rung_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
-    """The epochs at which (MO-)ASHA compares trials: grace * eta^k below max_t (Ray's ASHA uses the same)."""
+    """The epochs at which MO-ASHA compares trials, and every trial reports: grace * eta^k below max_t. (Ray's
+    ASHA compares at the same epochs, plus at max_t when max_t / grace is a power of eta; trials send their
+    final result there as "complete", after measuring, never as "running": see RayHooks.wants_checkpoint.)"""
     rungs, r = [], grace_period
     while r < max_t:
         rungs.append(r)

@@ -65,9 +65,13 @@ class RayHooks(TrialHooks):
         self._resume_tmp: str | None = None  # where a Ray checkpoint was unpacked; removed after the trial
 
     def wants_checkpoint(self, epoch: int, total_epochs: int) -> bool:
-        """Called after each epoch, before on_epoch: is a report (with its checkpoint) due after this one?"""
-        self._due = (epoch + 1 in self.report_epochs
-                     or time.monotonic() - self._last_report >= self.report_every_s)
+        """Called after each epoch, before on_epoch: is a report (with its checkpoint) due after this one?
+
+        Never after the last epoch: the trial reports "complete" with its final metrics moments later, and Ray's
+        ASHA has a rung at max_t whenever max_t / grace is a power of eta (grace 1, eta 3, 9 epochs: rungs 1, 3,
+        9), where a "running" report could stop a fully trained trial before it is measured."""
+        self._due = epoch + 1 < total_epochs and (epoch + 1 in self.report_epochs
+                                                  or time.monotonic() - self._last_report >= self.report_every_s)
         return self._due
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:

@@ -68,3 +68,20 @@ def test_rung_costs_are_those_of_the_model_being_trained():
     # same dense model, worse accuracy: stopped although its final params and latency are lower
     assert s.on_trial_result(None, _Trial("hard"), {**hard, "val_acc": 70.0}) == "STOP"
     assert s._vector({**hard, "val_acc": 70.0}) == [-70.0, 1000.0, 5000.0]
+
+
+def test_no_running_report_after_the_last_epoch_where_rays_asha_has_a_rung():
+    """Ray's ASHA puts a rung at max_t when max_t / grace is a power of eta (grace 1, eta 3, 9 epochs: 1, 3, 9);
+    a "running" report there could stop a fully trained trial before it is measured, so none is sent."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from study.mo_asha import rung_epochs
+    from study.search_trial import RayHooks
+
+    assert sorted(r for r, _ in _Bracket(1, 9, 3, 0)._rungs) == [1, 3, 9]  # the Ray behaviour this guards against
+    assert rung_epochs(1, 3, 9) == [1, 3]
+    costs = {"params": 10, "nonzero_params": 10, "macs": 100}
+    for every_s in (0.0, 3600.0):  # reporting every epoch, or only at the rungs
+        hooks = RayHooks(costs, report_epochs=rung_epochs(1, 3, 9), report_every_s=every_s)
+        due = [e + 1 for e in range(9) if hooks.wants_checkpoint(e, 9)]
+        assert due == ([1, 2, 3, 4, 5, 6, 7, 8] if every_s == 0 else [1, 3]), due
