@@ -21,7 +21,7 @@ from study.data import Dataset, split_train_val
 from study.losses import kd_loss
 
 # Called as teacher(x_aug, idx, epoch) -> logits (B, K) for the batch of augmented images x_aug (B, C, H, W)
-# whose training-set indices are idx (B,) in schedule epoch `epoch`.
+# whose training-set indices are idx (B,), on the data's device, in schedule epoch `epoch`.
 TeacherFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
@@ -44,8 +44,15 @@ class ResidentData:
     std: torch.Tensor  # (1, C, 1, 1)
 
     def views(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """Normalised float32 crops/flips (B, C, H, W) of training images idx (CPU indices into the schedule)."""
-        x = crop_flip(self.train_x[idx.to(self.train_x.device)], dy[idx], dx[idx], flip[idx], self.pad)
+        """Normalised float32 crops/flips (B, C, H, W) of training images idx under an epoch's schedule (dy, dx,
+        flip: per image). The schedule is indexed where it lives: augmented_batches moves it to the data's device
+        once per epoch, as a copy to a GPU waits for the GPU's queued work (five small copies per batch would)."""
+        dev = self.train_x.device
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t[idx.to(t.device)].to(dev)
+
+        x = crop_flip(self.train_x[idx.to(dev)], take(dy), take(dx), take(flip), self.pad)
         return (x.float() / 255.0 - self.mean) / self.std
 
     @property
@@ -96,14 +103,21 @@ def crop_flip(xp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.
 
 
 def augmented_batches(data: ResidentData, epoch: int, seed: int, batch_size: int):
-    """Yield (x, y, idx) for one epoch of the seeded schedule; the last partial batch is dropped if tiny."""
+    """Yield (x, y, idx) for one epoch of the seeded schedule, idx (training-set indices) on the data's device;
+    the last partial batch is dropped if tiny (batches_per_epoch counts the same way)."""
     n = data.train_x.shape[0]
-    order, dy, dx, flip = epoch_schedule(n, epoch, seed, data.pad, data.hflip)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
-        if len(idx) < max(2, batch_size // 4) and start > 0:
-            break  # a tiny last batch gives noisy BN statistics
-        yield data.views(idx, dy, dx, flip), data.train_y[idx.to(data.train_y.device)], idx
+    dev = data.train_x.device
+    order, dy, dx, flip = (t.to(dev) for t in epoch_schedule(n, epoch, seed, data.pad, data.hflip))  # once an epoch
+    for b in range(batches_per_epoch(n, batch_size)):
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        yield data.views(idx, dy, dx, flip), data.train_y[idx], idx
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches augmented_batches yields for n images: a last partial batch under a quarter of batch_size (and
+    under 2 images) is dropped when it is not the only one, as it gives noisy BN statistics."""
+    full, tail = divmod(n, batch_size)
+    return full + (1 if tail and (tail >= max(2, batch_size // 4) or full == 0) else 0)
 
 
 @torch.inference_mode()
@@ -113,15 +127,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     train_phase passes the training precision (bf16 + channels_last: 1.6x faster on the digits student)."""
     was_training = model.training
     model.eval()
-    correct = 0
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)  # summed on the device: one sync at the end
     with autocast(dtype, x.device):
         for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size]
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum().item()
+            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum()
     model.train(was_training)
-    return 100.0 * correct / max(1, x.shape[0])
+    return 100.0 * int(correct) / max(1, x.shape[0])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -134,14 +148,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- precision
 # Student training step (fwd + KD loss + bwd + SGD), batch 128, median of interleaved runs, measured on this
-# project's 2-core Sapphire Rapids VM (avx512_bf16; torch 2.14), time relative to fp32 NCHW:
+# project's 2-core Sapphire Rapids VM (avx512_bf16; torch 2.14), speed-up over fp32 NCHW (higher is faster):
 #                        threads  fp32-NHWC  bf16-NCHW  bf16-NHWC (channels_last)
 #   resnet8  1x8x8  (digits)  1     1.26x      1.16x      1.43x
 #   resnet20 1x8x8  (digits)  1     1.19x      1.14x      1.34x
 #   resnet8  3x32x32          1     1.64x      2.13x      2.44x
 #   resnet20 3x32x32          1     1.47x      2.07x      2.54x
 #   resnet20 3x32x32          2     1.40x      1.93x      2.37x
-# Re-measured on an AMD EPYC 2-core VM (avx512_bf16, no AMX), resnet8 digits, 1 thread, best of 3 runs of 40 steps:
+# Re-measured on an AMD EPYC 2-core VM (avx512_bf16, no AMX), resnet8 digits, 1 thread, best of 3 runs of 40 steps,
+# speed-up over fp32 NCHW:
 #   width 1.0   fp32-NHWC 1.44x   bf16-NCHW 1.24x   bf16-NHWC 1.47x
 #   width 0.25  fp32-NHWC 1.01x   bf16-NCHW 0.90x   bf16-NHWC 0.98x   (tiny channels: per-op overhead dominates)
 # bf16 + channels_last won every shape but the tiniest (a tie within noise; with 3x32x32 images it was 2.4x on
@@ -269,7 +284,7 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
     """
     device = data.train_x.device
     n = data.train_x.shape[0]
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    steps_per_epoch = max(1, batches_per_epoch(n, batch_size))  # the LR reaches 0 at the last step taken
     total = max(1, epochs * steps_per_epoch)
     warm = max(1, int(0.15 * total))
     dtype, channels_last = resolve_precision(precision, device)

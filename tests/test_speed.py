@@ -110,3 +110,17 @@ def test_crop_flip_equals_per_image_slicing():
     for i in range(n):
         want = xp[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
         assert torch.equal(out[i], want.flip(-1) if flip[i] else want), i
+
+
+@pytest.mark.parametrize("n,batch", [(1150, 128), (1281, 128), (1290, 128), (100, 128), (1, 128), (256, 128),
+                                     (33, 16), (5, 4)])
+def test_batches_per_epoch_counts_what_augmented_batches_yields(n, batch):
+    """The LR schedule's step count (train_phase) must be the number of batches trained, tail rule included."""
+    from study.train import ResidentData, augmented_batches, batches_per_epoch
+
+    x = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    z = torch.zeros(1, 1, 1, 1)
+    data = ResidentData(x, torch.zeros(n, dtype=torch.int64), z, z, z, z, 0, False, 2, z, z + 1)
+    sizes = [len(y) for _, y, _ in augmented_batches(data, 0, 0, batch)]
+    assert len(sizes) == batches_per_epoch(n, batch)
+    assert sum(sizes) >= n - max(2, batch // 4) + 1  # only a tiny tail is ever dropped
