@@ -231,7 +231,7 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "",
         f"- Parameters: {_num(summary['params'])} (non-zero: {_num(summary['nonzero_params'])}).",
         f"- MACs (multiply-accumulates, batch 1): {_num(summary['macs'])}.",
-        f"- Latency, batch 1, {'CPU' if c.get('latency_device', 'cpu') == 'cpu' else 'the training device'}, "
+        f"- Latency, batch 1, {_latency_where(summary, c)}, "
         f"eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
         f"({summary['latency_threads']} torch thread(s)) on the machine that ran the reproduction.",
         "",
@@ -257,3 +257,11 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
     lines += ["", "## Resolved config (seed of the exported model)", "", "```yaml",
               yaml.safe_dump({**config, "seed": exported_seed}, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _latency_where(summary: dict, cfg: dict) -> str:
+    """Where batch-1 latency was timed: the measured device (e.g. cuda:0), else what the config asked for."""
+    used = summary.get("latency_device_used")
+    if used:
+        return "CPU" if used == "cpu" else f"the training device ({used})"
+    return "CPU" if cfg.get("latency_device", "cpu") == "cpu" else "the training device"

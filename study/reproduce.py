@@ -456,7 +456,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
         "same_seed_val_acc_diff": same_seed_diff,
         "params": first["params"], "nonzero_params": first["nonzero_params"], "macs": first["macs"],
         "latency_ms_bs1": statistics.median(r["latency_ms_bs1"] for r in per_seed),
-        "latency_threads": first["latency_threads"],
+        "latency_threads": first["latency_threads"], "latency_device_used": first.get("latency_device_used"),
         "search": {k: search.get(k) for k in ("val_acc", "test_acc", "params", "nonzero_params", "macs",
                                               "latency_ms_bs1", "latency_threads")},
         "epochs": run_epochs, "epochs_search": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,

@@ -237,7 +237,8 @@ def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, te
         "test_acc": evaluate(student, data.test_x, data.test_y, cfg.eval_batch_size),
         "params": params, "nonzero_params": nonzero, "macs": count_macs(student, shape),
         "latency_ms_bs1": lat["median_ms"], "latency_iqr_ms_bs1": lat["iqr_ms"], "latency_threads": lat["threads"],
-        "latency_device": lat["device"], "throughput_ips": thr["images_per_s"], "throughput_batch": thr["batch_size"],
+        "latency_device_used": lat["device"],  # not "latency_device": that is the config setting (cpu | trial)
+        "throughput_ips": thr["images_per_s"], "throughput_batch": thr["batch_size"],
         "size_bytes": size_bytes, "teacher_params": teacher_params,
         "compression": round(teacher_params / max(1, nonzero), 3) if teacher_params else None,
         "params_dense": prune_info["params_before"], "macs_dense": prune_info["macs_before"],
