@@ -67,13 +67,13 @@ def head_commit() -> str:
 
 
 def machine_cpu_s() -> float | None:
-    """CPU time all processes of this machine have used since boot (user + system, not idle or iowait), in
-    seconds, from /proc/stat; None where there is none (not Linux)."""
+    """CPU time all processes of this machine have used since boot (user, nice, system, irq; not idle, iowait or
+    time stolen by the hypervisor), in seconds, from /proc/stat; None where there is none (not Linux)."""
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait, steal
 
 
 def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> tuple[float, float | None]:
@@ -105,11 +105,14 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
             spaces[point, i] = work / f"trial-{point}-seed{i}.yaml"
             spaces[point, i].write_text(yaml.safe_dump({"name": f"e2e-{point}",
                                                         "trial": {**base_trial, **params, "seed": i}}))
-    for i in range(pairs):  # untimed warm-up per seed: trains that seed's teacher, fills the caches
+    # untimed warm-ups: every seed's teacher (and logit cache), and every point's latency and throughput (measured
+    # once per architecture, then cached: the same for every seed, so the first seed is enough)
+    warm = [(next(iter(TRIAL_POINTS)), i) for i in range(pairs)] + [(p, 0) for p in list(TRIAL_POINTS)[1:]]
+    for point, i in warm:
         for s, root in sides.items():
-            run_side(root, ["trial", str(spaces[next(iter(TRIAL_POINTS)), i]), "--out", str(work / s / "warm")],
-                     work / s / "cache", work / f"{s}.log")
-        log(f"  warm-up seed {i}: teachers trained")
+            run_side(root, ["trial", str(spaces[point, i]), "--out", str(work / s / "warm")], work / s / "cache",
+                     work / f"{s}.log")
+        log(f"  warm-up {point} seed {i}: teacher trained, caches filled")
     out: dict = {}
     for point in TRIAL_POINTS:
         rows: dict[str, list[dict]] = {s: [] for s in sides}
@@ -200,8 +203,11 @@ def format_table(res: dict) -> str:
     if "study" in res:
         s = res["study"]
         b, h = s["baseline"], s["head"]
-        best = " ".join(f"{x['best_val_acc']:.2f}" for x in b["runs"]) + " -> " + " ".join(
-            f"{x['best_val_acc']:.2f}" for x in h["runs"])
+        def best_of(runs: list[dict]) -> str:  # None: a study without one complete trial
+            return " ".join("none complete" if x["best_val_acc"] is None else f"{x['best_val_acc']:.2f}"
+                            for x in runs)
+
+        best = best_of(b["runs"]) + " -> " + best_of(h["runs"])
         lines.append(f"| default study ({s.get('trials', '?')} trials, empty cache) | {b['wall_s']:.1f} s | "
                      f"{h['wall_s']:.1f} s | {s['speedup']:.2f}x | best val {best} |")
         if "cpu_ratio" in s:
@@ -247,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)], capture_output=True)
         shutil.rmtree(base_dir, ignore_errors=True)
-    print(format_table(res))
-    if args.json:
+    if args.json:  # first: the measurements survive whatever happens to the table
         from study.io import write_json_atomic
 
         write_json_atomic(args.json, res)
+    print(format_table(res))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

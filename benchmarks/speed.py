@@ -217,6 +217,7 @@ def run(students: list[str], *, images: int, val_images: int, repeats: int, batc
                                   teacher_info=tinfo, log=lambda m: None)
         results["cache_build_s"] = round(time.perf_counter() - t0, 3)
         results["cache_bytes"] = int(cache.logits.nbytes)
+        results["cache_dtype"] = str(cache.logits.dtype)  # fp16, or fp32 where a logit was too large for it
         log(f"teacher {teacher_arch} x{teacher_width:g} ({info['teacher']['params']:,} params, "
             f"{info['teacher']['macs'] / 1e6:,.0f} MMACs/image); cache of {repeats} epoch(s) x {n_train:,} views "
             f"built in {results['cache_build_s']:.1f}s (once per study, not in the images/s below)")
@@ -318,7 +319,8 @@ def format_table(res: dict) -> str:
         lines.append(f"{name}: b/a = {s['ratio_live_vs_plain']:.2f}x   c/a = {s['ratio_ours_vs_plain']:.2f}x   "
                      f"c/b (cache vs live teacher) = {s['ratio_cache_vs_live']:.2f}x")
     lines.append(f"cache build (once per study, not included above): {res['cache_build_s']:.1f}s for "
-                 f"{res['repeats']} epoch(s), {res['cache_bytes'] / 2**20:.2f} MiB on disk (fp16)")
+                 f"{res['repeats']} epoch(s), {res['cache_bytes'] / 2**20:.2f} MiB on disk "
+                 f"({res.get('cache_dtype', 'float16')})")
     lines.append("teacher share: time in the teacher (or cache lookups for (c)) / loop time")
     return "\n".join(lines)
 

@@ -75,3 +75,14 @@ def test_accuracy_is_summarised_over_seeds():
     s = summarise(rows)
     assert s["trial_wall_s"] == 2.0 and s["process_wall_s"] == 3.0  # medians
     assert s["val_acc"] == 97.0 and s["val_acc_std"] == 1.0 and s["test_acc"] == 96.0
+
+
+def test_table_survives_a_study_without_a_complete_trial():
+    side = {"trial_wall_s": 4.0, "process_wall_s": 6.0, "val_acc": 97.0, "val_acc_std": 0.5, "test_acc": 96.5,
+            "test_acc_std": 0.25}
+    res = {"cpu": "Test CPU", "torch": "2.x", "baseline": "a" * 40, "head": "b" * 40,
+           "trial": {"dense": {"baseline": side, "head": side, "speedup_trial_wall": 1.0,
+                               "speedup_process_wall": 1.0}},
+           "study": {"baseline": {"wall_s": 60.0, "runs": [{"best_val_acc": None}]},
+                     "head": {"wall_s": 30.0, "runs": [{"best_val_acc": 97.5}]}, "speedup": 2.0, "trials": 40}}
+    assert "best val none complete -> 97.50" in format_table(res)
