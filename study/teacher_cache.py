@@ -144,6 +144,8 @@ def open_teacher_cache(identity: dict, cache_dir: Path | None = None) -> Teacher
     n, k = identity["n_images"], identity["num_classes"]
     if manifest.get("identity") != identity or logits.ndim != 3 or logits.shape[1:] != (n, k):
         return None
+    if manifest.get("epochs") != logits.shape[0] or manifest.get("dtype") != str(logits.dtype):
+        return None  # a build killed between writing the array and its manifest: rebuilt, never half-described
     return TeacherCache(npy, logits, manifest)
 
 
@@ -248,10 +250,13 @@ def teacher_cache_for(cfg: TrialConfig, teacher_path: Path | str, data: Resident
         return cache
     root = default_logits_dir(cache_dir)
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{cache_key(identity)}.lock")):
+    key = cache_key(identity)
+    with FileLock(str(root / f"{key}.lock")):
         cache = open_teacher_cache(identity, cache_dir)  # another process may have built it meanwhile
         if cache is not None and cache.epochs >= epochs:
             return cache
+        for stale in root.glob(f".{key}.*.tmp.npy"):  # left by a build that was killed; no one else builds now
+            stale.unlink(missing_ok=True)
         if teacher is None or not teacher_info:
             from study.teacher import load_teacher
 

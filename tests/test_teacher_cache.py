@@ -194,3 +194,25 @@ def test_teacher_key_follows_the_teacher_precision_not_the_students():
     assert base.teacher_precision == "fp32"
     assert teacher_key(base.replace(precision="bf16")) == teacher_key(base.replace(precision="fp32"))
     assert teacher_key(base.replace(teacher_precision="bf16")) != teacher_key(base)
+
+
+def test_a_build_killed_between_array_and_manifest_is_rebuilt_and_its_leftovers_removed(setup, tmp_path):
+    """A kill after the array is swapped in but before its manifest is written leaves a manifest describing the
+    older array; such a cache is not opened (it is rebuilt), and temp files of killed builds are removed."""
+    import json
+
+    cfg, data, teacher, info = setup
+    short = build(setup, tmp_path, epochs=1)
+    manifest_path = short.path.with_suffix(".json")
+    old_manifest = manifest_path.read_text()
+    longer = build(setup, tmp_path, epochs=2)
+    want = np.array(longer.logits)
+    manifest_path.write_text(old_manifest)  # as if killed before the new manifest was written
+    identity = cache_identity(info["path"], data, dataset=cfg.dataset, val_size=cfg.val_size, seed=cfg.seed)
+    assert open_teacher_cache(identity, tmp_path) is None
+    leftover = default_logits_dir(tmp_path) / f".{cache_key(identity)}.12345.tmp.npy"
+    leftover.write_bytes(b"half-written")
+    again = build(setup, tmp_path, epochs=2)
+    assert again.epochs == 2 and json.loads(manifest_path.read_text())["epochs"] == 2
+    assert np.array_equal(np.array(again.logits), want)
+    assert not leftover.exists()
