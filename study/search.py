@@ -140,10 +140,21 @@ def close_orphans(storage_url: str, study_name: str) -> int:
 
 # ---------------------------------------------------------------------------------------------- progress
 class Progress(Callback):
-    """One line per finished trial with its key metrics."""
+    """One line per finished trial with its key metrics: [finished/total, seconds since this driver started]."""
 
     def __init__(self, objectives: list[tuple[str, str]], total: int):
         self.objectives, self.total, self.done, self.t0 = objectives, total, 0, time.time()
+        self._counted = False
+
+    def setup(self, *args, **info):
+        # Tuner.restore unpickles this callback as it was when the study started (tuner.pkl): start the clock
+        # again, and count the trials the earlier run finished at the first step (they are not printed again).
+        self.t0, self.done, self._counted = time.time(), 0, False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._counted:
+            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self._counted = True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._line(trial, trial.last_result or {})
@@ -228,6 +239,10 @@ def _prepare_teacher(base, epochs: int, log) -> tuple[str, dict]:
         manifest = ensure_teacher_cache(base, path, epochs, log=log)
         info["logit_cache"] = manifest["path"]
         log(f"teacher logit cache: {manifest['path']} ({time.time() - t0:.1f}s)")
+    import torch
+
+    if torch.cuda.is_available():  # the driver's teacher and cache pass are done: leave that GPU memory to trials
+        torch.cuda.empty_cache()
     log(f"teacher {info['arch']}: val_acc {info['val_acc']:.2f}%  params {info['params']:,}  ({path})")
     return path, info
 

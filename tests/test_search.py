@@ -181,6 +181,9 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     resumed = [json.loads((run_dir / "trials" / n / "resumed.json").read_text()) for n in in_flight
                if (run_dir / "trials" / n / "resumed.json").exists()]
     assert resumed and all(r["done"] >= 1 or r["phase"] == "finetune" for r in resumed), (in_flight, resumed)
+    # progress lines of the resumed run count on from the trials finished before the kill
+    counts = [line.split("/")[0].strip("[") for line in r.stdout.splitlines() if line.startswith("[")]
+    assert counts and counts[-1] == "5", r.stdout[-3000:]
 
 
 def test_postgresql_storage(tmp_path, ray_session):
