@@ -11,7 +11,10 @@
          parameter is left out of the space for both sides (the baseline commit knows only `kd`). Also reported:
          the CPU time the whole machine used during each study (Ray's workers included; from /proc/stat, Linux
          only) and how many cores that kept busy on average: a study that keeps every core busy can only get
-         faster by doing less work, so the CPU-time ratio bounds its speed-up.
+         faster by doing less work, so the CPU-time ratio bounds its speed-up. That CPU time is split by the
+         part of the study that spent it (sampled from /proc over the study's process tree): the driver
+         (teacher training in a thread, Tune's and Optuna's bookkeeping, the report), the trial actors, the
+         reference task and Ray's own processes; with the teacher's training time from its info file.
 
 The baseline is checked out with `git worktree` (needs a git clone with history) and runs with this Python
 environment. Default baseline: 5ca609f, the last commit before the fast-trials work (issue 6).
@@ -76,19 +79,90 @@ def machine_cpu_s() -> float | None:
     return (sum(fields) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait, steal
 
 
-def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> tuple[float, float | None]:
+ROLES = ("driver", "trial actors", "references", "Ray's own processes")
+
+
+def role_of(pid: int, root: int, name: str) -> str:
+    """Which part of a study a process of its tree is: the driver (root), a Tune trial actor, the reference task,
+    or Ray's own processes (GCS, raylet, agents, idle workers). `name` is /proc's comm: at most 15 characters
+    (ray::ImplicitFunc becomes ray::ImplicitFu)."""
+    if pid == root:
+        return "driver"
+    if name.startswith("ray::ImplicitFu"):
+        return "trial actors"
+    if name.startswith("ray::run_refere"):
+        return "references"
+    return "Ray's own processes"
+
+
+class TreeCPU:
+    """CPU time (user + system) of a process and all its descendants, by role, sampled from /proc every 0.2 s in
+    a thread (Linux only; elsewhere `result()` is None). A process is counted up to its last sample, so the last
+    0.2 s of a process that exits in between is missed: a slight undercount."""
+
+    def __init__(self, root: int):
+        import threading
+
+        self.root, self._cpu, self._role = root, {}, {}
+        self._hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._stop = threading.Event()
+        self._ok = Path("/proc/self/stat").exists()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if self._ok:
+            self._thread.start()
+
+    def _sample(self) -> None:
+        procs = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    text = (Path("/proc") / d / "stat").read_text()
+                except OSError:
+                    continue
+                name, rest = text.split("(", 1)[1].rsplit(")", 1)
+                f = rest.split()
+                procs[int(d)] = (int(f[1]), name, (int(f[11]) + int(f[12])) / self._hz)  # ppid, name, CPU s
+        for pid, (_, name, cpu) in procs.items():
+            p, hops = pid, 0
+            while p in procs and p != self.root and hops < 64:  # in the study's tree?
+                p, hops = procs[p][0], hops + 1
+            if p == self.root:
+                self._cpu[pid] = cpu
+                role = role_of(pid, self.root, name)
+                if role != "Ray's own processes" or pid not in self._role:  # a worker keeps its trial role
+                    self._role[pid] = role
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def result(self) -> dict[str, float] | None:
+        if not self._ok:
+            return None
+        self._stop.set()
+        self._thread.join()
+        out = dict.fromkeys(ROLES, 0.0)
+        for pid, cpu in self._cpu.items():
+            out[self._role[pid]] += cpu
+        return {k: round(v, 2) for k, v in out.items()}
+
+
+def run_side(cwd: Path, args: list[str], cache: Path, log: Path) -> tuple[float, float | None, dict | None]:
     """Run `python -m study ARGS` in cwd with its own cache; returns (process wall time, CPU time of the whole
-    machine meanwhile), in seconds. The machine-wide count includes Ray's worker processes, which a child's own
-    rusage misses; it assumes nothing else busy runs on the machine (the e2e benchmark's own rule)."""
+    machine meanwhile, CPU time of the command's process tree by role), in seconds. The machine-wide count
+    includes Ray's worker processes, which a child's own rusage misses; it assumes nothing else busy runs on the
+    machine (the e2e benchmark's own rule)."""
     env = {**os.environ, "KDSTUDY_CACHE": str(cache)}
     cpu0, t0 = machine_cpu_s(), time.perf_counter()
     with open(log, "a") as fh:
-        r = subprocess.run([sys.executable, "-m", "study", *args], cwd=cwd, env=env, stdout=fh,
-                           stderr=subprocess.STDOUT)
-    wall, cpu1 = time.perf_counter() - t0, machine_cpu_s()
-    if r.returncode != 0:
-        raise UserError(f"`python -m study {' '.join(args)}` failed in {cwd} (exit {r.returncode}); see {log}.")
-    return wall, (round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None)
+        proc = subprocess.Popen([sys.executable, "-m", "study", *args], cwd=cwd, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+        tree = TreeCPU(proc.pid)
+        code = proc.wait()
+    wall, cpu1, roles = time.perf_counter() - t0, machine_cpu_s(), tree.result()
+    if code != 0:
+        raise UserError(f"`python -m study {' '.join(args)}` failed in {cwd} (exit {code}); see {log}.")
+    return wall, (round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None), roles
 
 
 def demo_space() -> dict:
@@ -120,7 +194,7 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
             order = list(sides) if i % 2 == 0 else list(reversed(sides))
             for s in order:
                 dest = work / s / f"{point}-{i}"
-                wall, _ = run_side(sides[s], ["trial", str(spaces[point, i]), "--out", str(dest)],
+                wall, _, _ = run_side(sides[s], ["trial", str(spaces[point, i]), "--out", str(dest)],
                                    work / s / "cache", work / f"{s}.log")
                 m = json.loads((dest / "metrics.json").read_text())
                 rows[s].append({"trial_wall_s": m["wall_s"], "process_wall_s": round(wall, 3),
@@ -157,6 +231,15 @@ def study_result(run_dir: Path) -> dict:
             "best_val_acc": max((t.values[0] for t in done), default=None)}
 
 
+def teacher_train_s(cache: Path) -> float | None:
+    """Wall time the study spent training its teacher (the teacher's info file in the study's fresh cache)."""
+    infos = sorted(cache.glob("teachers/*.json"))
+    try:
+        return float(json.loads(infos[0].read_text())["train_s"]) if len(infos) == 1 else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
     space = demo_space()
     space["params"].pop("kd_loss", None)
@@ -167,9 +250,10 @@ def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
         order = list(sides) if i % 2 == 0 else list(reversed(sides))
         for s in order:
             cache, runs = work / s / f"study-cache-{i}", work / s / f"study-runs-{i}"
-            wall, cpu = run_side(sides[s], ["run", str(path), "--name", "e2e", "--runs-dir", str(runs)], cache,
-                                 work / f"{s}.log")
-            rows[s].append({"wall_s": round(wall, 2), "cpu_s": cpu, **study_result(runs / "e2e")})
+            wall, cpu, roles = run_side(sides[s], ["run", str(path), "--name", "e2e", "--runs-dir", str(runs)],
+                                        cache, work / f"{s}.log")
+            rows[s].append({"wall_s": round(wall, 2), "cpu_s": cpu, "cpu_by_role": roles,
+                            "teacher_train_s": teacher_train_s(cache), **study_result(runs / "e2e")})
         log(f"  study pair {i + 1}/{pairs}: " + "  ".join(f"{s} {rows[s][-1]['wall_s']:.1f} s" for s in sides))
     out: dict = {s: {"wall_s": statistics.median(r["wall_s"] for r in rows[s]), "runs": rows[s]} for s in sides}
     out["speedup"] = round(out["baseline"]["wall_s"] / out["head"]["wall_s"], 2)
@@ -179,6 +263,11 @@ def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
             out[s]["cpu_s"] = statistics.median(r["cpu_s"] for r in rows[s])
             out[s]["cores_busy"] = round(statistics.median(r["cpu_s"] / r["wall_s"] for r in rows[s]), 2)
         out["cpu_ratio"] = round(out["baseline"]["cpu_s"] / out["head"]["cpu_s"], 2)
+    for s in sides:
+        if all(r["cpu_by_role"] for r in rows[s]):
+            out[s]["cpu_by_role"] = {k: statistics.median(r["cpu_by_role"][k] for r in rows[s]) for k in ROLES}
+        if all(r["teacher_train_s"] is not None for r in rows[s]):
+            out[s]["teacher_train_s"] = statistics.median(r["teacher_train_s"] for r in rows[s])
     out["trials"] = space["search"]["trials"]
     return out
 
@@ -214,6 +303,15 @@ def format_table(res: dict) -> str:
             lines.append(f"| default study: CPU time, all processes | {b['cpu_s']:.1f} s | {h['cpu_s']:.1f} s | "
                          f"{s['cpu_ratio']:.2f}x | cores busy (CPU time / wall time): {b['cores_busy']:.2f} -> "
                          f"{h['cores_busy']:.2f} of {s['cores']} |")
+        if "cpu_by_role" in b and "cpu_by_role" in h:
+            for role in ROLES:
+                x, y = b["cpu_by_role"][role], h["cpu_by_role"][role]
+                ratio = f"{x / y:.2f}x" if y > 0 else "-"
+                note = ""
+                if role == "driver" and "teacher_train_s" in b and "teacher_train_s" in h:
+                    note = (f"of which training the teacher (wall time, in a thread): {b['teacher_train_s']:.1f} s "
+                            f"-> {h['teacher_train_s']:.1f} s")
+                lines.append(f"| default study: CPU time, {role} | {x:.1f} s | {y:.1f} s | {ratio} | {note} |")
     return "\n".join(lines)
 
 

@@ -86,3 +86,30 @@ def test_table_survives_a_study_without_a_complete_trial():
            "study": {"baseline": {"wall_s": 60.0, "runs": [{"best_val_acc": None}]},
                      "head": {"wall_s": 30.0, "runs": [{"best_val_acc": 97.5}]}, "speedup": 2.0, "trials": 40}}
     assert "best val none complete -> 97.50" in format_table(res)
+
+
+def test_process_tree_cpu_is_split_by_role():
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from benchmarks.e2e import TreeCPU, role_of
+
+    assert role_of(7, 7, "python") == "driver"
+    assert role_of(8, 7, "ray::ImplicitFu") == "trial actors"  # /proc's comm is cut at 15 characters
+    assert role_of(9, 7, "ray::run_refere") == "references"
+    assert role_of(10, 7, "raylet") == "Ray's own processes"
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("no /proc: TreeCPU reports None")
+    burn = "import time\nc = time.process_time()\nwhile time.process_time() - c < {s}: pass\n"
+    code = (burn.format(s=0.4) + "import subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', {burn.format(s=0.6)!r}])\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    tree = TreeCPU(proc.pid)
+    proc.wait()
+    got = tree.result()
+    assert 0.3 <= got["driver"] <= 1.0, got  # the process itself (interpreter start-up included)
+    assert 0.4 <= got["Ray's own processes"] <= 1.2, got  # its child: any other process of the tree
+    assert got["trial actors"] == 0 and got["references"] == 0
