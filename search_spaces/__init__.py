@@ -7,7 +7,7 @@ A space file (YAML) has these top-level keys (see demo.yaml for a commented exam
                `when: {OTHER: [values]}` samples NAME only when OTHER (sampled earlier) takes one of the values;
                `when: {OTHER: {not: [values]}}` only when it takes none of them.
   objectives   {METRIC: maximize|minimize}; computed on the validation split, never on test
-  constraints  {max_params, max_nonzero_params, max_macs, max_latency_ms, max_size_bytes}: checked before training
+  constraints  {max_params, max_nonzero_params, max_macs, max_latency_ms}: checked before training
   search       {sampler: tpe|nsga2|nsga3|gp|random, seed, trials, concurrent,
                 scheduler: none|asha|mo_asha, grace_epochs, reduction_factor, report_every_s}
   resources    {cpus_per_trial, gpus_per_trial}
@@ -102,8 +102,8 @@ class SearchSpace:
         base = self.base_config()
         top = {"epochs": base.epochs, "finetune_epochs": base.finetune_epochs}
         for p in self.params:
-            if p.name in top:
-                top[p.name] = int(max(p.choices) if p.type == "categorical" else p.high)
+            if p.name in top:  # choices were checked to make valid configs: each one reads as an int
+                top[p.name] = max(int(c) for c in p.choices) if p.type == "categorical" else int(p.high)
         return top["epochs"] + top["finetune_epochs"]
 
     def define_by_run(self) -> DefineByRun:
@@ -153,12 +153,19 @@ def _parse_param(name: str, spec: Any, path: str, earlier: dict[str, ParamSpec])
         close = difflib.get_close_matches(name, list(CONFIG_FIELDS), n=1)
         hint = f"did you mean '{close[0]}'?" if close else "use a TrialConfig field name (see study/config.py)."
         raise _err(path, where, f"'{name}' is not a trial setting; {hint}")
+    if not isinstance(spec, dict):
+        raise _err(path, where, "give a mapping such as {type: float, low: 0.1, high: 0.9} or "
+                   "{type: categorical, choices: [a, b]}.")
     _check_keys(spec, PARAM_KEYS, path, where)
     kind = spec.get("type")
     if kind not in ("float", "int", "categorical"):
         raise _err(path, f"{where}.type", f"must be float, int or categorical (got {kind!r}).")
     when: dict[str, dict] = {}
-    for other, rule in (spec.get("when") or {}).items():
+    when_raw = spec.get("when") or {}
+    if not isinstance(when_raw, dict):
+        raise _err(path, f"{where}.when", "must be a mapping {OTHER_PARAM: [values]} or {OTHER_PARAM: {not: [values]}} "
+                   f"(got {when_raw!r}).")
+    for other, rule in when_raw.items():
         if other not in earlier:
             raise _err(path, f"{where}.when", f"'{other}' must be a searched parameter listed before '{name}'.")
         if isinstance(rule, dict) and set(rule) == {"not"}:

@@ -94,15 +94,17 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return False
             raise ValueError
         if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError  # `epochs: true` is a mistake, not 1
             return int(value)
         if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         return str(value)
     except (TypeError, ValueError):
         raise UserError(
-            f"{source}: '{name}' must be a {kind.__name__} (got {value!r}); fix the value."
+            f"{source}: '{name}' must be {'an' if kind is int else 'a'} {kind.__name__} (got {value!r}); fix the value."
         ) from None
 
 
@@ -150,8 +152,17 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
     for name in ("precision", "teacher_precision"):
         if getattr(cfg, name) not in ("auto", "fp32", "bf16"):
             raise bad(f"{name} must be auto, fp32 or bf16 (got '{getattr(cfg, name)}').")
-    if cfg.val_size <= 0:
-        raise bad("val_size must be > 0 (a fraction below 1 or a count).")
+    if cfg.val_size <= 0 or (cfg.val_size >= 1 and not float(cfg.val_size).is_integer()):
+        raise bad(f"val_size must be a fraction in (0, 1) or a whole number of images >= 1 (got {cfg.val_size}).")
+    if cfg.val_size == 1:
+        raise bad("val_size 1 would hold out one image; give a fraction in (0, 1) or a count >= 2.")
+    for name in ("lr", "finetune_lr", "teacher_lr"):
+        if getattr(cfg, name) <= 0:
+            raise bad(f"{name} must be > 0 (got {getattr(cfg, name)}).")
+    if cfg.weight_decay < 0:
+        raise bad(f"weight_decay must be >= 0 (got {cfg.weight_decay}).")
+    if not 0.0 <= cfg.label_smoothing < 1.0:
+        raise bad(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing}).")
     if cfg.threads < 0 or cfg.latency_repeats < 1 or cfg.throughput_batch < 1 or cfg.round_to < 1:
         raise bad("threads must be >= 0, latency_repeats, throughput_batch and round_to >= 1.")
     if cfg.latency_device not in ("cpu", "trial"):

@@ -59,6 +59,16 @@ BAD = [
     ({"search": {"reduction_factor": 1}}, "must be >= 2"),
     ({"search": {"report_every_s": -1}}, "search.report_every_s: must be a number of seconds >= 0"),
     ({"resources": {"cpus_per_trial": -1}}, "must be a number >= 0"),
+    ({"params": {"alpha": None}}, "params.alpha: give a mapping"),
+    ({"params": {"prune_method": {"type": "categorical", "choices": ["none", "l1_structured"]},
+                 "prune_ratio": {"type": "float", "low": 0.1, "high": 0.5, "when": ["prune_method"]}}},
+     "params.prune_ratio.when: must be a mapping"),
+    ({"trial": {**TINY_TRIAL, "lr": -0.1}}, "lr must be > 0"),
+    ({"trial": {**TINY_TRIAL, "finetune_lr": 0}}, "finetune_lr must be > 0"),
+    ({"trial": {**TINY_TRIAL, "weight_decay": -1}}, "weight_decay must be >= 0"),
+    ({"params": {"label_smoothing": {"type": "float", "low": 0.0, "high": 1.5}}}, "label_smoothing must be in [0, 1)"),
+    ({"trial": {**TINY_TRIAL, "epochs": True}}, "'epochs' must be an int (got True)"),
+    ({"trial": {**TINY_TRIAL, "val_size": 1.5}}, "val_size must be a fraction in (0, 1) or a whole number"),
 ]
 
 
@@ -172,3 +182,10 @@ def test_bad_set_values_fail_before_anything_is_written(tmp_path, capsys, overri
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_epoch_choices_given_as_numbers_and_strings_give_the_longest_budget(tmp_path):
+    path = write_space(tmp_path / "s.yaml", trial={k: v for k, v in TINY_TRIAL.items() if k != "epochs"},
+                       params={"epochs": {"type": "categorical", "choices": [2, "4"]}})
+    space = load_space(path)
+    assert space.total_epochs == 4 + space.base_config().finetune_epochs
