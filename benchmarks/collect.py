@@ -334,6 +334,12 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     write_text_atomic(path, df.to_csv(index=False))
 
 
+def study_latency_threads(meta: dict) -> int | None:
+    """The torch thread count the search timed latency with (the trials' `threads`; None: torch's default)."""
+    threads = (meta.get("base_config") or {}).get("threads")
+    return int(threads) if isinstance(threads, (int, float)) and threads > 0 else None
+
+
 def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = print,
                    remeasure_kwargs: dict | None = None) -> dict:
     """Write RUN_DIR/results.csv, pareto.csv and benchmark.json; returns the benchmark summary."""
@@ -364,7 +370,10 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
             if row["on_front"] or row["state"] == "REFERENCE":
                 label = f"reference {row['reference']}" if row["state"] == "REFERENCE" else f"trial {row['number']}"
                 keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
-        results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **(remeasure_kwargs or {}))
+        kwargs = {"threads": study_latency_threads(meta), **(remeasure_kwargs or {})}  # as the search timed them
+        if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
+            log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
+        results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
         for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
             df[col] = np.nan
         for key, res in results.items():

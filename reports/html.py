@@ -443,9 +443,13 @@ def build_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)
     needed = [run_dir / n for n in ("results.csv", "pareto.csv", "benchmark.json")]
+    db = run_dir / "optuna.db"
     if not all(p.is_file() for p in needed):
         log("collecting results first (python -m benchmarks RUN_DIR --no-remeasure)")
         run_benchmarks(run_dir, remeasure=False, log=log)
+    elif db.is_file() and db.stat().st_mtime > min(p.stat().st_mtime for p in needed):
+        log(f"note: {db} changed after results.csv was written (a resumed or extended study): the report shows "
+            f"the results as collected then; run `python -m benchmarks {label}` to collect them again")
     try:
         results = read_results(run_dir)
         front = pd.read_csv(run_dir / "pareto.csv")

@@ -56,7 +56,10 @@ def _cached(cache_dir: Path, key: str, measure) -> dict:
             pass
     with FileLock(str(folder / ".measure.lock")):  # one timing at a time on this machine
         if path.exists():
-            return {**json.loads(path.read_text()), "cached": True}
+            try:
+                return {**json.loads(path.read_text()), "cached": True}
+            except (OSError, ValueError):
+                pass  # unreadable (a damaged cache file): measured again and replaced below
         result = measure()
         write_json_atomic(path, result)
         return {**result, "cached": False}

@@ -53,7 +53,7 @@ SEEDS_VARY = ("seed = config seed + i: varies the student init, augmentation and
               "train/val split, teacher and test split fixed")
 REPO = Path(__file__).resolve().parents[1]
 PER_SEED_KEYS = ("test_acc", "val_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_threads",
-                 "wall_s")
+                 "latency_device_used", "wall_s")
 
 
 def _log(msg: str) -> None:

@@ -191,3 +191,30 @@ def test_moved_database_is_found_and_wrong_study_name_is_a_user_error(tmp_path: 
     (run / "study.json").write_text(json.dumps(meta))
     assert main([str(run), "--no-remeasure"]) == 2
     assert len(optuna.get_all_study_summaries(f"sqlite:///{run / 'optuna.db'}")) == 1
+
+
+def test_remeasure_uses_the_thread_count_the_search_timed_with(tmp_path: Path) -> None:
+    from benchmarks.collect import study_latency_threads
+
+    assert study_latency_threads({"base_config": {"threads": 1}}) == 1
+    assert study_latency_threads({"base_config": {"threads": 0}}) is None  # torch's default, as in the search
+    assert study_latency_threads({}) is None
+    run = make_run_dir(tmp_path)
+    meta = json.loads((run / "study.json").read_text())
+    (run / "study.json").write_text(json.dumps({**meta, "base_config": {"threads": 1}}))
+    seen: set = set()
+
+    def load(path: Path) -> tuple[FakeModel, dict]:
+        return FakeModel(str(path), 1.0), {"input_shape": [1, 8, 8]}
+
+    def measure(model, shape, batch_size=1, threads=None, warmup=10, repeats=50) -> dict:
+        seen.add(threads)
+        return {"median_ms": 1.0, "iqr_ms": 0.1, "threads": threads, "batch_size": 1, "device": "cpu"}
+
+    def throughput(model, shape, batch_size=256, threads=None, repeats=5) -> dict:
+        seen.add(threads)
+        return {"images_per_s": 10.0, "batch_size": batch_size, "threads": threads}
+
+    run_benchmarks(run, log=lambda m: None, remeasure_kwargs={
+        "rounds": 1, "repeats": 1, "load_model": load, "measure_latency": measure, "measure_throughput": throughput})
+    assert seen == {1}

@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import torch
@@ -157,3 +158,19 @@ def test_save_rejects_bad_meta_and_masked_models(tmp_path):
     with pytest.raises(ValueError, match="remove"):
         save_model(tmp_path / "m.pt", model, _meta())
     assert not any(tmp_path.iterdir())
+
+
+def test_latency_cache_reuses_and_repairs_its_files(tmp_path):
+    """Same architecture: one measurement, reused; a damaged cache file is measured again, never an error."""
+    from study import latency_cache
+
+    m = build_model("resnet8", 10, 1, 0.25).eval()
+    kw = dict(device=torch.device("cpu"), threads=1, repeats=3, cache_dir=tmp_path)
+    first = latency_cache.latency(m, (1, 8, 8), **kw)
+    again = latency_cache.latency(copy.deepcopy(m), (1, 8, 8), **kw)
+    assert not first["cached"] and again["cached"] and again["median_ms"] == first["median_ms"]
+    (cached,) = (tmp_path / "latency").glob("*.json")
+    cached.write_text("{half")
+    repaired = latency_cache.latency(m, (1, 8, 8), **kw)
+    assert not repaired["cached"] and repaired["median_ms"] > 0
+    assert json.loads(cached.read_text())["median_ms"] == repaired["median_ms"]

@@ -152,3 +152,16 @@ def test_report_renders_in_headless_chromium(report: Path, browser: object) -> N
     assert [r[0] for r in rows("table-reproduce")] == ["1"]
     settings = {r[0]: r[1] for r in rows("table-settings")}
     assert settings["sampler"] == "TPESampler" and "1.1" in settings["hypervolume reference rule"]
+
+
+def test_report_says_when_the_study_changed_after_its_results_were_collected(tmp_path: Path) -> None:
+    import os
+
+    run = make_run_dir(tmp_path, reproduce=True)
+    notes: list[str] = []
+    build_report(run, log=notes.append)
+    assert not any("changed after results.csv" in n for n in notes)
+    later = (run / "results.csv").stat().st_mtime + 60
+    os.utime(run / "optuna.db", (later, later))  # the study went on (resumed) after the collection
+    build_report(run, log=notes.append)
+    assert any("changed after results.csv" in n and "python -m benchmarks" in n for n in notes), notes
