@@ -95,6 +95,11 @@ def open_study(run_dir: Path, meta: dict) -> Any:
     except KeyError as e:
         raise UserError(f"{Path(run_dir) / 'study.json'}: study {name!r} is not in {url}; "
                         "fix \"study_name\" or \"storage\".") from e
+    except Exception as e:  # noqa: BLE001  an unreachable server or a bad URL: one sentence, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{Path(run_dir) / 'study.json'}: cannot open the Optuna storage {url} "
+                        f"({type(e).__name__}: {first}); check that the database is reachable, or fix "
+                        "\"storage\".") from e
 
 
 def objectives_of(meta: dict, study: Any = None) -> list[dict]:

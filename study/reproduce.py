@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,35 +66,17 @@ def _log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- the study
 def load_study_meta(run_dir: Path) -> dict:
-    path = run_dir / "study.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found: point to a run directory written by `python -m study run`.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc.msg}); restore it, or re-run the study.") from None
+    """study.json of a run directory (one UserError naming the file when it is missing or unreadable)."""
+    from benchmarks.collect import load_study_meta as load  # one reader for reports, benchmarks and reproduce
+
+    return load(run_dir)
 
 
 def open_study(run_dir: Path, meta: dict):
-    """The run's Optuna study. A SQLite file that moved with the run dir is found there."""
-    import optuna
+    """The run's Optuna study; a SQLite file that moved with the run directory is found inside it."""
+    from benchmarks.collect import open_study as open_
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url, name = meta.get("storage"), meta.get("study_name")
-    if not url or not name:
-        raise UserError(f"{run_dir / 'study.json'} lacks 'storage' or 'study_name'; re-run the study to rewrite it.")
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
-        if not db.is_file():  # optuna would silently create an empty database here
-            local = run_dir / "optuna.db"
-            if not local.is_file():
-                raise UserError(f"{run_dir}: the Optuna database {db} is missing (and there is no optuna.db in the "
-                                "run dir); copy it back or re-run the study.")
-            url = f"sqlite:///{local.resolve()}"
-    try:
-        return optuna.load_study(study_name=name, storage=url)
-    except KeyError:
-        raise UserError(f"{run_dir}: study '{name}' is not in {url}; check study.json's study_name.") from None
+    return open_(run_dir, meta)
 
 
 @dataclass
@@ -467,12 +452,18 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
                  "fingerprint": data_fingerprint(ds)},
         "code": code, "warnings": warnings, "command": command, "config": base.to_dict(),
     }
-    if export:
-        summary["export"] = _export(out, summary, base, ds, first["seed"], out / first["dir"])
-        log(f"exported seed {first['seed']} to {out / 'export'} (max |logit difference| "
-            f"{summary['export']['max_abs_diff']:.1e})")
     summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary)  # the seeds' results are safe before the export runs
+    if export:
+        try:
+            summary["export"] = _export(out, summary, base, ds, first["seed"], out / first["dir"])
+        except Exception as exc:  # noqa: BLE001  a failed export must not lose the trained seeds' summary
+            summary["export"] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
+            log(f"export failed ({summary['export']['error']}); the summary is kept, nothing was exported")
+        else:
+            log(f"exported seed {first['seed']} to {out / 'export'} (max |logit difference| "
+                f"{summary['export']['max_abs_diff']:.1e})")
+        write_json_atomic(out / "summary.json", summary)
     log(f"trial {chosen.number}: test_acc {test_mean:.2f}% +- {test_std:.2f} (n={len(per_seed)}; search "
         f"{_f(search.get('test_acc'))}%, diff {_f(summary['diff_test_acc'], '+.2f')})  val_acc {val_mean:.2f}% +- "
         f"{val_std:.2f} (search {_f(search.get('val_acc'))}%)  -> {out / 'summary.json'}")
@@ -498,12 +489,21 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
             "seeds": summary["seeds"], "params": metrics["params"], "nonzero_params": metrics["nonzero_params"],
             "macs": metrics["macs"], "config": base.replace(seed=seed, split_seed=base.val_split_seed).to_dict()}
     export_dir = out / "export"
-    info = export_model(model, export_dir, meta=meta, example_images=ds.test_x[:16])
-    info["seed"] = seed
-    info["dir"] = str(export_dir)
-    write_text_atomic(export_dir / "model_card.md",
-                      model_card(summary, meta, base.to_dict(), seed, metrics, info))
-    make_readable(export_dir)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # built aside, swapped in whole: never a mix of runs
+    try:
+        info = export_model(model, work, meta=meta, example_images=ds.test_x[:16])
+        info["seed"] = seed
+        info["dir"] = str(export_dir)
+        write_text_atomic(work / "model_card.md", model_card(summary, meta, base.to_dict(), seed, metrics, info))
+        make_readable(work)
+        work.chmod(0o755)  # mkdtemp made it private; the export is meant to be shared
+        old = out / f".export-old-{os.getpid()}"
+        if export_dir.exists():
+            export_dir.rename(old)
+        work.rename(export_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return info
 
 

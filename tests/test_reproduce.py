@@ -232,3 +232,40 @@ def test_config_fields_added_since_the_study_are_named(tmp_path):
     assert _unset_fields(path) == []
     path.write_text("\n".join(line for line in path.read_text().splitlines() if not line.startswith("precision:")))
     assert _unset_fields(path) == ["precision"]
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff{",  # not an object; not UTF-8
+                                     b'{"storage": "postgresql://nobody@127.0.0.1:1/none", "study_name": "x"}'])
+def test_reproduce_on_a_broken_run_dir_is_one_sentence(tmp_path, capsys, content):
+    from study.cli import main
+
+    (tmp_path / "study.json").write_bytes(content)
+    assert main(["reproduce", str(tmp_path), "--rank", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "study.json" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_a_failing_export_keeps_the_summary_and_the_earlier_export(reproduced, monkeypatch):
+    import study.export
+
+    run_dir, summary, _ = reproduced
+    out = run_dir / "reproduce" / str(summary["trial"])
+    card = (out / "export" / "model_card.md").read_text()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("torch.export could not trace this model")
+
+    monkeypatch.setattr(study.export, "export_model", broken)
+    lines: list[str] = []
+    try:
+        again = reproduce(run_dir, rank=1, seeds=2, log=lines.append)  # seeds reused: only the export reruns
+        on_disk = json.loads((out / "summary.json").read_text())
+        assert again["export"] == on_disk["export"] == {"error": "RuntimeError: torch.export could not trace this "
+                                                                 "model"}
+        assert on_disk["test_acc_mean"] == summary["test_acc_mean"]
+        assert any(line.startswith("export failed") for line in lines)
+        assert (out / "export" / "model_card.md").read_text() == card  # the earlier export is untouched
+        assert not list(out.glob(".export-*"))
+    finally:  # leave the fixture's files as the other tests expect them
+        (out / "summary.json").write_text(json.dumps(summary))
