@@ -314,11 +314,13 @@ def reproduce_table(summaries: Sequence[dict]) -> str:
     rows = []
     for s in summaries:
         seeds = s.get("seeds")
+        epochs = s.get("epochs")  # a --epochs run trains longer than the search did: say so beside its numbers
+        budget = f"{epochs} (search: {s.get('epochs_search')})" if s.get("budget_changed") else epochs
         rows.append([s.get("trial"), ", ".join(str(x) for x in seeds) if isinstance(seeds, list) else seeds,
-                     s.get("test_acc_mean"), s.get("test_acc_std"), s.get("val_acc_search"), s.get("params"),
+                     budget, s.get("test_acc_mean"), s.get("test_acc_std"), s.get("val_acc_search"), s.get("params"),
                      s.get("macs"), s.get("latency_ms_bs1")])
-    header = ["trial", "seeds", "test_acc mean (%)", "test_acc std", "val_acc in search (%)", "params", "macs",
-              "latency_ms_bs1"]
+    header = ["trial", "seeds", "distillation epochs", "test_acc mean (%)", "test_acc std", "val_acc in search (%)",
+              "params", "macs", "latency_ms_bs1"]
     return html_table(rows, header, "table-reproduce")
 
 

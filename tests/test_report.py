@@ -165,3 +165,13 @@ def test_report_says_when_the_study_changed_after_its_results_were_collected(tmp
     os.utime(run / "optuna.db", (later, later))  # the study went on (resumed) after the collection
     build_report(run, log=notes.append)
     assert any("changed after results.csv" in n and "python -m benchmarks" in n for n in notes), notes
+
+
+def test_reproduce_table_shows_a_longer_budget_beside_its_numbers() -> None:
+    from reports.html import reproduce_table
+
+    same = {"trial": 1, "seeds": [0, 1], "epochs": 15, "epochs_search": 15, "budget_changed": False,
+            "test_acc_mean": 97.0}
+    longer = {**same, "epochs": 60, "budget_changed": True, "test_acc_mean": 98.0}
+    html = reproduce_table([same, longer])
+    assert "distillation epochs" in html and "60 (search: 15)" in html and "<td>15</td>" in html
