@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip re-measuring the latency of the front models and references")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per model (default 5)")
     p.add_argument("--repeats", type=int, default=20, help="timed batch-1 forward passes per round (default 20)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for timing (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for timing (default: the study's trial setting, as the search timed them)")
     p.add_argument("--throughput-batch", type=int, default=256, help="batch size of the throughput measure")
     args = p.parse_args(argv)
     if min(args.rounds, args.repeats, args.throughput_batch, args.threads or 1) < 1:
@@ -28,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run_benchmarks(
             args.run_dir, remeasure=not args.no_remeasure,
-            remeasure_kwargs={"rounds": args.rounds, "repeats": args.repeats, "threads": args.threads,
-                              "throughput_batch": args.throughput_batch},
+            remeasure_kwargs={"rounds": args.rounds, "repeats": args.repeats, "throughput_batch": args.throughput_batch,
+                              **({"threads": args.threads} if args.threads else {})},
         )
         df = read_results(args.run_dir)
     except UserError as e:
