@@ -57,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print("error: --seeds must be >= 1.", file=sys.stderr)
         return 2
-    summary = run(args.seeds, args.space)
+    from study.errors import UserError
+
+    try:
+        summary = run(args.seeds, args.space)
+    except UserError as exc:  # a wrong --space, missing data: one sentence
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"mean +- std over {args.seeds} seed(s):")
     for name, s in summary.items():
         print(f"  {name:28s} val {s['val_acc'][0]:.2f} +- {s['val_acc'][1]:.2f}  "

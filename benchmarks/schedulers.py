@@ -298,19 +298,31 @@ def _init_ray() -> None:
 
 def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], trials: int | None,
             runs_dir: Path, log=print) -> list[dict]:
+    from search_spaces import load_space
+    from study.errors import UserError
     from study.search import run_study
 
+    space = load_space(space_file)  # a wrong path or a malformed space: one sentence before anything runs
+    want_trials = trials if trials is not None else space.trials
     records = []
     for seed in seeds:
         for sched in schedulers:
             name = run_name(sched, seed)
             run_dir = runs_dir / name
+            variant = write_variant(space_file, sched, seed, runs_dir / "spaces")
             meta_path = run_dir / "study.json"
-            finished = meta_path.exists() and "finished" in json.loads(meta_path.read_text())
-            if finished:
+            try:
+                meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise UserError(f"{meta_path} is unreadable ({exc}); delete {run_dir} to run it again.") from None
+            same = (meta.get("trials") == want_trials and (run_dir / "space.yaml").exists()
+                    and (run_dir / "space.yaml").read_text() == variant.read_text())
+            if meta and not same:
+                raise UserError(f"{run_dir} holds a study of another space or trial count than this command asks "
+                                f"for; pass another --runs-dir, or delete {run_dir} to run it again.")
+            if "finished" in meta:
                 log(f"== {name}: finished earlier, read from {run_dir}")
             else:
-                variant = write_variant(space_file, sched, seed, runs_dir / "spaces")
                 _init_ray()
                 log(f"== {name}: running {variant}")
                 t0 = time.time()

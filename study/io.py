@@ -13,27 +13,49 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomic(path: Path | str, write: Callable[[IO], None], mode: str = "w") -> None:
-    """Write through `write(file)` to a temp file beside `path`, then rename it into place."""
+def write_atomic(path: Path | str, write: Callable[[IO], None], mode: str = "w", durable: bool = True) -> None:
+    """Write through `write(file)` to a temp file beside `path`, then rename it into place.
+
+    durable: the data reaches the disk (fsync) before the rename, and the rename itself after it (fsync of the
+    folder), so a machine crash leaves the old file or the new one, never an empty one (ext4 usually orders this
+    itself; XFS and NFS do not). Off for files rewritten every epoch that nothing depends on (progress.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def write_text_atomic(path: Path | str, text: str) -> None:
-    write_atomic(path, lambda fh: fh.write(text))
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible everywhere (e.g. Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
-def write_json_atomic(path: Path | str, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_text_atomic(path: Path | str, text: str, durable: bool = True) -> None:
+    write_atomic(path, lambda fh: fh.write(text), durable=durable)
+
+
+def write_json_atomic(path: Path | str, data: Any, durable: bool = True) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n", durable)
 
 
 def _json_default(obj: Any) -> Any:

@@ -291,7 +291,13 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     meta_path = run_dir / "study.json"
     resuming = meta_path.exists()
     if resuming:
-        old = json.loads(meta_path.read_text())
+        try:
+            old = json.loads(meta_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{meta_path} is unreadable ({exc}); restore it from a backup, or start a new study "
+                            "with --name.") from None
+        if not isinstance(old, dict):
+            raise UserError(f"{meta_path} must hold a JSON object; restore it, or start a new study with --name.")
         if (run_dir / "space.yaml").read_text() != space_text:
             raise UserError(f"{run_dir} was started from a different version of {space_file}; "
                             f"restore that file, or start a new study with --name.")

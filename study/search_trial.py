@@ -87,7 +87,7 @@ class RayHooks(TrialHooks):
         if self.trial_dir is not None:  # progress a user (or a test) can watch: epochs done, last report
             write_json_atomic(self.trial_dir / "progress.json", {"epoch": epoch + 1, "total_epochs": total_epochs,
                                                                  "val_acc": val_acc, "phase": log["phase"],
-                                                                 "reported": self._due})
+                                                                 "reported": self._due}, durable=False)
 
     def resume_dir(self) -> Path | None:
         from ray import tune

@@ -22,3 +22,11 @@ def test_precision_benchmark_runs_each_pair(tmp_path, capsys):
 def test_precision_benchmark_rejects_zero_seeds(capsys):
     assert main(["--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_missing_space_is_one_sentence(tmp_path, capsys):
+    from benchmarks.precision import main
+
+    assert main(["--seeds", "1", "--space", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no such search space file" in err

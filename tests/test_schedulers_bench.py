@@ -178,3 +178,20 @@ def test_none_cut_at_the_early_stopping_budget(runs: dict[str, Path]) -> None:
     assert (cut["mo_asha"]["epochs"], cut["mo_asha"]["none_trials"]) == (44, 3)
     assert cut["mo_asha"]["none_hypervolume"] == pytest.approx(hv["mo_asha"])
     assert "none cut at the same epochs" in format_table(summary)
+
+
+def test_cli_refuses_a_missing_space_and_a_runs_dir_of_another_study(tmp_path: Path, capsys) -> None:
+    from conftest import write_space
+
+    from benchmarks.schedulers import main, run_name
+
+    assert main([str(tmp_path / "nope.yaml"), "--runs-dir", str(tmp_path / "r")]) == 2
+    assert "no such search space file" in capsys.readouterr().err
+    space = write_space(tmp_path / "s.yaml")
+    run = tmp_path / "r" / run_name("none", 0)
+    run.mkdir(parents=True)
+    (run / "study.json").write_text(json.dumps({"trials": 999, "finished": "yesterday"}))  # another study
+    (run / "space.yaml").write_text("name: other\n")
+    assert main([str(space), "--runs-dir", str(tmp_path / "r"), "--schedulers", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a study of another space or trial count" in err and "Traceback" not in err

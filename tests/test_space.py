@@ -189,3 +189,13 @@ def test_epoch_choices_given_as_numbers_and_strings_give_the_longest_budget(tmp_
                        params={"epochs": {"type": "categorical", "choices": [2, "4"]}})
     space = load_space(path)
     assert space.total_epochs == 4 + space.base_config().finetune_epochs
+
+
+def test_resuming_a_run_with_a_broken_study_json_is_one_sentence(tmp_path, capsys):
+    path = write_space(tmp_path / "s.yaml")
+    run = tmp_path / "runs" / "broken"
+    run.mkdir(parents=True)
+    (run / "study.json").write_text("")  # e.g. emptied by a crash on a file system without ordered writes
+    assert main(["run", str(path), "--name", "broken", "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "study.json is unreadable" in err and "Traceback" not in err
