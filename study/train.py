@@ -114,8 +114,8 @@ def augmented_batches(data: ResidentData, epoch: int, seed: int, batch_size: int
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
-    """Batches augmented_batches yields for n images: a last partial batch under a quarter of batch_size (and
-    under 2 images) is dropped when it is not the only one, as it gives noisy BN statistics."""
+    """Batches augmented_batches yields for n images: a last partial batch smaller than a quarter of batch_size
+    (or than 2 images) is dropped when it is not the only one, as it gives noisy BN statistics."""
     full, tail = divmod(n, batch_size)
     return full + (1 if tail and (tail >= max(2, batch_size // 4) or full == 0) else 0)
 
