@@ -159,10 +159,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 # speed-up over fp32 NCHW:
 #   width 1.0   fp32-NHWC 1.44x   bf16-NCHW 1.24x   bf16-NHWC 1.47x
 #   width 0.25  fp32-NHWC 1.01x   bf16-NCHW 0.90x   bf16-NHWC 0.98x   (tiny channels: per-op overhead dominates)
-# fp32 NHWC alone, AMD VM, 1 thread, best of 3 runs of 30 steps (python, not a shipped benchmark):
-#   resnet8 w1 digits 1.23x, w0.25 1.06x; resnet20 digits 1.28x; resnet8 3x32x32 1.33x; resnet20 3x32x32 1.34x
-#   (resnet8 digits with oneDNN capped to AVX2, as on CPUs without AVX-512: 1.24x); a 40-epoch digits teacher
-#   (resnet20, 2 threads, interleaved, median of 3): 6.35 s NCHW -> 5.69 s NHWC, same validation accuracy.
+# `python -m benchmarks.layout` on the AMD VM (1 thread, best of 3 alternating rounds; README shows the table):
+#   fp32-NHWC 1.13x (resnet8 w0.25 digits) to 1.69x (resnet8 3x32x32); bf16-NHWC 0.92x (w0.25 digits: 1.07x in
+#   another run; the tiniest student is a tie within noise) to 2.93x. Also measured
+#   by hand: resnet8 digits fp32-NHWC 1.24x with oneDNN capped to AVX2 (as on CPUs without AVX-512); a 40-epoch
+#   digits teacher (resnet20, 2 threads, interleaved, median of 3) 6.35 s NCHW -> 5.69 s NHWC, same val accuracy.
 # bf16 + channels_last won every shape but the tiniest (a tie within noise; with 3x32x32 images it was 2.4x on
 # the AMD VM too), so "auto" picks it on CPUs with native bf16 (avx512_bf16 / AMX); elsewhere (no bf16 units:
 # emulated bf16 is slower) fp32, in channels_last like every CPU run. On CUDA it picks bf16 + channels_last

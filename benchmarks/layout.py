@@ -1,0 +1,145 @@
+"""`python -m benchmarks.layout`: the measurements behind the training precision rule (study.train.resolve_precision).
+
+One student training step as a trial runs it (forward under autocast where bf16, KD loss against fixed teacher
+logits, backward, the fused nesterov SGD step), batch 128, timed in four settings: fp32 NCHW, fp32 channels_last,
+bf16 NCHW, bf16 channels_last. Models: resnet8 and resnet20 on 1x8x8 (digits) and 3x32x32 (CIFAR-shaped) input.
+The settings alternate within each round; reported per model: the best round's mean step time per setting and its
+speed-up over fp32 NCHW (higher is faster), and which setting `precision: auto` picks on this device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+MODELS = (("resnet8", 1.0, (1, 8, 8)), ("resnet8", 0.25, (1, 8, 8)), ("resnet20", 1.0, (1, 8, 8)),
+          ("resnet8", 1.0, (3, 32, 32)), ("resnet20", 1.0, (3, 32, 32)))
+
+
+def setting_name(dtype: str, channels_last: bool) -> str:
+    return f"{dtype}-{'NHWC' if channels_last else 'NCHW'}"
+
+
+def step_fn(arch: str, width: float, shape: tuple, dtype: str, channels_last: bool, device):
+    """A closure running one training step of a fresh student in this setting."""
+    import torch
+
+    from study.losses import kd_loss
+    from study.models import build_model
+    from study.train import NesterovSGD, autocast, param_groups
+
+    torch.manual_seed(0)
+    model = build_model(arch, 10, shape[0], width).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = NesterovSGD(param_groups(model, 5e-4))
+    x = torch.randn(128, *shape, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (128,), device=device)
+    t = torch.randn(128, 10, device=device)
+
+    def step() -> None:
+        with autocast(dtype, device):
+            out = model(x)
+        loss, _, _ = kd_loss(out, t, y, 4.0, 0.5, 0.0, kind="kd", dkd_beta=8.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step(0.05)
+
+    return step
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(device, rounds: int = 3, steps: int = 20, models=MODELS, log=print) -> dict:
+    import torch
+
+    from study.train import resolve_precision
+
+    out: dict = {"device": str(device), "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps,
+                 "auto_picks": setting_name(*resolve_precision("auto", device)), "models": {}}
+    for arch, width, shape in models:
+        name = f"{arch} x{width:g} {'x'.join(map(str, shape))}"
+        steps_by = {s: step_fn(arch, width, shape, *s, device) for s in SETTINGS}
+        for step in steps_by.values():  # warm-up: kernel selection, allocator
+            for _ in range(3):
+                step()
+        _sync(device)
+        best = dict.fromkeys(SETTINGS, float("inf"))
+        for r in range(rounds):
+            order = SETTINGS if r % 2 == 0 else tuple(reversed(SETTINGS))
+            for s in order:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    steps_by[s]()
+                _sync(device)
+                best[s] = min(best[s], (time.perf_counter() - t0) / steps)
+        base = best[SETTINGS[0]]
+        out["models"][name] = {setting_name(*s): {"ms": round(best[s] * 1e3, 3), "speedup": round(base / best[s], 2)}
+                               for s in SETTINGS}
+        log(f"  {name} done")
+    return out
+
+
+def format_table(res: dict) -> str:
+    names = [setting_name(*s) for s in SETTINGS]
+    where = res["device"] + (f", {res['cpu']}" if res.get("cpu") else "")
+    lines = [f"student training step, batch 128, on {where} ({res['threads']} threads); best of "
+             f"{res['rounds']} alternating rounds of {res['steps']} steps; speed-up over fp32-NCHW (higher is "
+             f"faster); precision: auto picks {res['auto_picks']} here", "",
+             "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for model, r in res["models"].items():
+        lines.append(f"| {model} | " + " | ".join(f"{r[n]['ms']:.2f} ms ({r[n]['speedup']:.2f}x)" for n in names)
+                     + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.layout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1, as a trial)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per setting and round (default 20)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1 or args.threads < 1:
+        print("error: --rounds, --steps and --threads must be >= 1.", file=sys.stderr)
+        return 2
+    import torch
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print(f"error: --device {args.device}: no CUDA GPU on this machine; use --device cpu.", file=sys.stderr)
+            return 2
+    torch.set_num_threads(args.threads)
+    res = run(device, args.rounds, args.steps)
+    if device.type == "cpu":
+        from study.latency_cache import cpu_name
+
+        res["cpu"] = cpu_name()
+    else:
+        res["gpu"] = torch.cuda.get_device_name(device)
+        res["device"] += f" ({res['gpu']})"
+    if args.json:
+        from study.io import write_json_atomic
+
+        write_json_atomic(args.json, res)
+    print(format_table(res))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
