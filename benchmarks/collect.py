@@ -340,9 +340,20 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def study_latency_threads(meta: dict) -> int | None:
-    """The torch thread count the search timed latency with (the trials' `threads`; None: torch's default)."""
+    """The trials' configured torch thread count (`threads`; None where 0: the worker's default)."""
     threads = (meta.get("base_config") or {}).get("threads")
     return int(threads) if isinstance(threads, (int, float)) and threads > 0 else None
+
+
+def timed_threads(df: pd.DataFrame, meta: dict) -> int | None:
+    """The torch thread count the search timed latency with: what the trials recorded (`latency_threads`; with
+    `threads: 0` that is what Ray gave each worker, e.g. cpus_per_trial), else the configured count."""
+    if "latency_threads" in df.columns:
+        recorded = pd.to_numeric(df.loc[df["state"] != "REFERENCE", "latency_threads"], errors="coerce").dropna()
+        recorded = recorded[recorded > 0]
+        if len(recorded):
+            return int(recorded.mode().iloc[0])
+    return study_latency_threads(meta)
 
 
 def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = print,
@@ -375,7 +386,7 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
             if row["on_front"] or row["state"] == "REFERENCE":
                 label = f"reference {row['reference']}" if row["state"] == "REFERENCE" else f"trial {row['number']}"
                 keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
-        kwargs = {"threads": study_latency_threads(meta), **(remeasure_kwargs or {})}  # as the search timed them
+        kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
         if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
             log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
         results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)

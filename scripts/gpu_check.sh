@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's GPU checks as one short script (about 5 minutes on one GPU), for a machine with a CUDA GPU such
+# The project's GPU checks as one short script (at most 9 minutes: the steps' limits add up to 540 s), for a machine with a CUDA GPU such
 # as the device machine some tasks are lent:
 #   1. python -m benchmarks.layout --device cuda   the precision rule's GPU case (fp32/bf16 x NCHW/NHWC step times)
 #   2. python -m benchmarks.speed --device cuda    the trial-loop speed table, as the README shows it for the CPU
@@ -42,10 +42,10 @@ print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no
 EOF
 cat "$OUT/env.txt" | tee -a "$log"
 
-step "precision and layout" 240 "$PY" -m benchmarks.layout --device "$DEVICE" --json "$OUT/layout.json"
-step "trial-loop speed" 300 "$PY" -m benchmarks.speed --device "$DEVICE" --json "$OUT/speed.json"
+step "precision and layout" 150 "$PY" -m benchmarks.layout --device "$DEVICE" --json "$OUT/layout.json"
+step "trial-loop speed" 270 "$PY" -m benchmarks.speed --device "$DEVICE" --json "$OUT/speed.json"
 trial_dir=/tmp/kdstudy-gpu-trial
-step "demo trial" 240 "$PY" -m study trial search_spaces/demo.yaml --set "device=$DEVICE" --out "$trial_dir"
+step "demo trial" 120 "$PY" -m study trial search_spaces/demo.yaml --set "device=$DEVICE" --out "$trial_dir"
 cp "$trial_dir/metrics.json" "$OUT/trial_metrics.json"
 "$PY" - "$OUT/trial_metrics.json" <<'EOF' | tee -a "$log"
 import json, sys

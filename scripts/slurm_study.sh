@@ -36,7 +36,7 @@ if [ -z "$head_ip" ]; then
   echo "error: could not find an IPv4 address of $head for the Ray head; set it by hand in $0." >&2
   exit 2
 fi
-port=$(( 20000 + ${SLURM_JOB_ID:-0} % 20000 ))  # per job: two jobs on one node do not join each other's cluster
+port=$(( 20000 + ${SLURM_JOB_ID:-0} % 10000 * 2 ))  # per job: the GCS, and +1 for each node's agent
 echo "Ray head: $head ($head_ip:$port); workers: ${nodes[*]:1}"
 
 # `ray start --head` turns token authentication on when ~/.ray/auth_token exists; `ray status` below (and the
@@ -57,13 +57,19 @@ start_ray() {  # NODE, then `ray start` arguments (no spaces inside one argument
     exec "$py" -m ray.scripts.scripts start --num-cpus="$cpus" --num-gpus="${gpus:-0}" --block "$@"
   ' start_ray "$PY" "$CPUS" "$@" &
 }
-start_ray "$head" --head --node-ip-address="$head_ip" --port="$port" --include-dashboard=false
+start_ray "$head" --head --node-ip-address="$head_ip" --port="$port" --include-dashboard=false \
+  --dashboard-agent-listen-port=$((port + 1))
+head_pid=$!
 for node in "${nodes[@]:1}"; do
-  start_ray "$node" --address="$head_ip:$port"
+  start_ray "$node" --address="$head_ip:$port" --dashboard-agent-listen-port=$((port + 1))
 done
 
 # Wait until every node has joined (at most 5 minutes), instead of guessing with sleeps.
 for _ in $(seq 150); do
+  if ! kill -0 "$head_pid" 2>/dev/null; then
+    echo "error: the Ray head on $head exited (see its error above in slurm-${SLURM_JOB_ID:-}.out)." >&2
+    exit 2
+  fi
   up=$("$PY" -m ray.scripts.scripts status --address "$head_ip:$port" 2>/dev/null | grep -c " node_" || true)
   [ "${up:-0}" -ge "${#nodes[@]}" ] && break
   sleep 2

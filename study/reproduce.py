@@ -500,7 +500,12 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
         old = out / f".export-old-{os.getpid()}"
         if export_dir.exists():
             export_dir.rename(old)
-        work.rename(export_dir)
+        try:
+            work.rename(export_dir)
+        except OSError:
+            if old.exists():
+                old.rename(export_dir)  # the earlier export stays where users look for it
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -128,7 +128,7 @@ class TeacherCache:
 
     def epoch_logits(self, epoch: int, device: torch.device) -> torch.Tensor:
         """All logits (N, K) of schedule epoch `epoch`, in the stored dtype, copied to `device`."""
-        return torch.from_numpy(np.ascontiguousarray(self.logits[epoch])).to(device)
+        return torch.from_numpy(np.array(self.logits[epoch])).to(device)  # a writable copy of the mapped rows
 
 
 def open_teacher_cache(identity: dict, cache_dir: Path | None = None) -> TeacherCache | None:

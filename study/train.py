@@ -160,8 +160,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 #   width 1.0   fp32-NHWC 1.44x   bf16-NCHW 1.24x   bf16-NHWC 1.47x
 #   width 0.25  fp32-NHWC 1.01x   bf16-NCHW 0.90x   bf16-NHWC 0.98x   (tiny channels: per-op overhead dominates)
 # `python -m benchmarks.layout` on the AMD VM (1 thread, best of 3 alternating rounds; README shows the table):
-#   fp32-NHWC 1.13x (resnet8 w0.25 digits) to 1.69x (resnet8 3x32x32); bf16-NHWC 0.92x (w0.25 digits: 1.07x in
-#   another run; the tiniest student is a tie within noise) to 2.93x. Also measured
+#   fp32-NHWC 1.13x (resnet8 w0.25 digits) to 1.69x (resnet8 3x32x32); bf16-NHWC 0.92x (w0.25 digits: 1.07x and
+#   1.06x in two other runs; the tiniest student is a tie within noise) to 2.93x. Also measured
 #   by hand: resnet8 digits fp32-NHWC 1.24x with oneDNN capped to AVX2 (as on CPUs without AVX-512); a 40-epoch
 #   digits teacher (resnet20, 2 threads, interleaved, median of 3) 6.35 s NCHW -> 5.69 s NHWC, same val accuracy.
 # bf16 + channels_last won every shape but the tiniest (a tie within noise; with 3x32x32 images it was 2.4x on

@@ -194,14 +194,19 @@ def test_moved_database_is_found_and_wrong_study_name_is_a_user_error(tmp_path: 
 
 
 def test_remeasure_uses_the_thread_count_the_search_timed_with(tmp_path: Path) -> None:
-    from benchmarks.collect import study_latency_threads
+    from benchmarks.collect import study_latency_threads, timed_threads
 
     assert study_latency_threads({"base_config": {"threads": 1}}) == 1
-    assert study_latency_threads({"base_config": {"threads": 0}}) is None  # torch's default, as in the search
+    assert study_latency_threads({"base_config": {"threads": 0}}) is None
     assert study_latency_threads({}) is None
-    run = make_run_dir(tmp_path)
+    trials = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "PRUNED", "REFERENCE"],
+                           "latency_threads": [2, 2, 2, 16]})
+    # threads: 0 in the config: what the trials recorded (Ray's per-worker thread count), not the driver's
+    assert timed_threads(trials, {"base_config": {"threads": 0}}) == 2
+    assert timed_threads(pd.DataFrame({"state": ["COMPLETE"]}), {"base_config": {"threads": 1}}) == 1
+    run = make_run_dir(tmp_path)  # its trials recorded latency_threads 2
     meta = json.loads((run / "study.json").read_text())
-    (run / "study.json").write_text(json.dumps({**meta, "base_config": {"threads": 1}}))
+    (run / "study.json").write_text(json.dumps({**meta, "base_config": {"threads": 0}}))
     seen: set = set()
 
     def load(path: Path) -> tuple[FakeModel, dict]:
@@ -217,4 +222,4 @@ def test_remeasure_uses_the_thread_count_the_search_timed_with(tmp_path: Path) -
 
     run_benchmarks(run, log=lambda m: None, remeasure_kwargs={
         "rounds": 1, "repeats": 1, "load_model": load, "measure_latency": measure, "measure_throughput": throughput})
-    assert seen == {1}
+    assert seen == {2}

@@ -114,15 +114,25 @@ def test_crop_flip_equals_per_image_slicing():
         assert torch.equal(out[i], want.flip(-1) if flip[i] else want), i
 
 
-@pytest.mark.parametrize("n,batch", [(1150, 128), (1281, 128), (1290, 128), (100, 128), (1, 128), (256, 128),
-                                     (33, 16), (5, 4)])
-def test_batches_per_epoch_counts_what_augmented_batches_yields(n, batch):
-    """The LR schedule's step count (train_phase) must be the number of batches trained, tail rule included."""
-    from study.train import ResidentData, augmented_batches, batches_per_epoch
+@pytest.mark.parametrize("n,batch,want", [(1150, 128, 9), (1281, 128, 10), (1290, 128, 10), (100, 128, 1),
+                                          (1, 128, 1), (256, 128, 2), (33, 16, 2), (40, 16, 3), (5, 4, 1)])
+def test_batches_per_epoch_drops_only_a_tiny_tail(n, batch, want):
+    from study.train import batches_per_epoch
 
-    x = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
-    z = torch.zeros(1, 1, 1, 1)
-    data = ResidentData(x, torch.zeros(n, dtype=torch.int64), z, z, z, z, 0, False, 2, z, z + 1)
-    sizes = [len(y) for _, y, _ in augmented_batches(data, 0, 0, batch)]
-    assert len(sizes) == batches_per_epoch(n, batch)
-    assert sum(sizes) >= n - max(2, batch // 4) + 1  # only a tiny tail is ever dropped
+    assert batches_per_epoch(n, batch) == want  # a tail under max(2, batch // 4) goes, unless it is all there is
+
+
+def test_the_learning_rate_reaches_zero_at_the_last_step_taken():
+    """33 images in batches of 16: the 1-image tail is dropped, so an epoch is 2 steps, and the schedule must end
+    at lr 0 after them (counting 3 left it at a third of the peak)."""
+    from study.models import build_model
+    from study.train import ResidentData, train_phase
+
+    n = 33
+    x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8)
+    val = torch.zeros(4, 1, 8, 8)
+    data = ResidentData(x, torch.randint(0, 2, (n,)), val, torch.zeros(4, dtype=torch.int64), val,
+                        torch.zeros(4, dtype=torch.int64), 0, False, 2, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    logs = train_phase(build_model("resnet8", 2, 1, 0.25), data, epochs=2, first_epoch=0, seed=0, lr=0.1,
+                       batch_size=16, weight_decay=0.0, teacher=None, temperature=1.0, alpha=1.0)
+    assert logs[-1]["lr"] == 0.0 and logs[0]["lr"] > 0
