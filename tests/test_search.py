@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,8 +183,8 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
                if (run_dir / "trials" / n / "resumed.json").exists()]
     assert resumed and all(r["done"] >= 1 or r["phase"] == "finetune" for r in resumed), (in_flight, resumed)
     # progress lines of the resumed run count on from the trials finished before the kill
-    counts = [line.split("/")[0].strip("[") for line in r.stdout.splitlines() if line.startswith("[")]
-    assert counts and counts[-1] == "5", r.stdout[-3000:]
+    counts = [int(m.group(1)) for m in re.finditer(r"^\[(\d+)/5 ", r.stdout, re.MULTILINE)]  # Progress lines only
+    assert counts and counts[-1] == 5 and counts == sorted(counts), r.stdout[-3000:]
 
 
 def test_postgresql_storage(tmp_path, ray_session):
