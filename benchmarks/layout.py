@@ -116,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            print(f"error: --device {args.device}: no CUDA GPU on this machine; use --device cpu.", file=sys.stderr)
-            return 2
+    from study.errors import UserError
+    from study.trial import resolve_device  # the trials' own rule for auto / cuda:N
+
+    try:
+        device = resolve_device(args.device)
+    except (UserError, RuntimeError) as exc:  # RuntimeError: not a device name torch knows
+        print(f"error: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     res = run(device, args.rounds, args.steps)
     if device.type == "cpu":

@@ -298,6 +298,7 @@ def _init_ray() -> None:
 
 def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], trials: int | None,
             runs_dir: Path, log=print) -> list[dict]:
+    from benchmarks.collect import load_study_meta
     from search_spaces import load_space
     from study.errors import UserError
     from study.search import run_study
@@ -311,10 +312,7 @@ def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], tr
             run_dir = runs_dir / name
             variant = write_variant(space_file, sched, seed, runs_dir / "spaces")
             meta_path = run_dir / "study.json"
-            try:
-                meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise UserError(f"{meta_path} is unreadable ({exc}); delete {run_dir} to run it again.") from None
+            meta = load_study_meta(run_dir) if meta_path.exists() else {}  # unreadable: one UserError naming it
             same = (meta.get("trials") == want_trials and (run_dir / "space.yaml").exists()
                     and (run_dir / "space.yaml").read_text() == variant.read_text())
             if meta and not same:
