@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import COST_METRICS, SearchSpace, load_space
+from study.crash import crash_reason
 from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
 
@@ -96,7 +97,10 @@ class KDOptunaSearch(OptunaSearch):
         if status == "complete":
             attrs["metrics"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
         elif status in ("infeasible", "failed"):
-            attrs["error"] = result.get("error") or "the trial process crashed (see runs/NAME/ray/ logs)"
+            attrs["error"] = result.get("error") if not error else None
+            if not attrs["error"]:  # the process died (Tune retried it once): what its stderr said
+                trial_dir = Path(self._run_dir or ".") / "trials" / str(number)
+                attrs["error"] = crash_reason(trial_dir)
             attrs["metrics"] = {k: result[k] for k in COST_METRICS if k in result}
         else:
             attrs["metrics"] = {k: result[k] for k in ("val_acc", "epoch", *COST_METRICS) if k in result}
@@ -140,10 +144,12 @@ def close_orphans(storage_url: str, study_name: str) -> int:
 
 # ---------------------------------------------------------------------------------------------- progress
 class Progress(Callback):
-    """One line per finished trial with its key metrics: [finished/total, seconds since this driver started]."""
+    """One line per finished trial with its key metrics: [finished/total, seconds since this driver started];
+    a line for a crashed trial process that Tune starts again (once, from its last checkpoint)."""
 
-    def __init__(self, objectives: list[tuple[str, str]], total: int):
+    def __init__(self, objectives: list[tuple[str, str]], total: int, run_dir: Path | None = None):
         self.objectives, self.total, self.done, self.t0 = objectives, total, 0, time.time()
+        self.run_dir = run_dir
         self._counted = False
 
     def setup(self, *args, **info):
@@ -160,7 +166,17 @@ class Progress(Callback):
         self._line(trial, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, {**(trial.last_result or {}), "status": "failed"})
+        self._line(trial, {**(trial.last_result or {}), "status": "failed", "error": self._crash(trial)})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {trial.config.get('trial_number', '?')} "
+              f"crashed, retrying once from its last checkpoint: {self._crash(trial)}", flush=True)
+
+    def _crash(self, trial) -> str:
+        number = trial.config.get("trial_number")
+        if self.run_dir is None or number is None:
+            return "the trial's process died"
+        return crash_reason(self.run_dir / "trials" / str(number))
 
     def _line(self, trial, r: dict) -> None:
         self.done += 1
@@ -375,7 +391,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     exp_dir = run_dir / "ray" / "tune"
     run_config = tune.RunConfig(
         name="tune", storage_path=str(run_dir / "ray"), verbose=0,
-        callbacks=[Progress(objectives, n_trials)],
+        callbacks=[Progress(objectives, n_trials, run_dir)],
         # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer kept,
         # that one can already be deleted ("does not exist on storage anymore").
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
@@ -475,6 +491,9 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
         s = t.user_attrs.get("status") or t.state.name.lower()
         counts[s] = counts.get(s, 0) + 1
     log("trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for t in trials:
+        if t.user_attrs.get("status") == "failed" or (t.state == TrialState.FAIL and "status" not in t.user_attrs):
+            log(f"  trial {t.number} failed: {t.user_attrs.get('error') or 'no reason recorded'}")
     front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
     front.sort(key=lambda t: -t.values[0])
     cols = ["trial", *[m for m, _ in objectives], "test_acc", "width_mult", "prune_method", "prune_ratio",

@@ -16,6 +16,7 @@ from typing import Any
 
 from search_spaces import CONSTRAINTS
 from study.config import make_config, save_config
+from study.crash import capture_stderr, inject_crash_for_tests
 from study.io import write_json_atomic
 from study.trial import TrialHooks, architecture_costs, run_trial
 
@@ -117,12 +118,17 @@ def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
 
 def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """Ray Tune function trainable. config: sampled params + trial_number; ctx: the study's fixed context."""
-    from ray import tune
-
-    sampled = {k: v for k, v in config.items() if k != "trial_number"}
     number = config["trial_number"]
     trial_dir = Path(ctx["run_dir"]) / "trials" / str(number)
     trial_dir.mkdir(parents=True, exist_ok=True)
+    with capture_stderr(trial_dir):  # a native crash leaves its signal and last words in trials/<n>/stderr.log
+        _search_trial(config, ctx, number, trial_dir)
+
+
+def _search_trial(config: dict[str, Any], ctx: dict[str, Any], number: int, trial_dir: Path) -> None:
+    from ray import tune
+
+    sampled = {k: v for k, v in config.items() if k != "trial_number"}
     base: dict[str, Any] = {"trial_number": number, "trial_dir": f"trials/{number}", "epoch": 0}
     try:
         cfg = make_config(ctx["trial"], sampled, source=ctx["space_file"])
@@ -146,6 +152,7 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         dense = architecture_costs(cfg.replace(prune_method="none", prune_ratio=0.0), ctx["num_classes"],
                                    tuple(ctx["input_shape"]), latency=False)
         hooks = RayHooks(costs, dense, trial_dir, ctx.get("report_epochs", ()), ctx.get("report_every_s", 0.0))
+        inject_crash_for_tests(number)
         try:
             metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
         finally:

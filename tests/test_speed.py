@@ -15,51 +15,60 @@ from conftest import TINY_TRIAL
 from study.config import make_config
 from study.data import load_dataset
 from study.models import build_model
-from study.train import NesterovSGD, make_resident, param_groups, resolve_precision, train_phase
+from study.train import make_resident, resolve_precision, train_phase
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_nesterov_sgd_matches_torch_sgd(fused):
-    """Bit for bit torch.optim.SGD(fused=True); its foreach form rounds differently, within float32 eps."""
-    torch.manual_seed(0)
-    a = build_model("resnet8", 10, 1)
-    b = copy.deepcopy(a)
-    b.fc.bias.requires_grad_(False)  # a parameter left out of the groups
-    a.fc.bias.requires_grad_(False)
-    ref = torch.optim.SGD(param_groups(a, 5e-4), lr=0.1, momentum=0.9, nesterov=True, fused=fused,
-                          foreach=None if fused else True)
-    ours = NesterovSGD(param_groups(b, 5e-4), momentum=0.9)
-    for step in range(4):
-        x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
-        for model, opt in ((a, ref), (b, ours)):
-            opt.zero_grad()
-            out = model(x) if step != 2 else model.fc(torch.zeros(16, model.fc.in_features))  # step 2: fc only
-            torch.nn.functional.cross_entropy(out, y).backward()
-        lr = 0.1 * (step + 1) / 4
-        for g in ref.param_groups:
-            g["lr"] = lr
-        ref.step()
-        ours.step(lr)
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        if fused:
-            assert torch.equal(p, q)
-        else:
-            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+def test_optimizer_is_torch_sgd_with_the_documented_schedule():
+    """torch.optim.SGD (nesterov, fused on the CPU) stepping through lr_at: warm-up to the peak, then to 0."""
+    from study.train import lr_at, make_optimizer
+
+    model = build_model("resnet8", 10, 1, 0.25)
+    opt, sched = make_optimizer(model, lr=0.2, weight_decay=5e-4, total=20, warm=3)
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9 and opt.defaults["fused"]
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]  # no decay on BN / bias
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([lr_at(i, 0.2, 20, 3) for i in range(20)])
+    assert max(lrs) == pytest.approx(0.2) and opt.param_groups[0]["lr"] == 0.0
 
 
-def test_optimiser_state_round_trips_through_torch_save(tmp_path):
+def test_a_resumed_train_phase_equals_an_uninterrupted_one(tmp_path):
+    """The optimiser and LR-schedule state saved after epoch 1 (torch.save, loaded weights_only) continue the
+    run exactly: the same weights as training both epochs in one go."""
+    cfg = make_config(TINY_TRIAL)
+    data = make_resident(load_dataset("digits", "data"), cfg.val_size, cfg.seed, torch.device("cpu"))
+    kw = dict(epochs=2, first_epoch=0, seed=0, lr=0.05, batch_size=256, weight_decay=5e-4, teacher=None,
+              temperature=1.0, alpha=1.0, precision="fp32")
     torch.manual_seed(0)
-    model = build_model("resnet8", 10, 1)
-    opt = NesterovSGD(param_groups(model, 5e-4))
-    torch.nn.functional.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
-    opt.step(0.1)
-    torch.save(opt.state_dict(), tmp_path / "opt.pt")
-    again = NesterovSGD(param_groups(model, 5e-4))
-    again.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
-    assert all(torch.equal(x, y) for bx, by in zip(opt.bufs, again.bufs, strict=True)
-               for x, y in zip(bx, by, strict=True))
+    whole = build_model("resnet8", 10, 1, 0.5)
+    start = copy.deepcopy(whole)
+    train_phase(whole, data, **kw)
+
+    saved = {}
+
+    def stop_after_first(epoch, val_acc, log, state):
+        torch.save(state, tmp_path / "opt.pt")
+        saved["model"] = copy.deepcopy(model.state_dict())
+        raise KeyboardInterrupt  # the trial is killed after epoch 1
+
+    model = start
+    with pytest.raises(KeyboardInterrupt):
+        train_phase(model, data, on_epoch=stop_after_first, **kw)
+    resumed = build_model("resnet8", 10, 1, 0.5)
+    resumed.load_state_dict(saved["model"])
+    logs = train_phase(resumed, data, skip_epochs=1, resume_opt=torch.load(tmp_path / "opt.pt", weights_only=True),
+                       **kw)
+    assert [r["epoch"] for r in logs] == [1] and logs[0]["lr"] == 0.0
+    for p, q in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
 def test_precision_rule():
