@@ -1,10 +1,12 @@
 """`python -m benchmarks.layout`: the measurements behind the training precision rule (study.train.resolve_precision).
 
 One student training step as a trial runs it (forward under autocast where bf16, KD loss against fixed teacher
-logits, backward, torch.optim.SGD's fused nesterov step; the oneDNN #6035 guard of study.kernels), batch 128, timed in four settings: fp32 NCHW, fp32 channels_last,
-bf16 NCHW, bf16 channels_last. Models: resnet8 and resnet20 on 1x8x8 (digits) and 3x32x32 (CIFAR-shaped) input.
-The settings alternate within each round; reported per model: the best round's mean step time per setting and its
-speed-up over fp32 NCHW (higher is faster), and which setting `precision: auto` picks on this device.
+logits, backward, torch.optim.SGD's fused nesterov step; the oneDNN #6035 guard of study.kernels), batch 128, timed
+in four settings: fp32 NCHW, fp32 channels_last, bf16 NCHW, bf16 channels_last. Models: resnet8 and resnet20 on
+1x8x8 (digits) and 3x32x32 (CIFAR-shaped) input. `--guard` instead times channels_last with and without the guard
+(without only where that is safe) and NCHW, in the precision `auto` picks. The settings alternate within each
+round; reported per model: the best round's mean step time per setting and its speed-up over fp32 NCHW (higher
+is faster), and which setting `precision: auto` picks on this device.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ def step_fn(arch: str, width: float, shape: tuple, dtype: str, channels_last: bo
     oneDNN #6035 rewrite; prune > 0: after l1_structured channel pruning of that ratio)."""
     import torch
 
+    from study.kernels import ConvKernelGuard
     from study.losses import kd_loss
     from study.models import build_model
-    from study.kernels import ConvKernelGuard
     from study.train import autocast, make_optimizer
 
     torch.manual_seed(0)
@@ -206,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --device {args.device}: {exc}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    res = guard_cost(device, args.rounds, args.steps, precision=args.precision) if args.guard else run(device, args.rounds, args.steps)
+    if args.guard:
+        res = guard_cost(device, args.rounds, args.steps, precision=args.precision)
+    else:
+        res = run(device, args.rounds, args.steps)
     if device.type == "cpu":
         from study.latency_cache import cpu_name
 

@@ -32,7 +32,6 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-
 GUARD_BELOW_CHANNELS = 16  # input channels per group: the AVX-512 kernel's block (AVX2: 8), oneDNN #6035
 
 
