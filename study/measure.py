@@ -78,22 +78,30 @@ def _example(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) ->
     return torch.randn((batch_size, *tuple(input_shape)[-3:]), device=device, dtype=dtype)
 
 
-def _timed_runs(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
-    """Wall-clock seconds of `repeats` forward passes after `warmup` untimed ones."""
+def _timed_runs(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+    """(wall-clock seconds, this thread's CPU seconds) of `repeats` forward passes after `warmup` untimed ones."""
     cuda = x.device.type == "cuda"
-    times = []
+    times, cpu = [], []
     with torch.inference_mode():
         for _ in range(warmup):
             model(x)
         for _ in range(repeats):
             if cuda:
                 torch.cuda.synchronize(x.device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             model(x)
             if cuda:
                 torch.cuda.synchronize(x.device)
             times.append(time.perf_counter() - start)
-    return times
+            cpu.append(time.thread_time() - start_cpu)
+    return times, cpu
+
+
+# A CPU forward pass whose thread got less than this share of the wall-clock time was descheduled: another
+# process took its core (a loaded machine), so its time says nothing about the model.
+RUNNABLE_SHARE = 0.8
+# A measurement with fewer clean repeats than this is flagged `interfered` (latency_cache measures it again).
+MIN_CLEAN_FRACTION = 0.5
 
 
 def measure_latency(
@@ -104,19 +112,35 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 50,
 ) -> dict:
-    """Median and IQR (p75 - p25) of forward latency in ms, on the device of the model's parameters."""
+    """Median and IQR (p75 - p25) of forward latency in ms, on the device of the model's parameters.
+
+    On the CPU every repeat's wall time is checked against the calling thread's CPU time (the thread that runs
+    the model, and takes part in every intra-op parallel region): repeats in which the thread was runnable for
+    under RUNNABLE_SHARE of the time are dropped, as another process held the core. `clean_fraction` says how many
+    were kept; `interfered` is True when that is under MIN_CLEAN_FRACTION (the median is then over all repeats).
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     x = _example(model, input_shape, batch_size)
     with _eval_mode(model), _threads(threads) as used:
-        times_ms = np.asarray(_timed_runs(model, x, warmup, repeats)) * 1e3
-    p25, p50, p75 = np.percentile(times_ms, [25, 50, 75])
+        wall, cpu = _timed_runs(model, x, warmup, repeats)
+    wall_ms = np.asarray(wall) * 1e3
+    clean = np.ones(len(wall_ms), dtype=bool)
+    if x.device.type == "cpu":
+        clean = np.asarray(cpu) >= RUNNABLE_SHARE * np.asarray(wall)
+    fraction = float(clean.mean())
+    interfered = fraction < MIN_CLEAN_FRACTION
+    kept = wall_ms if interfered else wall_ms[clean]
+    p25, p50, p75 = np.percentile(kept, [25, 50, 75])
     return {
         "median_ms": float(p50),
         "iqr_ms": float(p75 - p25),
         "threads": used,
         "batch_size": batch_size,
         "device": str(x.device),
+        "repeats": int(len(wall_ms)),
+        "clean_fraction": round(fraction, 3),
+        "interfered": bool(interfered),
     }
 
 
@@ -132,5 +156,5 @@ def measure_throughput(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     x = _example(model, input_shape, batch_size)
     with _eval_mode(model), _threads(threads) as used:
-        median_s = float(np.median(_timed_runs(model, x, warmup=2, repeats=repeats)))
+        median_s = float(np.median(_timed_runs(model, x, warmup=2, repeats=repeats)[0]))
     return {"images_per_s": batch_size / median_s, "batch_size": batch_size, "threads": used}

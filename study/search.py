@@ -415,7 +415,9 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomic(meta_path, meta)
-    print_summary(run_dir, storage_url, study_name, objectives, log)
+    # the front's latency measured again now that no trial trains (the search's values can carry a busy moment)
+    quiet = _benchmark(run_dir, log) if report else None
+    print_summary(run_dir, storage_url, study_name, objectives, log, quiet_latency=quiet)
     if report:
         _build_report(run_dir, log)
     return run_dir
@@ -483,7 +485,9 @@ def _finish_references(ref, log) -> None:
 
 # ---------------------------------------------------------------------------------------------- summary
 def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: list[tuple[str, str]],
-                  log=print) -> None:
+                  log=print, quiet_latency: dict[int, float] | None = None) -> None:
+    """Trial counts, failed trials with their reasons, and the Pareto table. quiet_latency (trial number -> ms):
+    the front's batch-1 latency re-measured after the search; shown instead of the search's values."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
@@ -498,27 +502,43 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     front.sort(key=lambda t: -t.values[0])
     cols = ["trial", *[m for m, _ in objectives], "test_acc", "width_mult", "prune_method", "prune_ratio",
             "kd_loss", "temperature", "alpha"]
+    quiet = quiet_latency or {}
+    swap = [m == "latency_ms_bs1" and any(t.number in quiet for t in front) for m, _ in objectives]
+    cols = [f"{c}*" if i and swap[i - 1] else c for i, c in enumerate(cols[:len(objectives) + 1])] + \
+        cols[len(objectives) + 1:]
     rows = []
     for t in front:
         m = t.user_attrs.get("metrics", {})
-        rows.append([str(t.number), *[_fmt(v) for v in t.values], _fmt(m.get("test_acc")),
+        values = [quiet.get(t.number, v) if sw else v for v, sw in zip(t.values, swap, strict=True)]
+        rows.append([str(t.number), *[_fmt(v) for v in values], _fmt(m.get("test_acc")),
                      *[_fmt(t.params.get(k, m.get(k))) for k in cols[len(objectives) + 2:]]])
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     log(f"Pareto-optimal trials ({len(front)}), objectives on the validation split; test_acc for reference only:")
     log("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     for r in rows:
         log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    if any(swap):
+        log("* re-measured after the search with no trial training (interleaved, median of rounds; "
+            "benchmarks.latency); the search's own values are in results.csv")
     log(f"results: {run_dir}  (Optuna: {storage_url}, study '{study_name}'; "
         f"optuna-dashboard {storage_url})")
 
 
-def _build_report(run_dir: Path, log) -> None:
-    try:
-        from benchmarks.collect import run_benchmarks
-        from reports import build_report
-    except ImportError as exc:  # pragma: no cover
-        log(f"report skipped: {exc}")
-        return
+def _benchmark(run_dir: Path, log) -> dict[int, float]:
+    """results.csv, pareto.csv and benchmark.json, the front's latency re-measured; returns trial -> quiet ms."""
+    from benchmarks.collect import read_results, run_benchmarks
+    from benchmarks.latency import LATENCY_COL
+
     run_benchmarks(run_dir, remeasure=True, log=log)
+    df = read_results(run_dir)
+    if LATENCY_COL not in df.columns:
+        return {}
+    df = df[df["number"].notna() & df[LATENCY_COL].notna()]
+    return {int(n): float(v) for n, v in zip(df["number"], df[LATENCY_COL], strict=True)}
+
+
+def _build_report(run_dir: Path, log) -> None:
+    from reports import build_report
+
     path = build_report(run_dir)
     log(f"report: {path}")

@@ -238,6 +238,8 @@ def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, te
         "params": params, "nonzero_params": nonzero, "macs": count_macs(student, shape),
         "latency_ms_bs1": lat["median_ms"], "latency_iqr_ms_bs1": lat["iqr_ms"], "latency_threads": lat["threads"],
         "latency_device_used": lat["device"],  # not "latency_device": that is the config setting (cpu | trial)
+        # share of timed repeats not disturbed by other processes; interfered: most were (see latency_cache)
+        "latency_clean_fraction": lat.get("clean_fraction"), "latency_interfered": lat.get("interfered"),
         "throughput_ips": thr["images_per_s"], "throughput_batch": thr["batch_size"],
         "size_bytes": size_bytes, "teacher_params": teacher_params,
         "compression": round(teacher_params / max(1, nonzero), 3) if teacher_params else None,
