@@ -64,30 +64,34 @@ class KDOptunaSearch(OptunaSearch):
     """
 
     _run_dir: str | None = None  # set by run_study: where trials/<n>/config.yaml live
+    _storage_url: str | None = None  # set by run_study: the Optuna storage, opened here through its public API
+    _study_name: str | None = None
+    _kd_storage = None
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         result = result or {}
         if trial_id in self._completed_trials:
             return
         if trial_id in self._ot_trials:
-            ot_trial = self._ot_trials[trial_id]
+            number = self._ot_trials[trial_id].number
         elif result.get("trial_number") is not None:
             # After a driver kill the searcher's state can be older than Tune's: the trial was asked for before the
             # last searcher snapshot was written. Find it by the number the trial reports.
-            storage = self._ot_study._storage
-            tid = storage.get_trial_id_from_study_id_trial_number(self._ot_study._study_id, int(result["trial_number"]))
-            ot_trial = optuna.trial.Trial(self._ot_study, tid)
+            number = int(result["trial_number"])
         else:
             return
-        stored = self._ot_study._storage.get_trial(ot_trial._trial_id)
-        if stored.state.is_finished():  # told before a driver kill; Tune replays the completion after restore
+        if getattr(self, "_kd_storage", None) is None:  # opened once per driver (pickles as its URL)
+            self._kd_storage = optuna.storages.RDBStorage(self._storage_url)
+        storage = self._kd_storage
+        study = optuna.load_study(study_name=self._study_name, storage=storage)
+        tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self._study_name),
+                                                              number)
+        if storage.get_trial(tid).state.is_finished():  # told before a driver kill; Tune replays the completion
             self._completed_trials.add(trial_id)
             return
         status = result.get("status", "failed" if error else "early_stopped")
         if status == "running":
             status = "failed" if error else "early_stopped"
-        storage, tid = self._ot_study._storage, ot_trial._trial_id
-        number = ot_trial.number
         attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir") or f"trials/{number}"}
         cfg_path = Path(self._run_dir) / "trials" / str(number) / "config.yaml" if self._run_dir else None
         if cfg_path is not None and cfg_path.exists():
@@ -109,11 +113,11 @@ class KDOptunaSearch(OptunaSearch):
             storage.set_trial_user_attr(tid, k, v)
         if status == "complete":
             values = [result.get(m) for m in self._metric]
-            self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE)
+            study.tell(number, values, state=TrialState.COMPLETE)
         elif status in ("infeasible", "failed"):
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            study.tell(number, state=TrialState.FAIL)
         else:
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(number, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
@@ -132,12 +136,15 @@ def _name_objectives(storage_url: str, study_name: str, objectives: list[tuple[s
 
 def close_orphans(storage_url: str, study_name: str) -> int:
     """Tell FAIL any Optuna trial left RUNNING by a killed driver that Tune will never finish."""
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    storage = optuna.storages.RDBStorage(storage_url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    study_id = storage.get_study_id_from_name(study_name)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
-        study._storage.set_trial_user_attr(t._trial_id, "error", "orphaned: its driver was killed before it ran")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(tid, "status", "failed")
+        storage.set_trial_user_attr(tid, "error", "orphaned: its driver was killed before it ran")
+        study.tell(t.number, state=TrialState.FAIL)
         n += 1
     return n
 
@@ -386,7 +393,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         space=space.define_by_run(), metric=[m for m, _ in objectives],
         mode=["max" if d == "maximize" else "min" for _, d in objectives], sampler=make_sampler(space),
         storage=optuna.storages.RDBStorage(storage_url), study_name=study_name, seed=space.seed)
-    searcher._run_dir = str(run_dir)
+    searcher._run_dir, searcher._storage_url, searcher._study_name = str(run_dir), storage_url, study_name
     scheduler = _make_scheduler(space, objectives)
     exp_dir = run_dir / "ray" / "tune"
     run_config = tune.RunConfig(
