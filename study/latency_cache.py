@@ -3,8 +3,8 @@
 Concurrent trials on one machine would otherwise time their models while the others train, and two trials of the
 same architecture would get different numbers from noise alone (and both sit on the Pareto front for it). Here:
 - a measurement runs under a machine-wide file lock, so two trials never time at the same moment;
-- the result is cached under a key of the model's tensor shapes, the device, the thread count, the batch size and
-  the repeat count, so every trial with the same architecture reports the same number. Unstructured pruning keeps
+- the result is cached under a key of the model's tensor shapes, the device (and the CPU ISA torch and oneDNN
+  may use), the thread count, the batch size and the repeat count, so every trial with the same architecture reports the same number. Unstructured pruning keeps
   the dense shapes, so it gets the dense latency: sparsity brings no speed-up on dense kernels;
 - a latency measured while another process took the core (study.measure: repeats whose thread was descheduled
   are dropped; `interfered` when most were) is cached with that flag and measured again by the next trial that
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -47,7 +48,9 @@ def architecture_key(model: nn.Module, input_shape: tuple, device: torch.device,
                      kind: str, batch_size: int, repeats: int) -> str:
     shapes = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    payload = json.dumps([CACHE_VERSION, type(model).__name__, shapes, list(input_shape), device.type, dev,
+    # the kernels torch and oneDNN may use here: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA change the timings
+    isa = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    payload = json.dumps([CACHE_VERSION, type(model).__name__, shapes, list(input_shape), device.type, dev, isa,
                           threads or torch.get_num_threads(), kind, batch_size, repeats, torch.__version__])
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
