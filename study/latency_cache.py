@@ -5,7 +5,8 @@ same architecture would get different numbers from noise alone (and both sit on 
 - a measurement runs under a machine-wide file lock, so two trials never time at the same moment;
 - the result is cached under a key of the model's tensor shapes, the device (and the CPU ISA torch and oneDNN
   may use), the thread count, the batch size and the repeat count, so every trial with the same architecture
-  reports the same number. Unstructured pruning keeps the dense shapes, so it gets the dense latency: sparsity brings no speed-up on dense kernels;
+  reports the same number. Unstructured pruning keeps the dense shapes, so it gets the dense latency: sparsity
+  brings no speed-up on dense kernels;
 - a latency measured while another process took the core (study.measure: repeats whose thread was descheduled
   are dropped; `interfered` when most were) is cached with that flag and measured again by the next trial that
   asks, up to MAX_ATTEMPTS times in all, keeping the better measurement: a busy moment on a shared machine no
