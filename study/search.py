@@ -290,15 +290,7 @@ def _init_ray(address: str | None, cpus_needed: float, side_cpus: float = 0.0) -
         # address="local": always a fresh, light local Ray, even when a `ray start` cluster runs on this machine
         cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed)) + math.ceil(side_cpus)
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=200 * 2**20,
-                 log_to_driver=False, configure_logging=False, runtime_env=_worker_env())
-
-
-def _worker_env() -> dict:
-    """Local Ray workers import a trial's code when they start (study.search_trial.warm_up_worker), which Ray
-    runs before it puts the driver's folder on their path: so that folder goes on PYTHONPATH here."""
-    root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    return {"worker_process_setup_hook": "study.search_trial.warm_up_worker", "env_vars": {"PYTHONPATH": path}}
+                 log_to_driver=False, configure_logging=False)
 
 
 def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,

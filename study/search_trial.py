@@ -21,19 +21,6 @@ from study.io import write_json_atomic
 from study.trial import TrialHooks, architecture_costs, run_trial
 
 
-def warm_up_worker() -> None:
-    """Ray's worker_process_setup_hook: import what a trial needs, and take one torch.optim step (its first
-    step in a process imports torch._dynamo, about 1.2-1.9 s on the 2-core CPU), when Ray starts the worker
-    rather than when a trial has been given it: local workers start while the driver trains the teacher."""
-    import torch
-
-    import study.trial  # noqa: F401  torch-pruning, thop, the data and model code
-    from study.train import make_optimizer
-
-    opt, _ = make_optimizer(torch.nn.Linear(1, 1), 0.0, 0.0, total=1, warm=1)
-    opt.step()
-
-
 def constraint_violations(costs: dict, constraints: dict) -> list[str]:
     out = []
     for key, bound in constraints.items():
