@@ -13,9 +13,11 @@ convolution of the subsampled input, ``conv2d(x[:, :, ::s, ::s], w)`` (the same 
 weights and state_dict), so oneDNN never takes the strided 1x1 path for it. The rule: every 1x1 Conv2d with stride
 > 1 and fewer than 16 input channels per group, on the CPU, in any layout and precision. 16 is the AVX-512 block
 of the upstream report (AVX2's is 8), so one rule covers both without reading the ISA. Measured with
-``python -m benchmarks.layout --guard`` (README): for those convolutions the rewrite is as fast as the strided
-kernel was (fp32 channels_last 1.14x faster than the NCHW fallback at width 0.25), while rewriting wider ones too
-cost 6-14 % in bf16 on an AMD EPYC Zen 4, so wider ones are left to oneDNN. Only the backward pass is affected
+``python -m benchmarks.layout --guard`` (README): students with such convolutions train with the rewrite within
+noise of the NCHW fallback on an AMD EPYC Zen 4 (bf16, and fp32 capped to AVX2), and faster on the Zen 3 of the
+report (pruned demo trial 5.4 s against 8.0 s in NCHW), while every wider model is 1.14-1.37x faster in
+channels_last than in NCHW; rewriting the wider convolutions too cost 6-14 % in bf16 on the Zen 4, so those are
+left to oneDNN. Only the backward pass is affected
 upstream; forward-only passes (evaluation, latency, export, the teacher-logit pass) never compute a weight
 gradient and run the model untouched.
 
