@@ -207,13 +207,33 @@ def _parse_param(name: str, spec: Any, path: str, earlier: dict[str, ParamSpec])
                      float(high) if kind == "float" else int(high), log, step, when=when)
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent  # the YAML spaces installed with the package
+
+
+def shipped_spaces() -> list[str]:
+    """Names of the spaces that ship with the package (`kdstudy run demo` finds search_spaces/demo.yaml)."""
+    return sorted(f.stem for f in SHIPPED_DIR.glob("*.yaml"))
+
+
+def resolve_space_path(path: str | Path) -> Path:
+    """`path` itself when it exists; else, for a bare name such as `demo` or `demo.yaml`, that shipped space."""
+    p = Path(path)
+    if p.exists() or p.parent != Path("."):
+        return p
+    shipped = SHIPPED_DIR / (p.name if p.suffix == ".yaml" else f"{p.name}.yaml")
+    return shipped if shipped.is_file() else p
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a space file; every mistake raises SpaceError naming the file, the key and the fix."""
+    """Read and validate a space file (a path, or the name of a shipped space); every mistake raises SpaceError
+    naming the file, the key and the fix."""
+    path = resolve_space_path(path)
     p = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise SpaceError(f"{p}: no such search space file; see search_spaces/ for examples.") from None
+        raise SpaceError(f"{p}: no such search space file; give a path, or one of the shipped spaces: "
+                         f"{', '.join(shipped_spaces())}.") from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
     if not isinstance(raw, dict):

@@ -1,1 +1,29 @@
-"""KD + pruning hyperparameter search engine."""
+"""kdstudy: knowledge-distillation + pruning search studies (Ray Tune + Optuna) with Pareto reports.
+
+The Python API, imported on first use (``import study`` stays light)::
+
+    from study import TrialConfig, load_space, run_trial, run_study
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_API = {
+    "TrialConfig": ("study.config", "TrialConfig"),
+    "make_config": ("study.config", "make_config"),
+    "load_space": ("search_spaces", "load_space"),
+    "run_trial": ("study.trial", "run_trial"),
+    "run_study": ("study.search", "run_study"),
+    "UserError": ("study.errors", "UserError"),
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        module, attr = _API[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'study' has no attribute {name!r}")

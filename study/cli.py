@@ -99,12 +99,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study", description=__doc__)
+def _docstring(module_file: str) -> str | None:
+    """A module's docstring without importing it (the help text must not wait for torch)."""
+    import ast
+
+    return ast.get_docstring(ast.parse((Path(__file__).parent / module_file).read_text()))
+
+
+def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
+    from study import __version__
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("--version", action="version", version=f"kdstudy {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("trial", help="run one trial (no Ray) and write config.yaml, metrics.json, model.pt")
-    t.add_argument("space", help="search space YAML (its trial: values are used; --set overrides)")
+    t.add_argument("space", help="search space YAML, or a shipped space's name such as demo (its trial: values "
+                   "are used; --set overrides)")
     t.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a trial setting (repeatable)")
     t.add_argument("--out", help="output folder (default out/trial-TIMESTAMP)")
     t.set_defaults(func=cmd_trial)
@@ -120,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     r = sub.add_parser("run", help="run a search study (Ray Tune + Optuna) into runs/NAME/")
-    r.add_argument("space")
+    r.add_argument("space", help="search space YAML, or a shipped space's name (demo, fashion_mnist, cifar10, ...)")
     r.add_argument("--name", help="run name (default: the space's name); an existing run is resumed")
     r.add_argument("--trials", type=int, help="number of trials (overrides search.trials)")
     r.add_argument("--concurrent", type=int, help="trials at once (overrides search.concurrent)")
@@ -133,10 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html at the end")
     r.set_defaults(func=cmd_run)
 
-    import study.reproduce as reproduce_mod
-
     rp = sub.add_parser("reproduce", help="rerun a Pareto trial with several seeds and export it",
-                        description=reproduce_mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                        description=_docstring("reproduce.py"), formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir")
     g = rp.add_mutually_exclusive_group(required=True)
     g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = best)")
@@ -149,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m study") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
     except UserError as exc:
@@ -159,3 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
+
+
+def console_main() -> int:
+    """The `kdstudy` command (pip install .): the same subcommands as `python -m study`."""
+    return main(prog="kdstudy")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search_spaces import COST_METRICS, SearchSpace, load_space
+from search_spaces import COST_METRICS, SearchSpace, load_space, resolve_space_path
 from study.crash import crash_reason
 from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
@@ -298,6 +298,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
               log=print) -> Path:
     """Run (or resume) a study; returns the run directory."""
+    space_file = str(resolve_space_path(space_file))  # a path, or a shipped space's name
     space = load_space(space_file)
     name = name or space.name
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():

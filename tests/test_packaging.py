@@ -1,0 +1,98 @@
+"""The package: its metadata agrees with requirements.txt, the wheel carries what `kdstudy` needs, --help is light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _runtime_requirements() -> list[str]:
+    lines = (REPO / "requirements.txt").read_text().split("# Tests and tooling")[0].splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def test_pyproject_dependencies_are_requirements_txt_runtime_block():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert meta["dependencies"] == _runtime_requirements()
+    assert meta["scripts"]["kdstudy"] == "study.cli:console_main"
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_packages_the_spaces_and_the_command(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"  # a copy of what a clone holds, so that the build writes nothing into the repository
+    for name in ("study", "search_spaces", "benchmarks", "reports", "tests"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "No module named" in r.stderr and "setuptools" in r.stderr:
+        pytest.skip("setuptools is not installed in this environment")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (wheel,) = tmp_path.glob("kdstudy-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("study/cli.py", "study/kernels.py", "search_spaces/__init__.py", "search_spaces/demo.yaml",
+                   "benchmarks/collect.py", "reports/__init__.py"):
+        assert needed in names, needed
+    assert not any(n.startswith(("tests/", "runs/", ".venv/")) for n in names)
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "kdstudy = study.cli:console_main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+def test_version_and_help_do_not_import_torch():
+    code = ("import sys\nfrom study.cli import main\n"
+            "for argv in (['--version'], ['--help'], ['reproduce', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "kdstudy 0." in r.stdout and "reproduce" in r.stdout and r.stdout.strip().endswith("torch not imported")
+
+
+def test_a_shipped_space_is_found_by_name(tmp_path, monkeypatch):
+    from search_spaces import load_space, resolve_space_path, shipped_spaces
+
+    monkeypatch.chdir(tmp_path)  # outside the clone: no search_spaces/ folder here
+    assert "demo" in shipped_spaces()
+    assert resolve_space_path("demo") == REPO / "search_spaces" / "demo.yaml"
+    assert load_space("demo.yaml").name == "demo"
+    (tmp_path / "demo.yaml").write_text("name: mine\n")
+    assert resolve_space_path("demo.yaml") == Path("demo.yaml")  # a file of the user's wins
+    from study.errors import SpaceError
+
+    with pytest.raises(SpaceError, match="shipped spaces: .*demo"):
+        load_space("no_such_space")
+
+
+def test_the_python_api_names():
+    import study
+
+    assert study.__version__.startswith("0.")
+    from study import TrialConfig, load_space, run_study, run_trial
+
+    assert callable(run_trial) and callable(run_study) and callable(load_space)
+    assert TrialConfig().student_arch
+    with pytest.raises(AttributeError):
+        study.no_such_name  # noqa: B018
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's Python example, as written, from a folder outside the clone (a real demo trial)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("From Python (names resolve on first use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    r = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "val_acc" in r.stdout and "nonzero_params" in r.stdout
+    assert (tmp_path / "out" / "api-trial" / "metrics.json").is_file()
