@@ -120,11 +120,20 @@ def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, 
 def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
               hooks: TrialHooks | None = None, cache_dir: Path | None = None) -> dict:
     """Run one trial and return its metrics (accuracies in percent). Writes config.yaml, metrics.json,
-    epochs.csv and model.pt to out_dir when given."""
-    hooks = hooks or TrialHooks()
-    t_start = time.time()
+    epochs.csv and model.pt to out_dir when given. Runs with cfg.threads torch threads (0: as it finds them)
+    and gives the caller its thread count back."""
+    before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _run_trial(cfg, out_dir, teacher_path, hooks or TrialHooks(), cache_dir)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None, hooks: TrialHooks,
+               cache_dir: Path | None) -> dict:
+    t_start = time.time()
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)  # missing data: fail before writing
     if out_dir is not None:

@@ -158,3 +158,17 @@ def test_per_epoch_validation_in_the_training_precision_agrees_with_fp32(trials)
     bf16 = evaluate(model, data.val_x, data.val_y, dtype="bf16", channels_last=True)
     assert model.training  # mode restored
     assert abs(bf16 - fp32) <= 100 * 3 / len(data.val_y)  # at most 3 validation images change
+
+
+def test_run_trial_gives_the_caller_its_thread_count_back(tmp_path):
+    from study.trial import run_trial
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = make_config({**TINY_TRIAL, "kd_loss": "ce", "epochs": 1, "finetune_epochs": 0, "threads": 1})
+        metrics = run_trial(cfg, cache_dir=tmp_path)
+        assert metrics["latency_threads"] == 1  # the trial ran with its own count
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
