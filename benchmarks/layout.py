@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    from study.device import resolve_device  # the trials' own rule for auto / cuda:N
     from study.errors import UserError
-    from study.trial import resolve_device  # the trials' own rule for auto / cuda:N
 
     try:
         device = resolve_device(args.device)

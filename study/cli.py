@@ -43,8 +43,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
+    from study.device import resolve_device
     from study.teacher import get_teacher
-    from study.trial import resolve_device
 
     _, cfg = _space_config(args.space, args.set)
     _, info = get_teacher(cfg, resolve_device(cfg.device))

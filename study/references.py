@@ -20,10 +20,11 @@ REFERENCES = ("teacher", "student_ce", "student_kd")
 def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
     """One reference point (kind in REFERENCES) for a study whose fixed trial settings are `trial`; writes
     out_dir/metrics.json (and model.pt) and returns the metrics."""
+    from study.device import resolve_device
     from study.measure import count_params
     from study.teacher import load_teacher
     from study.train import make_resident
-    from study.trial import measure_student, resolve_device, run_trial
+    from study.trial import measure_student, run_trial
 
     cfg = make_config(trial)
     if not gpu:

@@ -343,8 +343,8 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
               export: bool = True, log=_log) -> dict:
     """Rerun a Pareto trial of RUN_DIR with `seeds` seeds (see the module docstring), export it; returns the summary."""
     from study.data import load_dataset
+    from study.device import resolve_device
     from study.teacher import get_teacher, load_teacher
-    from study.trial import resolve_device
 
     run_dir = Path(run_dir).resolve()
     if seeds < 1:

@@ -248,9 +248,9 @@ class _TeacherJob:
 
 def _prepare_teacher(base, epochs: int, log) -> tuple[str, dict]:
     """(teacher checkpoint path, teacher info for study.json): trained or loaded, and its logit cache built."""
+    from study.device import resolve_device
     from study.reproduce import file_sha256
     from study.teacher import get_teacher
-    from study.trial import resolve_device
 
     _, info = get_teacher(base, resolve_device(base.device), log=log)
     path = info["path"]

@@ -33,8 +33,8 @@ def default_cache_dir() -> Path:
 
 
 def _resolved_precision(cfg: TrialConfig) -> str:
+    from study.device import resolve_device
     from study.train import resolve_precision
-    from study.trial import resolve_device
 
     try:
         return resolve_precision(cfg.teacher_precision, resolve_device(cfg.device))[0]

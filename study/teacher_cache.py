@@ -274,8 +274,8 @@ def ensure_teacher_cache(cfg: TrialConfig, teacher_path: Path | str, epochs: int
     Returns the manifest, with "path" (the .npy file). Does nothing but open it when it already exists.
     """
     from study.data import load_dataset
+    from study.device import resolve_device
     from study.train import make_resident
-    from study.trial import resolve_device
 
     dev = torch.device(device) if device is not None else resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)

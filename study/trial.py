@@ -20,7 +20,7 @@ from study import latency_cache
 from study.checkpoint import load_model, save_model
 from study.config import TrialConfig, save_config
 from study.data import load_dataset
-from study.errors import UserError
+from study.device import resolve_device
 from study.io import write_json_atomic, write_text_atomic
 from study.measure import count_macs, count_nonzero_params, count_params
 from study.models import build_model
@@ -48,15 +48,6 @@ class TrialHooks:
 
     def log(self, msg: str) -> None:
         print(msg, flush=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device '{name}' is not available on this machine; set device: auto or cpu.")
-    return dev
 
 
 def latency_device(cfg: TrialConfig) -> torch.device:

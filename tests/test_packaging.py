@@ -96,3 +96,36 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "val_acc" in r.stdout and "nonzero_params" in r.stdout
     assert (tmp_path / "out" / "api-trial" / "metrics.json").is_file()
+
+
+def test_no_import_cycles_between_our_modules():
+    """Every import, module-level or inside a function, between the four packages' modules: no cycle."""
+    import ast
+
+    mods = {}
+    for pkg in ("study", "search_spaces", "benchmarks", "reports"):
+        for f in (REPO / pkg).rglob("*.py"):
+            mods[".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[m].update(n for n in names if n in mods and n != m)
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, f"import cycle: {' -> '.join([*stack[stack.index(n):], n])}"
+            if n not in state:
+                visit(n, [*stack, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
