@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from study.dominance import non_dominated_mask
+
 DIRECTIONS = ("minimize", "maximize")
 GROWTH = 1.1  # non-accuracy ranges end 10 % beyond the largest observed value
 
@@ -47,15 +49,7 @@ def to_minimization(values: np.ndarray, directions: Sequence[str]) -> np.ndarray
 
 def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Boolean mask of the non-dominated rows of `values` (n points x m objectives); NaN rows are False."""
-    loss = to_minimization(values, directions)
-    finite = np.all(np.isfinite(loss), axis=1)
-    mask = np.zeros(len(loss), dtype=bool)
-    idx = np.flatnonzero(finite)
-    pts = loss[idx]
-    for k, p in enumerate(pts):
-        dominated = np.any(np.all(pts <= p, axis=1) & np.any(pts < p, axis=1))
-        mask[idx[k]] = not dominated
-    return mask
+    return non_dominated_mask(to_minimization(values, directions))
 
 
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from study.dominance import dominates
+
 try:  # the pure ranking functions below work (and are tested) without Ray
     from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 except ImportError:  # pragma: no cover
@@ -35,22 +37,21 @@ def non_dominated_fronts(points: np.ndarray) -> list[list[int]]:
     """Indices grouped into successive non-dominated fronts (all objectives minimised)."""
     n = len(points)
     dominated_by = [0] * n
-    dominates: list[list[int]] = [[] for _ in range(n)]
+    beats: list[list[int]] = [[] for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):
-            a, b = points[i], points[j]
-            if np.all(a <= b) and np.any(a < b):
-                dominates[i].append(j)
+            if dominates(points[i], points[j]):
+                beats[i].append(j)
                 dominated_by[j] += 1
-            elif np.all(b <= a) and np.any(b < a):
-                dominates[j].append(i)
+            elif dominates(points[j], points[i]):
+                beats[j].append(i)
                 dominated_by[i] += 1
     fronts, current = [], [i for i in range(n) if dominated_by[i] == 0]
     while current:
         fronts.append(current)
         nxt = []
         for i in current:
-            for j in dominates[i]:
+            for j in beats[i]:
                 dominated_by[j] -= 1
                 if dominated_by[j] == 0:
                     nxt.append(j)

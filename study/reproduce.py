@@ -42,9 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
+from study.dominance import non_dominated_mask
 from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
 from study.trial import TrialHooks
@@ -95,11 +97,6 @@ class FrontTrial:
                 lat if lat is not None else inf, self.number)
 
 
-def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
-    pairs = [(x * g, y * g) for x, y, g in zip(a, b, signs, strict=True)]  # larger is better after the sign
-    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
-
-
 def pareto_front(study, run_dir: Path) -> list[FrontTrial]:
     """Pareto-optimal trials among those that finished training, sorted by the rank rule (before any filter).
 
@@ -111,10 +108,12 @@ def pareto_front(study, run_dir: Path) -> list[FrontTrial]:
 
     finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if t.user_attrs.get("status", "complete") == "complete" and t.values is not None]
-    signs = [1 if d == StudyDirection.MAXIMIZE else -1 for d in study.directions]
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]  # to minimisation
+    loss = [[v * g for v, g in zip(t.values, signs, strict=True)] for t in finished]
+    on_front = non_dominated_mask(np.asarray(loss, dtype=float).reshape(len(finished), len(signs)))
     front = []
-    for t in finished:
-        if any(_dominates(o.values, t.values, signs) for o in finished if o is not t):
+    for t, keep in zip(finished, on_front, strict=True):
+        if not keep:
             continue
         metrics = dict(t.user_attrs.get("metrics") or {})
         path = run_dir / "trials" / str(t.number) / "metrics.json"

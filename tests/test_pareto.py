@@ -137,3 +137,14 @@ def test_hypervolume_series_is_running_front() -> None:
     for k in (0, 5, 24):
         assert series[k] == pytest.approx(pareto.normalized_hypervolume(values[: k + 1][~np.isnan(values[: k + 1,
                                                                                               0])], norm))
+
+
+def test_one_dominance_rule():
+    """study.dominance is the rule every front uses (benchmarks.pareto, MO-ASHA, reproduce's ranking)."""
+    from study.dominance import dominates, non_dominated_mask
+
+    assert dominates([1, 2], [1, 3]) and not dominates([1, 3], [1, 2])
+    assert not dominates([1, 2], [1, 2])  # identical points never dominate each other
+    assert not dominates([np.nan, 0], [1, 1]) and not dominates([2, 0], [1, 1])
+    mask = non_dominated_mask(np.array([[1, 2], [1, 2], [2, 1], [2, 2], [np.nan, 0]]))
+    assert mask.tolist() == [True, True, True, False, False]
