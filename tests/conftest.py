@@ -19,6 +19,17 @@ TINY_TRIAL = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (small models time and run best so); the count before comes back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def teacher_cache(tmp_path_factory) -> Path:
     """Teachers trained by tests go to one session folder, never into the user's cache."""

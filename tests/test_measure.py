@@ -17,14 +17,7 @@ from study.measure import (
 from study.models import build_model
 from study.pruning import prune_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in this module's tests (small models time and run best so), restored after each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, restored after
 
 
 def _model(name="resnet20", width=0.5, in_channels=3):

@@ -5,14 +5,7 @@ from study.errors import UserError
 from study.measure import count_params
 from study.models import MODELS, build_model, model_names
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread in this module's tests (small models time and run best so), restored after each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, restored after
 
 # Full width on 32x32 is cheap for all but the largest; they still run at reduced width below.
 LARGE = {"resnet110", "resnet32x4", "resnet18", "resnet34", "wrn_40_2"}
