@@ -49,10 +49,12 @@ def capture_stderr(trial_dir: Path) -> Iterator[Path]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(fd)
+        faulthandler.disable()
         if was_enabled:
-            faulthandler.enable(file=sys.stderr, all_threads=True)
-        else:
-            faulthandler.disable()
+            try:
+                faulthandler.enable(file=sys.stderr, all_threads=True)
+            except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor (captured)
+                pass
 
 
 def last_attempt(trial_dir: Path, max_bytes: int = 64_000) -> list[str] | None:
