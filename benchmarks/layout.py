@@ -12,6 +12,7 @@ is faster), and which setting `precision: auto` picks on this device.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -26,6 +27,20 @@ def setting_name(dtype: str, channels_last: bool) -> str:
     return f"{dtype}-{'NHWC' if channels_last else 'NCHW'}"
 
 
+def _student(arch: str, width: float, shape: tuple, prune: float, device):
+    """A fresh benchmark student on `device`, l1_structured-pruned by `prune` (channel fraction) when > 0."""
+    import torch
+
+    from study.models import build_model
+
+    model = build_model(arch, 10, shape[0], width).to(device)
+    if prune:
+        from study.pruning import prune_model
+
+        prune_model(model, "l1_structured", prune, torch.randn(1, *shape, device=device))
+    return model
+
+
 def step_fn(arch: str, width: float, shape: tuple, dtype: str, channels_last: bool, device, guard: bool = True,
             prune: float = 0.0):
     """A closure running one training step of a fresh student in this setting (guard=False: without the
@@ -34,25 +49,20 @@ def step_fn(arch: str, width: float, shape: tuple, dtype: str, channels_last: bo
 
     from study.kernels import ConvKernelGuard
     from study.losses import kd_loss
-    from study.models import build_model
     from study.train import autocast, make_optimizer
 
     torch.manual_seed(0)
-    model = build_model(arch, 10, shape[0], width).to(device)
-    if prune:
-        from study.pruning import prune_model
-
-        prune_model(model, "l1_structured", prune, torch.randn(1, *shape, device=device))
+    model = _student(arch, width, shape, prune, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt, _ = make_optimizer(model, 0.05, 5e-4, total=1, warm=1)
-    guard = ConvKernelGuard(model, device if guard else "meta")  # as train_phase: oneDNN #6035
+    rewrite = ConvKernelGuard(model, device) if guard else contextlib.nullcontext()  # as train_phase: oneDNN #6035
     x = torch.randn(128, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (128,), device=device)
     t = torch.randn(128, 10, device=device)
 
     def step() -> None:
-        with guard, autocast(dtype, device):
+        with rewrite, autocast(dtype, device):
             out = model(x)
         loss, _, _ = kd_loss(out, t, y, 4.0, 0.5, 0.0, kind="kd", dkd_beta=8.0)
         opt.zero_grad(set_to_none=True)
@@ -107,17 +117,9 @@ GUARD_MODELS = (("resnet8", 1.0, (1, 8, 8), 0.0), ("resnet8", 0.25, (1, 8, 8), 0
 def _unguarded_is_safe(arch: str, width: float, shape: tuple, prune: float) -> bool:
     """Whether the model's strided 1x1 convs all have >= 16 input channels: outside the known-bad case of
     oneDNN #6035 on AVX2 and AVX-512, so it may be timed without the guard."""
-    import torch
-
     from study.kernels import needs_unit_stride_rewrite
-    from study.models import build_model
 
-    model = build_model(arch, 10, shape[0], width)
-    if prune:
-        from study.pruning import prune_model
-
-        prune_model(model, "l1_structured", prune, torch.randn(1, *shape))
-    return not any(needs_unit_stride_rewrite(m) for m in model.modules())
+    return not any(needs_unit_stride_rewrite(m) for m in _student(arch, width, shape, prune, "cpu").modules())
 
 
 def guard_cost(device, rounds: int = 3, steps: int = 20, models=GUARD_MODELS, precision: str = "auto",

@@ -28,9 +28,6 @@ crashes under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -95,12 +92,4 @@ class ConvKernelGuard:
         self._active.clear()
 
 
-@contextlib.contextmanager
-def safe_conv_kernels(model: nn.Module, device: torch.device | str) -> Iterator[int]:
-    """`with safe_conv_kernels(model, device) as n:` one-off form of ConvKernelGuard; n convolutions rewritten."""
-    guard = ConvKernelGuard(model, device)
-    with guard:
-        yield len(guard.convs)
-
-
-__all__ = ["ConvKernelGuard", "needs_unit_stride_rewrite", "safe_conv_kernels"]
+__all__ = ["ConvKernelGuard", "needs_unit_stride_rewrite"]
