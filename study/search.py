@@ -80,7 +80,7 @@ class KDOptunaSearch(OptunaSearch):
             number = int(result["trial_number"])
         else:
             return
-        if getattr(self, "_kd_storage", None) is None:  # opened once per driver (pickles as its URL)
+        if self._kd_storage is None:  # opened once per driver (pickles as its URL)
             self._kd_storage = optuna.storages.RDBStorage(self._storage_url)
         storage = self._kd_storage
         study = optuna.load_study(study_name=self._study_name, storage=storage)
