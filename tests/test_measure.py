@@ -209,26 +209,37 @@ def test_latency_drops_repeats_whose_thread_was_descheduled(monkeypatch):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux CPU affinity")
 def test_latency_sees_a_process_that_shares_its_core():
-    """Real interference: a busy process pinned to the measuring thread's core takes turns with it, so some timed
-    repeats are descheduled; they are counted (clean_fraction < 1) and left out of the median."""
+    """Real interference: busy processes take turns with the measuring thread on its core, so some timed repeats are
+    descheduled; they are counted (clean_fraction < 1) and left out of the median.
+
+    One more spinning process than there are usable cores, each asked onto the measuring core: the core is shared
+    whether or not the sandbox enforces affinity (a CI run once had one pinned hog and saw no interference at all)."""
     import subprocess
     import sys
 
-    core = sorted(os.sched_getaffinity(0))[0]
     before = os.sched_getaffinity(0)
-    hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\n"
-                            "print('ready', flush=True)\nwhile True: pass"], stdout=subprocess.PIPE, text=True)
+    core = sorted(before)[0]
+    hogs = [subprocess.Popen([sys.executable, "-c", "import os\ntry:\n"
+                              f"    os.sched_setaffinity(0, {{{core}}})\nexcept OSError:\n    pass\n"
+                              "print('ready', flush=True)\nwhile True: pass"], stdout=subprocess.PIPE, text=True)
+            for _ in range(len(before) + 1)]
+    results = []
     try:
-        assert hog.stdout.readline().strip() == "ready"  # spinning on that core from here on
+        for hog in hogs:
+            assert hog.stdout.readline().strip() == "ready"  # spinning from here on
         os.sched_setaffinity(0, {core})
         m = build_model("resnet8", 10, 1, 1.0).eval()
         measure_latency(m, (1, 8, 8), threads=1, warmup=20, repeats=1)
-        r = measure_latency(m, (1, 8, 8), threads=1, warmup=5, repeats=300)
+        for _ in range(3):  # each try is ~0.3 s; the scheduler switches tasks every few ms
+            results.append(measure_latency(m, (1, 8, 8), threads=1, warmup=5, repeats=500))
+            if results[-1]["clean_fraction"] < 1.0:
+                break
     finally:
         os.sched_setaffinity(0, before)
-        hog.kill()
-        hog.wait()
-    assert r["clean_fraction"] < 1.0, r
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert results[-1]["clean_fraction"] < 1.0, results
 
 
 def test_latency_cache_measures_interfered_entries_again(tmp_path):
