@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20, help="timed batch-1 forward passes per round (default 20)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for timing (default: the study's trial setting, as the search timed them)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default=None,
+                   help="runtime to re-measure on (default: the study's latency_backend); onnxruntime times each "
+                        "trial's model.onnx / model_int8.onnx, exporting model.pt where a trial has none")
     p.add_argument("--throughput-batch", type=int, default=256, help="batch size of the throughput measure")
     args = p.parse_args(argv)
     if min(args.rounds, args.repeats, args.throughput_batch, args.threads or 1) < 1:
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = run_benchmarks(
-            args.run_dir, remeasure=not args.no_remeasure,
+            args.run_dir, remeasure=not args.no_remeasure, backend=args.backend,
             remeasure_kwargs={"rounds": args.rounds, "repeats": args.repeats, "throughput_batch": args.throughput_batch,
                               **({"threads": args.threads} if args.threads else {})},
         )
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hypervolume {summary['hypervolume']:.4f} (normalised, reference point (1,...,1); raw reference {ref})")
     rm = summary.get("remeasure")
     if rm and rm["models"]:
-        print(f"latency re-measured on {rm['device']} with {rm['threads']} threads, batch sizes {rm['batch_sizes']}")
+        print(f"latency re-measured with {rm.get('backend', 'torch')} on {rm['device']} with {rm['threads']} threads, "
+              f"batch sizes {rm['batch_sizes']}")
     elif rm:
         print("latency: no checkpoint of a front trial or reference could be loaded; nothing re-measured")
     front = front_table(df, objectives_of({"objectives": objectives}))

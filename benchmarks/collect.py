@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -356,9 +357,18 @@ def timed_threads(df: pd.DataFrame, meta: dict) -> int | None:
     return study_latency_threads(meta)
 
 
+def study_backend(meta: dict) -> str:
+    """The runtime the search timed latency on (the trials' latency_backend; torch for studies before it)."""
+    return (meta.get("base_config") or {}).get("latency_backend") or "torch"
+
+
 def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = print,
-                   remeasure_kwargs: dict | None = None) -> dict:
-    """Write RUN_DIR/results.csv, pareto.csv and benchmark.json; returns the benchmark summary."""
+                   remeasure_kwargs: dict | None = None, backend: str | None = None) -> dict:
+    """Write RUN_DIR/results.csv, pareto.csv and benchmark.json; returns the benchmark summary.
+
+    backend (torch | onnxruntime; default the study's latency_backend): the runtime of the re-measurement. With
+    onnxruntime each model's deployed ONNX file is timed (model_int8.onnx, else model.onnx; a trial timed with
+    torch is exported from its model.pt first)."""
     import optuna
 
     run_dir = Path(run_dir)
@@ -389,7 +399,18 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
         kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
         if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
             log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
-        results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
+        backend = backend or study_backend(meta)
+        with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
+            if backend == "onnxruntime":
+                from study import onnx_backend
+
+                kwargs.update(load_model=lambda p: onnx_backend.open_for_remeasure(Path(p), Path(tmp)),
+                              measure_latency=onnx_backend.remeasure_latency,
+                              measure_throughput=onnx_backend.remeasure_throughput)
+            elif backend != "torch":
+                raise UserError(f"backend must be torch or onnxruntime (got '{backend}').")
+            results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
+        info["backend"] = backend
         for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
             df[col] = np.nan
         for key, res in results.items():

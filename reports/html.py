@@ -28,7 +28,8 @@ from study.io import write_text_atomic
 
 ACC = "val_acc"
 COSTS = (("params", "parameters (count, dense)"), ("nonzero_params", "non-zero parameters (count)"),
-         ("macs", "MACs per image"), ("latency_ms_bs1", "latency, batch 1 (ms, as measured in the trial)"))
+         ("macs", "MACs per image"),
+         ("latency_ms_bs1", "latency, batch 1 (ms, as measured in the trial, on its latency_backend)"))
 SYMBOLS = {"unpruned": "circle", "structured": "square", "unstructured": "diamond", "unknown": "circle-open"}
 KIND_COLORS = {"unpruned": "#1f77b4", "structured": "#2ca02c", "unstructured": "#ff7f0e", "unknown": "#7f7f7f"}
 PLOTTED_STATES = ("COMPLETE", "INFEASIBLE")  # fully trained models; early-stopped ones have partial metrics
@@ -268,9 +269,20 @@ def figure_html(fig: go.Figure, div_id: str) -> str:
 
 # -------------------------------------------------------------------------------------------------------- tables
 
+def backend_cols(df: pd.DataFrame) -> list[str]:
+    """Per-runtime columns, shown where ONNX Runtime timed some models (latency_ms_bs1 is then the backend's):
+    which backend, both latencies, and the fp32 accuracy beside an int8 model's."""
+    if "latency_ms_bs1_onnxruntime" not in df.columns or not df["latency_ms_bs1_onnxruntime"].notna().any():
+        return []
+    cols = ["latency_backend_used", "latency_ms_bs1_torch", "latency_ms_bs1_onnxruntime"]
+    if "quantize" in df.columns and (df["quantize"].astype(str) == "int8").any():
+        cols += ["val_acc_fp32"]
+    return [c for c in cols if c in df.columns]
+
+
 def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label: str) -> str:
     names = [o["name"] for o in objectives]
-    extra = [c for c in ("params", "nonzero_params", "macs", "latency_ms_bs1", LATENCY_RE,
+    extra = [c for c in ("params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(front), LATENCY_RE,
                          "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured", "test_acc")
              if c in front.columns and c not in names]
     params = _param_cols(front)
@@ -287,8 +299,9 @@ def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label:
 
 def references_table(df: pd.DataFrame) -> str:
     refs = df[df["state"] == "REFERENCE"]
-    cols = [c for c in (ACC, "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", LATENCY_RE,
-                        "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured") if c in refs.columns]
+    cols = [c for c in (ACC, "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(refs),
+                        LATENCY_RE, "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured")
+            if c in refs.columns]
     rows = [[r["reference"], *(r[c] for c in cols)] for _, r in refs.iterrows()]
     return html_table(rows, ["reference", *cols], "table-references")
 

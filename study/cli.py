@@ -37,8 +37,12 @@ def cmd_trial(args: argparse.Namespace) -> int:
     m = run_trial(cfg, out_dir=out, hooks=Hooks())
     print(f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%  params {m['params']:,} "
           f"(nonzero {m['nonzero_params']:,})  MACs {m['macs']:,}  latency {m['latency_ms_bs1']:.3f} ms "
-          f"(bs1, {m['latency_threads']} threads)  wall {m['wall_s']:.1f}s")
-    print(f"wrote {out}/config.yaml, {out}/metrics.json, {out}/model.pt")
+          f"(bs1, {m['latency_threads']} threads, {m['latency_backend_used']})  wall {m['wall_s']:.1f}s")
+    if m.get("latency_backend_used") != "torch":
+        print(f"PyTorch eager latency {m['latency_ms_bs1_torch']:.3f} ms; fp32 val_acc {m['val_acc_fp32']:.2f}%")
+    files = ["config.yaml", "metrics.json", "model.pt"] + [f for f in ("model.onnx", "model_int8.onnx")
+                                                           if (out / f).exists()]
+    print("wrote " + ", ".join(f"{out}/{f}" for f in files))
     return 0
 
 

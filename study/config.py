@@ -65,6 +65,13 @@ class TrialConfig:
     eval_batch_size: int = 1024  # batch size for validation/test evaluation
     latency_repeats: int = 30  # timed runs for batch-1 latency (median and IQR reported)
     throughput_batch: int = 256  # batch size for the throughput measurement
+    # runtime that latency_ms_bs1 / throughput_ips are measured on: torch (eager) or onnxruntime (the final model
+    # exported to ONNX, checked against PyTorch, timed by ONNX Runtime's CPU execution provider: study/onnx_backend.py)
+    latency_backend: str = "torch"
+    # int8: post-training static quantization in ONNX Runtime after fine-tuning (needs latency_backend onnxruntime);
+    # val_acc, test_acc, size_bytes and latency are then the quantized model's (fp32 values kept beside them)
+    quantize: str = "none"
+    calibration_images: int = 256  # int8 calibration: a seeded sample of this many training images
 
     @property
     def val_split_seed(self) -> int:
@@ -168,6 +175,16 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
         raise bad("threads must be >= 0, latency_repeats, throughput_batch and round_to >= 1.")
     if cfg.latency_device not in ("cpu", "trial"):
         raise bad(f"latency_device must be cpu or trial (got '{cfg.latency_device}').")
+    if cfg.latency_backend not in ("torch", "onnxruntime"):
+        raise bad(f"latency_backend must be torch or onnxruntime (got '{cfg.latency_backend}').")
+    if cfg.quantize not in ("none", "int8"):
+        raise bad(f"quantize must be none or int8 (got '{cfg.quantize}').")
+    if cfg.quantize == "int8" and cfg.latency_backend != "onnxruntime":
+        raise bad("quantize: int8 makes a model that only ONNX Runtime runs; set latency_backend: onnxruntime.")
+    if cfg.latency_backend == "onnxruntime" and cfg.latency_device != "cpu":
+        raise bad("latency_backend onnxruntime measures on the CPU execution provider; set latency_device: cpu.")
+    if cfg.calibration_images < 1:
+        raise bad(f"calibration_images must be >= 1 (got {cfg.calibration_images}).")
     if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         raise bad(f"device must be auto, cpu, cuda or cuda:N (got '{cfg.device}').")
     from study.data import DATASETS

@@ -37,6 +37,27 @@ def write_atomic(path: Path | str, write: Callable[[IO], None], mode: str = "w",
         _fsync_dir(path.parent)
 
 
+def write_path_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
+    """Atomic write for writers that take a file name (torch.export.save, torch.onnx.export, ONNX Runtime's
+    quantizer): `write(tmp)` fills a temp file beside `path` with the same suffix (torch.export.save warns
+    unless the name ends in .pt2), which is synced and renamed into place; on any error nothing is left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.tmp.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

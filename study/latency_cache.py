@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,13 +47,18 @@ def cpu_name() -> str:
 
 
 def architecture_key(model: nn.Module, input_shape: tuple, device: torch.device, threads: int | None,
-                     kind: str, batch_size: int, repeats: int) -> str:
+                     kind: str, batch_size: int, repeats: int, backend: str = "torch") -> str:
     shapes = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     # the kernels torch and oneDNN may use here: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA change the timings
     isa = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    runtime = [backend, torch.__version__]
+    if backend != "torch":  # onnxruntime (fp32) or onnxruntime-int8: its version decides the kernels
+        from study.onnx_backend import ort_version
+
+        runtime.append(ort_version())
     payload = json.dumps([CACHE_VERSION, type(model).__name__, shapes, list(input_shape), device.type, dev, isa,
-                          threads or torch.get_num_threads(), kind, batch_size, repeats, torch.__version__])
+                          threads or torch.get_num_threads(), kind, batch_size, repeats, runtime])
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -95,19 +101,52 @@ def _cached(cache_dir: Path, key: str, measure) -> dict:
         return {**result, "cached": False}
 
 
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
+
+
+def _measure(backend: str, model: nn.Module, input_shape: tuple, threads: int | None, kind: str, amount: int,
+             onnx_file: Callable[[], Path] | None) -> Callable[[], dict]:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        if kind == "latency":
+            return lambda: measure_latency(model, input_shape, batch_size=1, threads=threads, repeats=amount)
+        return lambda: measure_throughput(model, input_shape, batch_size=amount, threads=threads)
+    if onnx_file is None:
+        raise ValueError(f"backend {backend} needs onnx_file")
+
+    def run() -> dict:
+        from study import onnx_backend
+
+        sess = onnx_backend.session(onnx_file(), threads)
+        if kind == "latency":
+            return {**onnx_backend.measure_latency(sess, input_shape, batch_size=1, repeats=amount), "backend": backend}
+        return onnx_backend.measure_throughput(sess, input_shape, batch_size=amount)
+    return run
+
+
 def latency(model: nn.Module, input_shape: tuple, *, device: torch.device, threads: int | None, repeats: int,
-            cache_dir: Path) -> dict:
-    """Batch-1 latency (median_ms, iqr_ms, threads, device) of `model` on `device`, measured once per architecture."""
-    model = model.to(device)
-    key = architecture_key(model, input_shape, device, threads, "latency", 1, repeats)
-    return _cached(cache_dir, key, lambda: measure_latency(model, input_shape, batch_size=1, threads=threads,
-                                                           repeats=repeats))
+            cache_dir: Path, backend: str = "torch", onnx_file: Callable[[], Path] | None = None) -> dict:
+    """Batch-1 latency (median_ms, iqr_ms, threads, device) of `model`, measured once per architecture.
+
+    backend torch: eager PyTorch on `device`. onnxruntime / onnxruntime-int8: ONNX Runtime's CPU execution
+    provider on the file `onnx_file()` returns (called only on a cache miss; the fp32 or int8 export of `model`,
+    whose shapes make the key)."""
+    if backend == "torch":
+        model = model.to(device)
+    else:
+        device = torch.device("cpu")
+    key = architecture_key(model, input_shape, device, threads, "latency", 1, repeats, backend)
+    return _cached(cache_dir, key, _measure(backend, model, input_shape, threads, "latency", repeats, onnx_file))
 
 
 def throughput(model: nn.Module, input_shape: tuple, *, device: torch.device, threads: int | None, batch_size: int,
-               cache_dir: Path) -> dict:
-    """Images/s at `batch_size` on `device`, measured once per architecture."""
-    model = model.to(device)
-    key = architecture_key(model, input_shape, device, threads, "throughput", batch_size, 5)
-    return _cached(cache_dir, key, lambda: measure_throughput(model, input_shape, batch_size=batch_size,
-                                                              threads=threads))
+               cache_dir: Path, backend: str = "torch", onnx_file: Callable[[], Path] | None = None) -> dict:
+    """Images/s at `batch_size`, measured once per architecture (backends as for `latency`)."""
+    if backend == "torch":
+        model = model.to(device)
+    else:
+        device = torch.device("cpu")
+    key = architecture_key(model, input_shape, device, threads, "throughput", batch_size, 5, backend)
+    return _cached(cache_dir, key, _measure(backend, model, input_shape, threads, "throughput", batch_size,
+                                            onnx_file))

@@ -9,7 +9,7 @@ import contextlib
 import copy
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,23 +78,30 @@ def _example(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) ->
     return torch.randn((batch_size, *tuple(input_shape)[-3:]), device=device, dtype=dtype)
 
 
-def _timed_runs(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
-    """(wall-clock seconds, this thread's CPU seconds) of `repeats` forward passes after `warmup` untimed ones."""
-    cuda = x.device.type == "cuda"
+def time_calls(run: Callable[[], object], warmup: int, repeats: int,
+               sync: Callable[[], None] | None = None) -> tuple[list[float], list[float]]:
+    """(wall-clock seconds, this thread's CPU seconds) of `repeats` calls of `run` after `warmup` untimed ones.
+    `sync` (e.g. torch.cuda.synchronize) runs before and after every timed call. Any runtime: torch, ONNX Runtime."""
     times, cpu = [], []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(repeats):
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            model(x)
-            if cuda:
-                torch.cuda.synchronize(x.device)
-            times.append(time.perf_counter() - start)
-            cpu.append(time.thread_time() - start_cpu)
+    for _ in range(warmup):
+        run()
+    for _ in range(repeats):
+        if sync is not None:
+            sync()
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        run()
+        if sync is not None:
+            sync()
+        times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
     return times, cpu
+
+
+def _timed_runs(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+    """time_calls of model(x) under inference_mode, synchronised on CUDA."""
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else None
+    with torch.inference_mode():
+        return time_calls(lambda: model(x), warmup, repeats, sync)
 
 
 # A CPU forward pass whose thread got less than this share of the wall-clock time was descheduled: another
@@ -102,6 +109,21 @@ def _timed_runs(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) ->
 RUNNABLE_SHARE = 0.8
 # A measurement with fewer clean repeats than this is flagged `interfered` (latency_cache measures it again).
 MIN_CLEAN_FRACTION = 0.5
+
+
+def latency_summary(wall: list[float], cpu: list[float] | None) -> dict:
+    """Median and IQR in ms of timed calls, dropping the repeats whose thread was descheduled (see measure_latency);
+    cpu None (a GPU, whose time is not the thread's) keeps every repeat."""
+    wall_ms = np.asarray(wall) * 1e3
+    clean = np.ones(len(wall_ms), dtype=bool)
+    if cpu is not None:
+        clean = np.asarray(cpu) >= RUNNABLE_SHARE * np.asarray(wall)
+    fraction = float(clean.mean())
+    interfered = fraction < MIN_CLEAN_FRACTION
+    kept = wall_ms if interfered else wall_ms[clean]
+    p25, p50, p75 = np.percentile(kept, [25, 50, 75])
+    return {"median_ms": float(p50), "iqr_ms": float(p75 - p25), "repeats": int(len(wall_ms)),
+            "clean_fraction": round(fraction, 3), "interfered": bool(interfered)}
 
 
 def measure_latency(
@@ -124,24 +146,9 @@ def measure_latency(
     x = _example(model, input_shape, batch_size)
     with _eval_mode(model), _threads(threads) as used:
         wall, cpu = _timed_runs(model, x, warmup, repeats)
-    wall_ms = np.asarray(wall) * 1e3
-    clean = np.ones(len(wall_ms), dtype=bool)
-    if x.device.type == "cpu":
-        clean = np.asarray(cpu) >= RUNNABLE_SHARE * np.asarray(wall)
-    fraction = float(clean.mean())
-    interfered = fraction < MIN_CLEAN_FRACTION
-    kept = wall_ms if interfered else wall_ms[clean]
-    p25, p50, p75 = np.percentile(kept, [25, 50, 75])
-    return {
-        "median_ms": float(p50),
-        "iqr_ms": float(p75 - p25),
-        "threads": used,
-        "batch_size": batch_size,
-        "device": str(x.device),
-        "repeats": int(len(wall_ms)),
-        "clean_fraction": round(fraction, 3),
-        "interfered": bool(interfered),
-    }
+    summary = latency_summary(wall, cpu if x.device.type == "cpu" else None)
+    return {"median_ms": summary.pop("median_ms"), "iqr_ms": summary.pop("iqr_ms"), "threads": used,
+            "batch_size": batch_size, "device": str(x.device), **summary}
 
 
 def measure_throughput(

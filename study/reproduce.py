@@ -58,7 +58,8 @@ SEEDS_VARY = ("seed = config seed + i: varies the student init, augmentation and
               "train/val split, teacher and test split fixed")
 REPO = Path(__file__).resolve().parents[1]
 PER_SEED_KEYS = ("test_acc", "val_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_threads",
-                 "latency_device_used", "wall_s")
+                 "latency_device_used", "latency_backend_used", "latency_ms_bs1_torch", "latency_ms_bs1_onnxruntime",
+                 "val_acc_fp32", "test_acc_fp32", "wall_s")
 
 
 def _log(msg: str) -> None:
@@ -419,6 +420,8 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
 
     test_mean, test_std = mean_std([r["test_acc"] for r in per_seed])
     val_mean, val_std = mean_std([r["val_acc"] for r in per_seed])
+    fp32 = [r["test_acc_fp32"] for r in per_seed if r.get("test_acc_fp32") is not None]
+    fp32_mean, fp32_std = mean_std(fp32) if fp32 else (None, None)  # = test_acc unless the trials quantize
     first = per_seed[0]
     same_seed_diff = (first["val_acc"] - search["val_acc"]
                       if search.get("val_acc") is not None and run_epochs == cfg.epochs else None)
@@ -433,6 +436,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
         "front": [t.number for t in front],
         "seeds": seed_list, "n_seeds": len(seed_list), "seeds_vary": SEEDS_VARY, "per_seed": per_seed,
         "test_acc_mean": test_mean, "test_acc_std": test_std, "val_acc_mean": val_mean, "val_acc_std": val_std,
+        "test_acc_fp32_mean": fp32_mean, "test_acc_fp32_std": fp32_std,
         "std": "sample std (n-1)" if len(per_seed) > 1 else "n=1: no spread (std 0)",
         "test_acc_search": search.get("test_acc"), "val_acc_search": search.get("val_acc"),
         "diff_test_acc": test_mean - search["test_acc"] if search.get("test_acc") is not None else None,
@@ -441,6 +445,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
         "params": first["params"], "nonzero_params": first["nonzero_params"], "macs": first["macs"],
         "latency_ms_bs1": statistics.median(r["latency_ms_bs1"] for r in per_seed),
         "latency_threads": first["latency_threads"], "latency_device_used": first.get("latency_device_used"),
+        "latency_backend_used": first.get("latency_backend_used") or "torch",
         "search": {k: search.get(k) for k in ("val_acc", "test_acc", "params", "nonzero_params", "macs",
                                               "latency_ms_bs1", "latency_threads")},
         "epochs": run_epochs, "epochs_search": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,
@@ -490,7 +495,9 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
     export_dir = out / "export"
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # built aside, swapped in whole: never a mix of runs
     try:
-        info = export_model(model, work, meta=meta, example_images=ds.test_x[:16])
+        int8 = seed_dir / "model_int8.onnx"
+        info = export_model(model, work, meta=meta, example_images=ds.test_x[:16],
+                            int8_file=int8 if int8.is_file() else None, threads=base.threads or None)
         info["seed"] = seed
         info["dir"] = str(export_dir)
         write_text_atomic(work / "model_card.md", model_card(summary, meta, base.to_dict(), seed, metrics, info))

@@ -77,10 +77,39 @@ def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[in
     out = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
            "macs": count_macs(model, input_shape)}
     if latency:
-        lat = latency_cache.latency(model, input_shape, device=latency_device(cfg), threads=cfg.threads or None,
-                                    repeats=cfg.latency_repeats, cache_dir=cache_dir or default_cache_dir())
-        out["latency_ms_bs1"] = lat["median_ms"]
+        out["latency_ms_bs1"] = _architecture_latency(model, cfg, input_shape, cache_dir or default_cache_dir())
     return out
+
+
+def _architecture_latency(model: nn.Module, cfg: TrialConfig, input_shape: tuple[int, int, int],
+                          cache_dir: Path) -> float:
+    """Batch-1 latency on the study's backend of an untrained model (the cache key is its architecture). For
+    ONNX Runtime it is exported (and int8-quantized, calibrated on seeded noise: the scales do not change the
+    graph that is timed) only when the cache has no measurement of this architecture yet."""
+    threads = cfg.threads or None
+    if cfg.latency_backend == "torch":
+        return latency_cache.latency(model, input_shape, device=latency_device(cfg), threads=threads,
+                                     repeats=cfg.latency_repeats, cache_dir=cache_dir)["median_ms"]
+    from study import onnx_backend
+
+    with tempfile.TemporaryDirectory(prefix="kdstudy-onnx-") as tmp:
+        def onnx_file() -> Path:
+            fp32 = Path(tmp) / "model.onnx"
+            onnx_backend.export_onnx(model, input_shape, fp32)
+            if cfg.quantize != "int8":
+                return fp32
+            noise = torch.randn(32, *input_shape, generator=torch.Generator().manual_seed(cfg.seed))
+            onnx_backend.quantize_int8(fp32, Path(tmp) / "model_int8.onnx", noise)
+            return Path(tmp) / "model_int8.onnx"
+
+        return latency_cache.latency(model, input_shape, device=torch.device("cpu"), threads=threads,
+                                     repeats=cfg.latency_repeats, cache_dir=cache_dir,
+                                     backend=ort_backend_name(cfg), onnx_file=onnx_file)["median_ms"]
+
+
+def ort_backend_name(cfg: TrialConfig) -> str:
+    """The latency cache's name for the ONNX Runtime model a trial deploys: onnxruntime or onnxruntime-int8."""
+    return "onnxruntime-int8" if cfg.quantize == "int8" else "onnxruntime"
 
 
 def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, epochs: int,
@@ -130,7 +159,8 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("metrics.json", "model.pt", "epochs.csv"):  # never mix this run's files with an older run's
+        # never mix this run's files with an older run's
+        for stale in ("metrics.json", "model.pt", "epochs.csv", "model.onnx", "model_int8.onnx"):
             (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
@@ -216,32 +246,49 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
 
 def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, teacher_info: dict,
                     prune_info: dict, out_dir: Path | None, cache_dir: Path | None = None) -> dict:
-    """Accuracy (val: the search objective; test: reported only), size, MACs, latency and throughput."""
+    """Accuracy (val: the search objective; test: reported only), size, MACs, latency and throughput.
+
+    With latency_backend onnxruntime the model is also exported to ONNX (model.onnx, and model_int8.onnx when
+    quantize is int8) and latency_ms_bs1 / throughput_ips are ONNX Runtime's; the eager PyTorch numbers stay in
+    latency_ms_bs1_torch / throughput_ips_torch. A quantized trial's val_acc / test_acc are the int8 model's in
+    ONNX Runtime, with the fp32 model's in val_acc_fp32 / test_acc_fp32."""
+    with tempfile.TemporaryDirectory(prefix="kdstudy-measure-") as tmp:
+        return _measure_student(student, data, cfg, teacher_info, prune_info,
+                                Path(out_dir) if out_dir is not None else Path(tmp), cache_dir or default_cache_dir())
+
+
+def _measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, teacher_info: dict,
+                     prune_info: dict, folder: Path, cache: Path) -> dict:
     shape = data.input_shape
     params, nonzero = count_params(student), count_nonzero_params(student)
     meta = model_meta(cfg.student_arch, data.num_classes, shape, cfg.width_mult, prune=prune_info)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = (out_dir if out_dir is not None else Path(tmp)) / "model.pt"
-        save_model(path, student, meta)
-        size_bytes = path.stat().st_size
+    save_model(folder / "model.pt", student, meta)
+    checkpoint_bytes = (folder / "model.pt").stat().st_size
     timed = copy.deepcopy(student)  # moved to the latency device; the student stays where it is
-    lat_dev, threads, cache = latency_device(cfg), cfg.threads or None, cache_dir or default_cache_dir()
+    lat_dev, threads = latency_device(cfg), cfg.threads or None
     lat = latency_cache.latency(timed, shape, device=lat_dev, threads=threads, repeats=cfg.latency_repeats,
                                 cache_dir=cache)
     thr = latency_cache.throughput(timed, shape, device=lat_dev, threads=threads, batch_size=cfg.throughput_batch,
                                    cache_dir=cache)
+    val_acc = evaluate(student, data.val_x, data.val_y, cfg.eval_batch_size)
+    test_acc = evaluate(student, data.test_x, data.test_y, cfg.eval_batch_size)
     teacher_params = teacher_info.get("params") or count_params(
         build_model(cfg.teacher_arch, data.num_classes, shape[0], cfg.teacher_width))  # ce baseline: no teacher loaded
-    return {
-        "val_acc": evaluate(student, data.val_x, data.val_y, cfg.eval_batch_size),
-        "test_acc": evaluate(student, data.test_x, data.test_y, cfg.eval_batch_size),
+    out = {
+        "val_acc": val_acc, "test_acc": test_acc, "val_acc_fp32": val_acc, "test_acc_fp32": test_acc,
         "params": params, "nonzero_params": nonzero, "macs": count_macs(student, shape),
         "latency_ms_bs1": lat["median_ms"], "latency_iqr_ms_bs1": lat["iqr_ms"], "latency_threads": lat["threads"],
         "latency_device_used": lat["device"],  # not "latency_device": that is the config setting (cpu | trial)
         # share of timed repeats not disturbed by other processes; interfered: most were (see latency_cache)
         "latency_clean_fraction": lat.get("clean_fraction"), "latency_interfered": lat.get("interfered"),
-        "throughput_ips": thr["images_per_s"], "throughput_batch": thr["batch_size"],
-        "size_bytes": size_bytes, "teacher_params": teacher_params,
+        "latency_backend_used": "torch", "latency_ms_bs1_torch": lat["median_ms"],
+        "throughput_ips": thr["images_per_s"], "throughput_ips_torch": thr["images_per_s"],
+        "throughput_batch": thr["batch_size"],
+        "size_bytes": checkpoint_bytes, "size_bytes_checkpoint": checkpoint_bytes, "teacher_params": teacher_params,
+    }
+    if cfg.latency_backend == "onnxruntime":
+        out.update(_measure_onnxruntime(student, timed, data, cfg, folder, cache))
+    out.update({
         "compression": round(teacher_params / max(1, nonzero), 3) if teacher_params else None,
         "params_dense": prune_info["params_before"], "macs_dense": prune_info["macs_before"],
         "params_reduction": round(1 - prune_info["params_after"] / max(1, prune_info["params_before"]), 4),
@@ -250,7 +297,48 @@ def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, te
         "val_acc_after_prune": prune_info.get("val_acc_after_prune"),
         "num_classes": data.num_classes, "input_shape": list(shape), "device_used": str(data.val_x.device),
         "torch_version": torch.__version__,
-    }
+    })
+    return out
+
+
+def _measure_onnxruntime(student: nn.Module, timed: nn.Module, data: ResidentData, cfg: TrialConfig, folder: Path,
+                         cache: Path) -> dict:
+    """Export to folder/model.onnx, check it against PyTorch, quantize when asked, time the deployed file."""
+    from study import onnx_backend
+
+    shape, threads = data.input_shape, cfg.threads or None
+    fp32 = folder / "model.onnx"
+    exporter = onnx_backend.export_onnx(student, shape, fp32)
+    check = onnx_backend.check_matches(onnx_backend.session(fp32, threads), student, data.val_x[:256])
+    if not check["ok"]:
+        raise RuntimeError(f"ONNX Runtime's logits differ from PyTorch's on {check['images']} validation images "
+                           f"(max |difference| {check['max_abs_diff']:.2e}, tolerance {onnx_backend.ATOL:g} + "
+                           f"{onnx_backend.RTOL:g} * |logit|; exporter {exporter}): the ONNX export is wrong")
+    out: dict = {"onnx_exporter": exporter, "onnx_max_abs_diff": check["max_abs_diff"],
+                 "onnxruntime_version": onnx_backend.ort_version()}
+    deployed = fp32
+    if cfg.quantize == "int8":
+        deployed = folder / "model_int8.onnx"
+        calib = onnx_backend.calibration_sample(data.train_x, data.pad, data.mean, data.std, cfg.calibration_images,
+                                                cfg.seed)
+        onnx_backend.quantize_int8(fp32, deployed, calib)
+        sess = onnx_backend.session(deployed, threads)
+        out.update(val_acc=onnx_backend.accuracy(sess, data.val_x, data.val_y, cfg.eval_batch_size),
+                   test_acc=onnx_backend.accuracy(sess, data.test_x, data.test_y, cfg.eval_batch_size),
+                   calibration_images_used=int(min(cfg.calibration_images, data.train_x.shape[0])))
+    backend = ort_backend_name(cfg)
+    kw = dict(device=torch.device("cpu"), threads=threads, cache_dir=cache, backend=backend,
+              onnx_file=lambda: deployed)
+    lat = latency_cache.latency(timed, shape, repeats=cfg.latency_repeats, **kw)
+    thr = latency_cache.throughput(timed, shape, batch_size=cfg.throughput_batch, **kw)
+    out.update({
+        "latency_ms_bs1": lat["median_ms"], "latency_iqr_ms_bs1": lat["iqr_ms"], "latency_threads": lat["threads"],
+        "latency_device_used": "cpu", "latency_clean_fraction": lat.get("clean_fraction"),
+        "latency_interfered": lat.get("interfered"), "latency_backend_used": backend,
+        "latency_ms_bs1_onnxruntime": lat["median_ms"], "throughput_ips": thr["images_per_s"],
+        "throughput_ips_onnxruntime": thr["images_per_s"], "size_bytes": deployed.stat().st_size,
+    })
+    return out
 
 
 def write_epochs_csv(path: Path, rows: list[dict]) -> None:

@@ -87,12 +87,15 @@ def test_cli_error_is_one_line_without_traceback(synthetic):
 # ---------------------------------------------------------------------------------------------- real study
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory, ray_session):
-    """A 2-trial study on digits (real Ray and Optuna), its rank-1 trial reproduced with 2 seeds."""
+    """A 2-trial study on digits (real Ray and Optuna), its rank-1 trial reproduced with 2 seeds. Its trials are
+    int8-quantized and timed on ONNX Runtime, so the export has model.onnx and model_int8.onnx."""
     from study.search import run_study
 
     root = tmp_path_factory.mktemp("reproduce")
     space = write_space(root / "tiny.yaml", search={"sampler": "tpe", "seed": 0, "trials": 2, "concurrent": 2,
-                                                    "scheduler": "none"})
+                                                    "scheduler": "none"},
+                        trial={**TINY_TRIAL, "latency_backend": "onnxruntime", "quantize": "int8",
+                               "calibration_images": 64})
     run_dir = run_study(str(space), name="tiny", runs_dir=str(root / "runs"), report=False, log=lambda *_: None)
     lines: list[str] = []
     summary = reproduce(run_dir, rank=1, seeds=2, log=lines.append)
@@ -168,6 +171,45 @@ def test_export_runs_in_a_fresh_process_with_torch_only(reproduced, tmp_path):
 
 
 @pytest.mark.slow
+def test_onnx_export_runs_with_onnxruntime_and_numpy_only(reproduced, tmp_path):
+    """model.onnx and model_int8.onnx with predict_onnx.py, run in a fresh process where importing torch fails."""
+    import numpy as np
+
+    from study.data import load_dataset
+
+    run_dir, summary, _ = reproduced
+    export = run_dir / "reproduce" / str(summary["trial"]) / "export"
+    for name in ("model.onnx", "model_int8.onnx", "predict_onnx.py", "example_images.npy", "example_logits.npy",
+                 "example_logits_int8.npy"):
+        assert (export / name).is_file(), name
+    onnx_info = summary["export"]["onnx"]
+    assert onnx_info["max_abs_diff"] <= 1e-3 and set(onnx_info["latency_ms_bs1"]) == {"onnxruntime",
+                                                                                       "onnxruntime-int8"}
+    np.save(tmp_path / "images.npy", load_dataset("digits", "data").test_x[-20:].numpy())
+    no_torch = ("import runpy, sys\nsys.modules['torch'] = None  # any `import torch` raises ImportError\n"
+                "sys.argv = [sys.argv[1], *sys.argv[2:]]\nrunpy.run_path(sys.argv[0], run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    script = str(export / "predict_onnx.py")
+    for args in ([], ["--int8"]):
+        p = subprocess.run([sys.executable, "-c", no_torch, script, *args], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "OK" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run([sys.executable, "-c", no_torch, script, str(tmp_path / "images.npy"), "--int8"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    labels = [int(v) for v in p.stdout.split()]
+    assert p.returncode == 0 and len(labels) == 20 and all(0 <= v < 10 for v in labels), p.stderr
+    # the int8 predictions are the trial's own quantized model's: the same classes as the seed's model_int8.onnx
+    from study import onnx_backend
+    from study.export import normalise
+
+    seed_dir = run_dir / "reproduce" / str(summary["trial"]) / f"seed_{summary['seeds'][0]}"
+    ds = load_dataset("digits", "data")
+    x = normalise(ds.test_x[-20:], ds.mean, ds.std)
+    expected = onnx_backend.predict(onnx_backend.session(seed_dir / "model_int8.onnx", 1), x).argmax(1)
+    assert labels == expected.tolist()
+
+
+@pytest.mark.slow
 def test_model_card_states_data_metrics_and_recipe(reproduced):
     run_dir, summary, _ = reproduced
     export = run_dir / "reproduce" / str(summary["trial"]) / "export"
@@ -175,7 +217,9 @@ def test_model_card_states_data_metrics_and_recipe(reproduced):
     assert f"{summary['test_acc_mean']:.2f}% +- {summary['test_acc_std']:.2f}% (n=2)" in card
     for text in ("`digits`", "(pixels / 255 - mean) / std", "alpha * CE(student, y) + (1 - alpha) * D(student, teacher)",
                  "D = T^2 * KL",
-                 "prune_ratio", "--rank 1 --seeds 2", "MACs (multiply-accumulates", "torch thread"):
+                 "prune_ratio", "--rank 1 --seeds 2", "MACs (multiply-accumulates", "thread(s)",
+                 "Latency per runtime, batch 1: PyTorch eager", "ONNX Runtime 1.", "ONNX Runtime int8",
+                 "predict_onnx.py", "Accuracies are the int8 model's"):
         assert text in card, text
     meta = json.loads((export / "meta.json").read_text())
     assert meta["num_classes"] == 10 and meta["input_shape"] == [1, 8, 8] and len(meta["mean"]) == 1
