@@ -7,7 +7,8 @@
          (metrics.json wall_s: what the CLI prints) and the whole process (imports included), medians, with
          val/test accuracy as mean +- std over the seeds.
   study  `python -m study run` on the default space (search_spaces/demo.yaml) from an EMPTY cache, so teacher
-         training, Ray start, all 40 trials, references and the report are timed; sides alternate. The kd_loss
+         training, Ray start, all 40 trials, references and the report are timed; sides alternate, each with its own
+         demo.yaml. The kd_loss
          parameter is left out of the space for both sides (the baseline commit knows only `kd`). Also reported:
          the CPU time the whole machine used during each study (Ray's workers included; from /proc/stat, Linux
          only) and how many cores that kept busy on average: a study that keeps every core busy can only get
@@ -167,26 +168,29 @@ def run_side(cwd: Path, args: list[str], cache: Path, log: Path, by_role: bool =
     return wall, (round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None), roles
 
 
-def demo_space() -> dict:
-    return yaml.safe_load((ROOT / "search_spaces" / "demo.yaml").read_text())
+def demo_space(root: Path = ROOT) -> dict:
+    """The default space of the checkout at `root`: each side runs its own (a setting one side does not know,
+    such as latency_backend before the ONNX Runtime work, would stop the other)."""
+    return yaml.safe_load((Path(root) / "search_spaces" / "demo.yaml").read_text())
 
 
 def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
     """Pair i runs seed i on both sides (same split, teacher recipe and student initialisation), so the
     accuracies over the pairs show the seed-to-seed noise both sides are compared within."""
-    base_trial = demo_space()["trial"]
     spaces = {}
-    for point, params in TRIAL_POINTS.items():
-        for i in range(pairs):
-            spaces[point, i] = work / f"trial-{point}-seed{i}.yaml"
-            spaces[point, i].write_text(yaml.safe_dump({"name": f"e2e-{point}",
-                                                        "trial": {**base_trial, **params, "seed": i}}))
+    for s, root in sides.items():
+        base_trial = demo_space(root)["trial"]
+        for point, params in TRIAL_POINTS.items():
+            for i in range(pairs):
+                spaces[s, point, i] = work / f"trial-{s}-{point}-seed{i}.yaml"
+                spaces[s, point, i].write_text(yaml.safe_dump({"name": f"e2e-{point}",
+                                                               "trial": {**base_trial, **params, "seed": i}}))
     # untimed warm-ups: every seed's teacher (and logit cache), and every point's latency and throughput (measured
     # once per architecture, then cached: the same for every seed, so the first seed is enough)
     warm = [(next(iter(TRIAL_POINTS)), i) for i in range(pairs)] + [(p, 0) for p in list(TRIAL_POINTS)[1:]]
     for point, i in warm:
         for s, root in sides.items():
-            run_side(root, ["trial", str(spaces[point, i]), "--out", str(work / s / "warm")], work / s / "cache",
+            run_side(root, ["trial", str(spaces[s, point, i]), "--out", str(work / s / "warm")], work / s / "cache",
                      work / f"{s}.log")
         log(f"  warm-up {point} seed {i}: teacher trained, caches filled")
     out: dict = {}
@@ -196,7 +200,7 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
             order = list(sides) if i % 2 == 0 else list(reversed(sides))
             for s in order:
                 dest = work / s / f"{point}-{i}"
-                wall, _, _ = run_side(sides[s], ["trial", str(spaces[point, i]), "--out", str(dest)],
+                wall, _, _ = run_side(sides[s], ["trial", str(spaces[s, point, i]), "--out", str(dest)],
                                    work / s / "cache", work / f"{s}.log")
                 m = json.loads((dest / "metrics.json").read_text())
                 rows[s].append({"trial_wall_s": m["wall_s"], "process_wall_s": round(wall, 3),
@@ -243,16 +247,18 @@ def teacher_train_s(cache: Path) -> float | None:
 
 
 def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
-    space = demo_space()
-    space["params"].pop("kd_loss", None)
-    path = work / "study.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    paths = {}
+    for s, root in sides.items():
+        space = demo_space(root)
+        space["params"].pop("kd_loss", None)
+        paths[s] = work / f"study-{s}.yaml"
+        paths[s].write_text(yaml.safe_dump(space, sort_keys=False))
     rows: dict[str, list[dict]] = {s: [] for s in sides}
     for i in range(pairs):
         order = list(sides) if i % 2 == 0 else list(reversed(sides))
         for s in order:
             cache, runs = work / s / f"study-cache-{i}", work / s / f"study-runs-{i}"
-            wall, cpu, roles = run_side(sides[s], ["run", str(path), "--name", "e2e", "--runs-dir", str(runs)],
+            wall, cpu, roles = run_side(sides[s], ["run", str(paths[s]), "--name", "e2e", "--runs-dir", str(runs)],
                                         cache, work / f"{s}.log", by_role=True)
             rows[s].append({"wall_s": round(wall, 2), "cpu_s": cpu, "cpu_by_role": roles,
                             "teacher_train_s": teacher_train_s(cache), **study_result(runs / "e2e")})
