@@ -178,22 +178,22 @@ def _example(sess, input_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
 # ONNX Runtime runs these students in 20-50 us: a fixed 30 repeats is 1 ms of timing, and the first few hundred
 # calls of a new session are slower (measured here: 30 repeats after 10 warm-up calls gave 0.024-0.036 ms for one
 # model, 2000 after 200 gave 0.023-0.024). So both the warm-up and the timed part run for at least this long.
-MIN_WARMUP_S, MIN_TIMED_S, MAX_REPEATS = 0.05, 0.15, 100_000
+MIN_WARMUP_S, MIN_TIMED_S, MAX_REPEATS = 0.03, 0.1, 100_000
 
 
 def measure_latency(sess, input_shape: tuple[int, ...], batch_size: int = 1, warmup: int = 10,
-                    repeats: int = 50) -> dict:
+                    repeats: int = 50, min_warmup_s: float = MIN_WARMUP_S, min_timed_s: float = MIN_TIMED_S) -> dict:
     """Batch-`batch_size` latency of an ONNX Runtime session: median and IQR in ms, as study.measure reports it.
-    At least `warmup` untimed and `repeats` timed calls, more where they take under MIN_WARMUP_S / MIN_TIMED_S."""
+    At least `warmup` untimed and `repeats` timed calls, more where they take under min_warmup_s / min_timed_s."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     feed = {sess.get_inputs()[0].name: _example(sess, input_shape, batch_size)}
     start, calls = time.perf_counter(), 0
-    while calls < warmup or time.perf_counter() - start < MIN_WARMUP_S:
+    while calls < warmup or time.perf_counter() - start < min_warmup_s:
         sess.run(None, feed)
         calls += 1
-    per_call = (time.perf_counter() - start) / calls
-    repeats = int(min(MAX_REPEATS, max(repeats, math.ceil(MIN_TIMED_S / max(per_call, 1e-7)))))
+    per_call = (time.perf_counter() - start) / max(calls, 1)
+    repeats = int(min(MAX_REPEATS, max(repeats, math.ceil(min_timed_s / max(per_call, 1e-7)))))
     wall, cpu = time_calls(lambda: sess.run(None, feed), 0, repeats)
     summary = latency_summary(wall, cpu)
     return {"median_ms": summary.pop("median_ms"), "iqr_ms": summary.pop("iqr_ms"),
@@ -225,7 +225,11 @@ class OrtModel:
 
 def remeasure_latency(model: OrtModel, input_shape, batch_size: int = 1, threads: int | None = None,
                       warmup: int = 10, repeats: int = 50) -> dict:
-    return measure_latency(model.for_threads(threads), input_shape, batch_size, warmup, repeats)
+    """benchmarks.latency calls this once per model to warm it up (repeats=1: the full MIN_WARMUP_S warm-up),
+    then once per round: bursts of at least 20 ms, whose medians it takes the median of."""
+    first = repeats == 1
+    return measure_latency(model.for_threads(threads), input_shape, batch_size, warmup, repeats,
+                           min_warmup_s=MIN_WARMUP_S if first else 0.0, min_timed_s=0.0 if first else 0.02)
 
 
 def remeasure_throughput(model: OrtModel, input_shape, batch_size: int = 256, threads: int | None = None,
