@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Pareto front ({len(front)} trials):")
     with pd.option_context("display.max_columns", None, "display.width", 200):
         print(front.to_string(index=False) if len(front) else "(empty: no COMPLETE trial)")
+    for b in summary.get("baselines") or []:
+        print(f"baseline {b['line']}")
+    if summary.get("knee"):
+        print(f"knee of the front: trial {summary['knee']['trial']} ({summary['knee']['rule']})")
     print(f"wrote {args.run_dir}/results.csv, pareto.csv, benchmark.json")
     return 0
 

@@ -3,12 +3,16 @@
 Edges (disk, Optuna storage): `load_study_meta`, `open_study`, `collect_results`, `run_benchmarks`.
 Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
 
-Table columns: `number` (Optuna trial number; empty for references), `reference` (teacher / student_ce /
-student_kd, else empty), `state` (COMPLETE, PRUNED = early stopped, INFEASIBLE, FAIL, REFERENCE, or Optuna's
-RUNNING/WAITING), `prune_kind` (unpruned / structured / unstructured), `note`, `error`, `wall_s`, `param_<name>`
-for every sampled parameter, every metric (metrics.json updated with user_attrs["metrics"]), `trial_dir`,
-`on_front`, and after re-measurement `latency_ms_bs1_remeasured`, `latency_iqr_ms_bs1_remeasured`,
-`throughput_ips_remeasured`.
+Table columns: `number` (Optuna trial number; empty for references and baselines), `reference` (teacher /
+student_ce / student_kd, else empty), `baseline` (the baseline's name, else empty), `state` (COMPLETE, PRUNED =
+early stopped, INFEASIBLE, FAIL, REFERENCE, BASELINE, or Optuna's RUNNING/WAITING), `prune_kind` (unpruned /
+structured / unstructured), `note`, `error`, `wall_s`, `param_<name>` for every sampled parameter, every metric
+(metrics.json updated with user_attrs["metrics"]), `trial_dir`, `on_front`, and after re-measurement
+`latency_ms_bs1_remeasured`, `latency_iqr_ms_bs1_remeasured`, `throughput_ips_remeasured`.
+
+Baselines (`compare_baselines`): for each, in one line, whether a front trial dominates it (which), how much more
+validation accuracy the front reaches at no more than its cost in every cost objective, and which front trials
+it dominates itself.
 
 Only COMPLETE trials can be on the front. A trial counts as COMPLETE only when Optuna says COMPLETE *and* its
 user_attrs status (if any) is "complete": an early-stopped trial that reached Optuna as COMPLETE is PRUNED here.
@@ -36,8 +40,9 @@ from study.io import write_json_atomic, write_text_atomic
 from study.references import REFERENCES
 
 STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
-STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE")
-BASE_COLUMNS = ["number", "reference", "state", "prune_kind", "note", "error", "wall_s"]
+STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
+MEASURED = ("REFERENCE", "BASELINE")  # rows that are not Optuna trials: trained once per study beside them
+BASE_COLUMNS = ["number", "reference", "baseline", "state", "prune_kind", "note", "error", "wall_s"]
 UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
                      "no latency gain")
 HV_RULE = (
@@ -183,10 +188,24 @@ def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
     if wall is None and t.datetime_start is not None and t.datetime_complete is not None:
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
     row = {
-        "number": t.number, "reference": None, "state": state, "prune_kind": kind,
+        "number": t.number, "reference": None, "baseline": None, "state": state, "prune_kind": kind,
         "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": error, "wall_s": wall,
     }
     row.update({f"param_{k}": _scalar(v) for k, v in t.params.items()})
+    row.update({k: _scalar(v) for k, v in metrics.items() if k not in row})
+    row["trial_dir"] = trial_dir
+    return row
+
+
+def _measured_row(path: Path, label: dict, state: str, trial_dir: str, log: Log) -> dict | None:
+    metrics = _read_json(path, log)
+    if not metrics:
+        return None
+    method = _prune_method({}, {}, metrics)
+    kind = "unpruned" if method is None else prune_kind(method)
+    row = {"number": None, "reference": None, "baseline": None, **label, "state": state, "prune_kind": kind,
+           "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": None,
+           "wall_s": metrics.pop("wall_s", None)}
     row.update({k: _scalar(v) for k, v in metrics.items() if k not in row})
     row["trial_dir"] = trial_dir
     return row
@@ -199,25 +218,34 @@ def _reference_rows(run_dir: Path, log: Log) -> list[dict]:
         if not path.is_file():
             log(f"note: reference {name!r} skipped: {path} not found")
             continue
-        metrics = _read_json(path, log)
-        if not metrics:
-            continue
-        method = _prune_method({}, {}, metrics)
-        kind = "unpruned" if method is None else prune_kind(method)
-        row = {"number": None, "reference": name, "state": "REFERENCE", "prune_kind": kind,
-               "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": None,
-               "wall_s": metrics.pop("wall_s", None)}
-        row.update({k: _scalar(v) for k, v in metrics.items() if k not in row})
-        row["trial_dir"] = f"references/{name}"
-        rows.append(row)
+        row = _measured_row(path, {"reference": name}, "REFERENCE", f"references/{name}", log)
+        if row:
+            rows.append(row)
     return rows
 
 
-def collect_results(run_dir: Path, study: Any, objectives: list[dict], log: Log = print) -> pd.DataFrame:
-    """One row per Optuna trial plus one per reference model found under RUN_DIR/references/."""
+def _baseline_rows(run_dir: Path, names: list[str], log: Log) -> list[dict]:
+    """The baselines study.json names (a run from before baselines has none), in its order."""
+    rows = []
+    for name in names:
+        path = run_dir / "baselines" / name / "metrics.json"
+        if not path.is_file():
+            log(f"note: baseline {name!r} skipped: {path} not found (it failed, or the study is still running)")
+            continue
+        row = _measured_row(path, {"baseline": name}, "BASELINE", f"baselines/{name}", log)
+        if row:
+            rows.append(row)
+    return rows
+
+
+def collect_results(run_dir: Path, study: Any, objectives: list[dict], log: Log = print,
+                    baselines: list[str] | None = None) -> pd.DataFrame:
+    """One row per Optuna trial plus one per reference model found under RUN_DIR/references/ and one per
+    baseline (names from study.json) under RUN_DIR/baselines/."""
     run_dir = Path(run_dir)
     rows = [_trial_row(t, run_dir, objectives, log) for t in study.get_trials(deepcopy=False)]
     rows += _reference_rows(run_dir, log)
+    rows += _baseline_rows(run_dir, list(baselines or []), log)
     df = pd.DataFrame(rows)
     for col in df.columns:  # counts (params, macs, ...) stay integers although other rows lack them
         vals = [r[col] for r in rows if r.get(col) is not None]
@@ -275,11 +303,11 @@ def analyse(df: pd.DataFrame, objectives: list[dict]) -> tuple[pd.DataFrame, dic
         front[idx] = pareto.pareto_mask(values[idx], dirs)
     df["on_front"] = front
 
-    observed = complete | (df["state"] == "REFERENCE").to_numpy()
+    observed = complete | df["state"].isin(MEASURED).to_numpy()
     norm = pareto.normalization(names, dirs, values[observed])
     hv = pareto.normalized_hypervolume(values[front], norm) if front.any() else 0.0
 
-    trials = df[df["state"] != "REFERENCE"].sort_values("number")
+    trials = df[~df["state"].isin(MEASURED)].sort_values("number")
     series_vals = trials[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, copy=True)
     series_vals[(trials["state"] != "COMPLETE").to_numpy()] = np.nan
     series = pareto.hypervolume_series(series_vals, norm)
@@ -323,6 +351,97 @@ def front_table(df: pd.DataFrame, objectives: list[dict]) -> pd.DataFrame:
     return out
 
 
+KNEE_RULE = ("knee = the front trial nearest (Euclidean) to the ideal point once every objective is scaled to "
+             "[0, 1] over the front (0 = the front's best value); ties go to the lower trial number")
+
+
+def knee(df: pd.DataFrame, objectives: list[dict]) -> dict | None:
+    """The front's knee (KNEE_RULE) as {"trial", "distance", "rule"}; None for an empty front."""
+    front = df[df["on_front"].astype(bool)]
+    if front.empty:
+        return None
+    names, dirs = [o["name"] for o in objectives], [o["direction"] for o in objectives]
+    loss = pareto.to_minimization(front[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float), dirs)
+    lo, hi = loss.min(axis=0), loss.max(axis=0)
+    scaled = (loss - lo) / np.where(hi > lo, hi - lo, 1.0)
+    dist = np.sqrt((scaled ** 2).sum(axis=1))
+    order = sorted(range(len(front)), key=lambda i: (dist[i], int(front.iloc[i]["number"])))
+    return {"trial": int(front.iloc[order[0]]["number"]), "distance": float(dist[order[0]]), "rule": KNEE_RULE}
+
+
+def row_label(row: Any) -> str:
+    """'trial N', 'reference KIND' or 'baseline NAME': how a row is named in logs, benchmark.json and the report."""
+    if row.get("state") == "REFERENCE":
+        return f"reference {row['reference']}"
+    if row.get("state") == "BASELINE":
+        return f"baseline {row['baseline']}"
+    return f"trial {row['number']}"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
+    """Each baseline against the front (df must carry `on_front`), on the study's objectives as the search measured
+    them. `dominated_by`: front trials that dominate it; `gain`: of the COMPLETE trials at no more than its value in
+    every minimised objective, the one with the highest value of the first maximised objective, and by how much it
+    beats the baseline there (negative: none reaches it); `dominates`: front trials the baseline dominates."""
+    from study.dominance import dominates
+
+    names = [o["name"] for o in objectives]
+    dirs = [o["direction"] for o in objectives]
+    gain_obj = next((o["name"] for o in objectives if o["direction"] == "maximize"), None)
+    costs = [o["name"] for o in objectives if o["direction"] == "minimize"]
+    values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    loss = pareto.to_minimization(values, dirs)
+    front = np.flatnonzero(df["on_front"].to_numpy(dtype=bool))
+    complete = np.flatnonzero((df["state"] == "COMPLETE").to_numpy())
+    out = []
+    for b in np.flatnonzero((df["state"] == "BASELINE").to_numpy()):
+        row = df.iloc[b]
+        entry: dict[str, Any] = {"name": row["baseline"], "values": {n: _num_or_none(values[b, k])
+                                                                     for k, n in enumerate(names)}}
+        if not np.all(np.isfinite(loss[b])):
+            entry.update(dominated_by=[], dominates=[], gain=None,
+                         line=f"{row['baseline']}: not compared (an objective is missing from its metrics)")
+            out.append(entry)
+            continue
+        by = [int(df.iloc[i]["number"]) for i in front if dominates(loss[i], loss[b])]
+        mine = [int(df.iloc[i]["number"]) for i in front if dominates(loss[b], loss[i])]
+        gain = None
+        if gain_obj is not None:
+            j, c = names.index(gain_obj), [names.index(n) for n in costs]
+            cheap = [i for i in complete if np.all(np.isfinite(values[i])) and np.all(values[i, c] <= values[b, c])]
+            if cheap:
+                best = max(cheap, key=lambda i: (values[i, j], -int(df.iloc[i]["number"])))
+                gain = {"objective": gain_obj, "trial": int(df.iloc[best]["number"]),
+                        "value": float(values[best, j]), "baseline_value": float(values[b, j]),
+                        "difference": float(values[best, j] - values[b, j]), "at_no_more": costs}
+        entry.update(dominated_by=by, dominates=mine, gain=gain, line=_baseline_line(row["baseline"], by, mine,
+                                                                                     gain, costs))
+        out.append(entry)
+    return out
+
+
+def _num_or_none(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _baseline_line(name: str, by: list[int], mine: list[int], gain: dict | None, costs: list[str]) -> str:
+    parts = [f"dominated by front trial(s) {', '.join(map(str, by))}" if by else "not dominated by any front trial"]
+    if gain is None:
+        parts.append(f"no trial finished at no more than its {' and '.join(costs) or 'cost'}")
+    else:
+        unit = " points" if pareto.is_accuracy(gain["objective"]) else ""
+        parts.append(f"at no more than its {' and '.join(costs)} the best trial ({gain['trial']}) reaches "
+                     f"{gain['objective']} {_fmt(gain['value'])} against {_fmt(gain['baseline_value'])} "
+                     f"({gain['difference']:+.2f}{unit})")
+    parts.append(f"it dominates front trial(s) {', '.join(map(str, mine))}" if mine
+                 else "it dominates no front trial")
+    return f"{name}: " + "; ".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------------- orchestration
 
 def _finite(obj: Any) -> Any:
@@ -350,7 +469,7 @@ def timed_threads(df: pd.DataFrame, meta: dict) -> int | None:
     """The torch thread count the search timed latency with: what the trials recorded (`latency_threads`; with
     `threads: 0` that is what Ray gave each worker, e.g. cpus_per_trial), else the configured count."""
     if "latency_threads" in df.columns:
-        recorded = pd.to_numeric(df.loc[df["state"] != "REFERENCE", "latency_threads"], errors="coerce").dropna()
+        recorded = pd.to_numeric(df.loc[~df["state"].isin(MEASURED), "latency_threads"], errors="coerce").dropna()
         recorded = recorded[recorded > 0]
         if len(recorded):
             return int(recorded.mode().iloc[0])
@@ -375,8 +494,10 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     meta = load_study_meta(run_dir)
     study = open_study(run_dir, meta)
     objectives = objectives_of(meta, study)
-    df = collect_results(run_dir, study, objectives, log)
+    df = collect_results(run_dir, study, objectives, log, baselines=list(meta.get("baselines") or {}))
     df, summary = analyse(df, objectives)
+    summary["baselines"] = compare_baselines(df, objectives)
+    summary["knee"] = knee(df, objectives)
 
     best = []
     try:
@@ -393,8 +514,8 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     if remeasure:
         keys = {}
         for i, row in df.iterrows():
-            if row["on_front"] or row["state"] == "REFERENCE":
-                label = f"reference {row['reference']}" if row["state"] == "REFERENCE" else f"trial {row['number']}"
+            if row["on_front"] or row["state"] in MEASURED:
+                label = row_label(row)
                 keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
         kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
         if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":

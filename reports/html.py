@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from benchmarks import pareto
+from benchmarks.collect import row_label
 from study.errors import UserError
 from study.io import write_text_atomic
 
@@ -92,7 +93,7 @@ def _finite(df: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
 
 def _hover(row: pd.Series, params: Sequence[str], extra: Sequence[str]) -> str:
     # Plotly renders a few tags in hover text and decodes entities into text nodes: escape everything we insert.
-    label = f"reference {row['reference']}" if row.get("state") == "REFERENCE" else f"trial {row['number']}"
+    label = row_label(row)
     lines = [f"<b>{esc(label)}</b> ({esc(str(row.get('prune_kind', '')))}, {esc(str(row.get('state', '')))})"]
     lines += [f"{esc(c)} = {fmt(row.get(c))}" for c in extra if c in row.index]
     lines += [f"{esc(c[len('param_'):])} = {fmt(row.get(c))}" for c in params if fmt(row.get(c)) != ""]
@@ -164,6 +165,24 @@ def _reference_trace(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..
     )]
 
 
+def _baseline_trace(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., Any]) -> list[Any]:
+    """The baselines (configurations picked by hand), labelled by name."""
+    if "baseline" not in df.columns:
+        return []
+    rows = df[(df["state"] == "BASELINE") & _finite(df, cols)]
+    if rows.empty:
+        return []
+    extra = [c for c in (ACC, "params", "nonzero_params", "macs", "latency_ms_bs1", LATENCY_RE) if c in rows.columns]
+    return [scatter(
+        **{axis: _num(rows, c).tolist() for axis, c in zip(("x", "y", "z"), cols, strict=False)},
+        mode="markers+text", name="baselines", text=[esc(str(r)) for r in rows["baseline"]],
+        textposition="bottom center",
+        marker={"symbol": "diamond-wide" if len(cols) == 2 else "diamond", "size": 14 if len(cols) == 2 else 7,
+                "color": "#9467bd", "line": {"width": 1, "color": "#000000"}},
+        hovertext=[_hover(r, [], extra) for _, r in rows.iterrows()], hoverinfo="text", meta="baseline",
+    )]
+
+
 def pareto_figure(df: pd.DataFrame, x: str, x_label: str, objectives: Sequence[dict]) -> go.Figure:
     """val_acc against one cost: trials by prune kind, the 2-D front as a step line, references as stars."""
     fig = go.Figure(_trial_traces(df, [x, ACC], go.Scatter))
@@ -176,9 +195,9 @@ def pareto_figure(df: pd.DataFrame, x: str, x_label: str, objectives: Sequence[d
         fig.add_trace(go.Scatter(x=front[:, 0].tolist(), y=front[:, 1].tolist(), mode="lines",
                                  line={"shape": "hv", "color": "#444444", "dash": "dot"},
                                  name=f"front ({ACC} vs {x})", hoverinfo="skip", meta="front"))
-    for t in _reference_trace(df, [x, ACC], go.Scatter):
+    for t in _reference_trace(df, [x, ACC], go.Scatter) + _baseline_trace(df, [x, ACC], go.Scatter):
         fig.add_trace(t)
-    shown = df[df["state"].isin((*PLOTTED_STATES, "REFERENCE")) & _finite(df, [x, ACC])]
+    shown = df[df["state"].isin((*PLOTTED_STATES, "REFERENCE", "BASELINE")) & _finite(df, [x, ACC])]
     xs = _num(shown, x)
     xs = xs[xs > 0]
     log_x = len(xs) > 1 and xs.max() / xs.min() > 20
@@ -191,7 +210,8 @@ def pareto_figure(df: pd.DataFrame, x: str, x_label: str, objectives: Sequence[d
 
 
 def scatter3d_figure(df: pd.DataFrame, cols: Sequence[str]) -> go.Figure:
-    fig = go.Figure(_trial_traces(df, cols, go.Scatter3d) + _reference_trace(df, cols, go.Scatter3d))
+    fig = go.Figure(_trial_traces(df, cols, go.Scatter3d) + _reference_trace(df, cols, go.Scatter3d)
+                    + _baseline_trace(df, cols, go.Scatter3d))
     names = [esc(c) for c in cols]  # objective names come from study.json: text, not markup
     fig.update_layout(title=f"3 objectives: {', '.join(names)}", height=600,
                       scene={"xaxis": {"title": {"text": names[0]}}, "yaxis": {"title": {"text": names[1]}},
@@ -298,6 +318,22 @@ def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label:
     return html_table(rows, header, "table-pareto", raw_cols=(len(header) - 3, len(header) - 1))
 
 
+def baselines_table(df: pd.DataFrame, compared: Sequence[dict], objectives: Sequence[dict]) -> str:
+    """One row per baseline: its objectives, its config (what differs from the space), and the verdict line."""
+    rows_df = df[df["state"] == "BASELINE"]
+    lines = {b.get("name"): b.get("line", "") for b in compared}
+    names = [o["name"] for o in objectives]
+    extra = [c for c in ("test_acc", "params", "macs") if c in rows_df.columns and c not in names]
+    cfg = [c for c in ("kd_loss", "temperature", "alpha", "width_mult", "prune_method", "prune_ratio",
+                       "finetune_epochs", "quantize") if c in rows_df.columns]
+    rows = []
+    for _, r in rows_df.iterrows():
+        recipe = "; ".join(f"{c}={fmt(r[c])}" for c in cfg if fmt(r[c]) != "")
+        rows.append([r["baseline"], *(r[n] for n in names), *(r[c] for c in extra), recipe,
+                     lines.get(r["baseline"], "")])
+    return html_table(rows, ["baseline", *names, *extra, "configuration", "against the front"], "table-baselines")
+
+
 def references_table(df: pd.DataFrame) -> str:
     refs = df[df["state"] == "REFERENCE"]
     cols = [c for c in (ACC, "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(refs),
@@ -402,6 +438,11 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
     parts.append("<h2>Pareto trials</h2>")
     parts.append(pareto_table(front, objectives, run_dir_label) if len(front)
                  else '<p class="note">No complete trial: the front is empty.</p>')
+    parts.append("<h2>Baselines: the configurations picked by hand</h2>")
+    parts.append(baselines_table(results, benchmark.get("baselines") or [], objectives)
+                 if "baseline" in results.columns and (results["state"] == "BASELINE").any()
+                 else '<p class="note">No baselines in this study (its space lists <code>baselines: []</code>, '
+                      'or it was run before baselines existed).</p>')
     parts.append("<h2>Reference models</h2>")
     parts.append(references_table(results) if (results["state"] == "REFERENCE").any()
                  else '<p class="note">No reference models found under RUN_DIR/references/.</p>')

@@ -11,11 +11,16 @@ A space file (YAML) has these top-level keys (see demo.yaml for a commented exam
   search       {sampler: tpe|nsga2|nsga3|gp|random, seed, trials, concurrent,
                 scheduler: none|asha|mo_asha, grace_epochs, reduction_factor, report_every_s}
   resources    {cpus_per_trial, gpus_per_trial}
+  baselines    configurations a user would pick by hand, trained once per study with the study's protocol and
+               compared with the front: a list of built-in names (seed_recipe, no_kd) and/or mappings
+               {name: NAME, FIELD: value, ...} (any trial field or searched parameter). Absent: both built-ins;
+               []: none.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,8 @@ import yaml
 from study.config import CONFIG_FIELDS, TrialConfig, make_config, unknown_key_error
 from study.errors import SpaceError, UserError
 
-TOP_KEYS = ("name", "description", "trial", "params", "objectives", "constraints", "search", "resources")
+TOP_KEYS = ("name", "description", "trial", "params", "objectives", "constraints", "search", "resources",
+            "baselines")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 SEARCH_KEYS = ("sampler", "seed", "trials", "concurrent", "scheduler", "grace_epochs", "reduction_factor",
                "report_every_s")
@@ -41,8 +47,18 @@ OBJECTIVE_METRICS = {
 # Objectives that are known before training (architecture only): early stopping may use them at every rung.
 COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_bytes")
 # Fields that define the study's data split and teacher: one value per study, never searched.
-STUDY_FIXED = ("dataset", "data_root", "download", "val_size", "seed", "split_seed", "teacher_arch", "teacher_width",
-               "teacher_epochs", "teacher_lr", "teacher_precision", "teacher_cache", "device")
+STUDY_FIXED = ("dataset", "data_root", "download", "val_size", "seed", "split_seed", "train_size", "teacher_arch",
+               "teacher_width", "teacher_epochs", "teacher_lr", "teacher_precision", "teacher_cache", "device")
+# Baselines every space gets unless it lists its own (`baselines: []` turns them off). Their values are set over the
+# space's trial: section, so data, teacher, student family and distillation epochs are the study's own.
+# seed_recipe: the original project's recipe (the KD project this tool grew from: KD with T = 4 and alpha = 0.3 on
+# the hard labels, the full-width student, torch-pruning structured channel pruning of 30 %, then 5 fine-tuning
+# epochs); no_kd: that same student trained with plain cross-entropy and left unpruned.
+BUILTIN_BASELINES = {
+    "seed_recipe": {"kd_loss": "kd", "temperature": 4.0, "alpha": 0.3, "width_mult": 1.0,
+                    "prune_method": "l1_structured", "prune_ratio": 0.3, "finetune_epochs": 5, "quantize": "none"},
+    "no_kd": {"kd_loss": "ce", "width_mult": 1.0, "prune_method": "none", "prune_ratio": 0.0, "quantize": "none"},
+}
 CONSTRAINTS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "max_macs": "macs",
                "max_latency_ms": "latency_ms_bs1"}
 
@@ -89,6 +105,10 @@ class SearchSpace:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fraction of a GPU per trial; ignored (CPU is used) on a machine without GPUs
     raw: dict = field(default_factory=dict)  # the file's content, as loaded
+    baselines: tuple[tuple[str, dict], ...] = ()  # (name, values over `trial`), in the file's order
+
+    def baseline_config(self, name: str) -> TrialConfig:
+        return make_config(self.trial, dict(self.baselines)[name], source=f"{self.path}: baselines.{name}")
 
     def base_config(self) -> TrialConfig:
         return make_config(self.trial, source=self.path)
@@ -306,10 +326,54 @@ def load_space(path: str | Path) -> SearchSpace:
     if cpus <= 0 and gpus <= 0:
         raise _err(p, "resources", "a trial needs cpus_per_trial > 0 or gpus_per_trial > 0.")
 
+    baselines = _parse_baselines(raw.get("baselines", list(BUILTIN_BASELINES)), trial, p)
     name = str(raw.get("name") or Path(path).stem)
     return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
                        sampler, ints["seed"], ints["trials"], ints["concurrent"], scheduler, ints["grace_epochs"],
-                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw)
+                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw, baselines)
+
+
+def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, dict], ...]:
+    """`baselines:` as (name, values) pairs; each one must make a valid config that shares the study's data split
+    and teacher."""
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise _err(path, "baselines", "must be a list of built-in names (seed_recipe, no_kd) and/or mappings "
+                   "{name: ..., FIELD: value}; [] turns them off.")
+    out: dict[str, dict] = {}
+    for i, entry in enumerate(entries):
+        where = f"baselines[{i}]"
+        if isinstance(entry, str):
+            if entry not in BUILTIN_BASELINES:
+                raise _err(path, where, f"unknown built-in baseline {entry!r}; the built-ins are "
+                           f"{', '.join(BUILTIN_BASELINES)}, or give a mapping {{name: ..., FIELD: value}}.")
+            name, values = entry, dict(BUILTIN_BASELINES[entry])
+        elif isinstance(entry, dict):
+            values = dict(entry)
+            name = values.pop("name", None)
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise _err(path, where, "needs a `name` of letters, digits, '_', '-' or '.' (it names a folder "
+                           f"under baselines/; got {name!r}).")
+            if name in BUILTIN_BASELINES:
+                raise _err(path, where, f"{name!r} is a built-in baseline; list it as the plain string {name!r}, "
+                           "or give yours another name.")
+            for key in values:
+                if key not in CONFIG_FIELDS:
+                    raise SpaceError(str(unknown_key_error(key, sorted(CONFIG_FIELDS), f"{path}: {where}")))
+                if key in STUDY_FIXED:
+                    raise _err(path, f"{where}.{key}", "is fixed for the whole study (the baselines share its "
+                               "data split and teacher); set it under trial:.")
+        else:
+            raise _err(path, where, f"must be a built-in name or a mapping, got {type(entry).__name__}.")
+        if name in out:
+            raise _err(path, where, f"baseline name {name!r} appears twice; names must be unique.")
+        try:
+            make_config(trial, values, source="")
+        except UserError as exc:
+            raise _err(path, f"baselines.{name}", f"is not a valid configuration: {str(exc).lstrip(': ')}") from None
+        out[name] = values
+    return tuple(out.items())
 
 
 def _validate_values(base: TrialConfig, trial: dict, params: dict[str, ParamSpec], path: str) -> None:

@@ -23,6 +23,9 @@ class TrialConfig:
     val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
     seed: int = 0  # seeds the init, augmentation schedule and batch order (and the split, unless split_seed is set)
     split_seed: int = -1  # seed of the train/validation split; -1 uses `seed` (reproduce keeps the study's split)
+    # training images used after the validation holdout: 0 all of them; N a stratified subset of N, drawn with the
+    # split seed, the same for every trial, baseline, reference and the teacher (a study sized for a CPU budget)
+    train_size: int = 0
     # --- teacher (trained once per key and cached on disk) ---
     teacher_arch: str = "resnet20"  # registry name in study.models
     teacher_width: float = 1.0  # width multiplier of the teacher
@@ -171,6 +174,8 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
         raise bad(f"weight_decay must be >= 0 (got {cfg.weight_decay}).")
     if not 0.0 <= cfg.label_smoothing < 1.0:
         raise bad(f"label_smoothing must be in [0, 1) (got {cfg.label_smoothing}).")
+    if cfg.train_size < 0:
+        raise bad(f"train_size must be 0 (all training images) or a count >= 1 (got {cfg.train_size}).")
     if cfg.threads < 0 or cfg.latency_repeats < 1 or cfg.throughput_batch < 1 or cfg.round_to < 1:
         raise bad("threads must be >= 0, latency_repeats, throughput_batch and round_to >= 1.")
     if cfg.latency_device not in ("cpu", "trial"):

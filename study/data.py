@@ -114,6 +114,16 @@ def split_train_val(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = 
     return ds.train_x[keep_t], ds.train_y[keep_t], ds.train_x[held_t], ds.train_y[held_t]
 
 
+def train_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stratified subset of `size` training images (class proportions kept, original order), drawn with a seed
+    derived from the split seed; `size` at least the set's size keeps all of it."""
+    if size >= len(y):
+        return x, y
+    _, chosen = _stratified_holdout(y.numpy(), int(size), seed * 7919 + 1)  # a draw apart from the holdout's
+    idx = torch.from_numpy(chosen)
+    return x[idx], y[idx]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # digits (scikit-learn, ships inside the wheel)
 # ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,9 @@
   student_ce   the unpruned student trained with plain cross-entropy (no KD)
   student_kd   the unpruned student with KD at the default temperature and alpha
 
+Baselines (runs/NAME/baselines/<name>/) are the configurations a user would pick by hand (the space's
+`baselines:`); they are trained here too, after the references, with the same protocol.
+
 Kept apart from study.search so that the Ray worker that computes them imports neither Optuna nor Ray Tune.
 """
 
@@ -38,7 +41,7 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
         device = resolve_device(cfg.device)
         model, info = load_teacher(teacher_path, device)
         ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-        data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
+        data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
         prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
         tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
         metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)
@@ -52,17 +55,44 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     return metrics
 
 
+def run_baseline(name: str, values: dict, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
+    """One baseline: the study's fixed trial settings with `values` over them, trained and measured by run_trial
+    into out_dir; metrics.json carries `baseline: name`."""
+    from study.trial import run_trial
+
+    cfg = make_config(trial, values, source=f"baseline {name}")
+    if not gpu:
+        cfg = cfg.replace(device="cpu")
+    out = Path(out_dir)
+    metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
+    metrics["baseline"] = name
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def missing_baselines(root: Path, baselines: dict[str, dict]) -> dict[str, dict]:
+    """The baselines without a metrics.json under root (a resumed study keeps the ones it has)."""
+    return {n: v for n, v in baselines.items() if not (root / n / "metrics.json").exists()}
+
+
 def missing_references(root: Path, has_teacher: bool) -> list[str]:
     """The reference kinds without a metrics.json under root (a resumed study keeps the ones it has)."""
     return [k for k in REFERENCES if not (root / k / "metrics.json").exists() and (k == "student_ce" or has_teacher)]
 
 
-def run_references(kinds: list[str], trial: dict, teacher_path: str | None, out_root: str, gpu: bool) -> dict:
-    """run_reference for each kind in turn, in one process; a failing one is returned as its error text."""
+def run_references(kinds: list[str], trial: dict, teacher_path: str | None, out_root: str, gpu: bool,
+                   baselines: dict[str, dict] | None = None, baselines_root: str | None = None) -> dict:
+    """run_reference for each kind in turn, then run_baseline for each baseline, in one process; a failing one is
+    returned as its error text. Keys: the reference kinds, and "baseline NAME"."""
     out: dict = {}
-    for kind in kinds:
+    jobs = [(kind, lambda k=kind: run_reference(k, trial, teacher_path, str(Path(out_root) / k), gpu))
+            for kind in kinds]
+    jobs += [(f"baseline {name}", lambda n=name, v=values: run_baseline(n, v, trial, teacher_path,
+                                                                         str(Path(baselines_root) / n), gpu))
+             for name, values in (baselines or {}).items()]
+    for key, job in jobs:
         try:
-            out[kind] = run_reference(kind, trial, teacher_path, str(Path(out_root) / kind), gpu)
+            out[key] = job()
         except Exception as exc:  # noqa: BLE001  one failed reference must not lose the others
-            out[kind] = f"{type(exc).__name__}: {exc}"
+            out[key] = f"{type(exc).__name__}: {exc}"
     return out

@@ -341,18 +341,19 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     import torch
 
-    from study.references import missing_references
+    from study.references import missing_baselines, missing_references
     from study.reproduce import code_version, data_fingerprint
 
     uses_kd = base.kd_loss != "ce" or any(p.name == "kd_loss" for p in space.params)
 
     ref_kinds = missing_references(run_dir / "references", has_teacher=uses_kd)
+    baselines = missing_baselines(run_dir / "baselines", dict(space.baselines))
     # The teacher (trained once, or loaded) and its logit cache are prepared in a thread while Ray starts: the
     # overlap saved about 1.5 s of the default study (5-6 s teacher, 3 s Ray start) on the 2-core CPU.
     # (If Ray fails to start, the error stops the study at once; the daemon thread dies with the process and
     # leaves no half-written teacher: checkpoints are written atomically.)
     teacher = _TeacherJob(base, space.total_epochs, log) if uses_kd else None
-    _init_ray(address, cpus * n_conc, side_cpus=cpus if ref_kinds else 0.0)
+    _init_ray(address, cpus * n_conc, side_cpus=cpus if ref_kinds or baselines else 0.0)
     teacher_path, teacher_info = teacher.result() if teacher else (None, {})
 
     import ray
@@ -373,6 +374,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code_version()},
         "data_fingerprint": data_fingerprint(ds),
         "teacher": teacher_info, "base_config": base.to_dict(),
+        "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
     }
     if resuming:
@@ -388,7 +390,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     from study.search_trial import search_trainable
 
     trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), resources)
-    refs = _start_references(ref_kinds, space, run_dir, teacher_path, resources, gpus > 0)
+    refs = _start_references(ref_kinds, baselines, space, run_dir, teacher_path, resources, gpus > 0)
 
     searcher = KDOptunaSearch(
         space=space.define_by_run(), metric=[m for m, _ in objectives],
@@ -458,19 +460,20 @@ def _make_scheduler(space: SearchSpace, objectives: list[tuple[str, str]]):
 
 
 # ---------------------------------------------------------------------------------------------- references
-def _start_references(kinds: list[str], space: SearchSpace, run_dir: Path, teacher_path: str | None,
-                      resources: dict, gpu: bool):
-    """One Ray task computes the missing reference points one after another (study.references), beside the
-    trials: a single worker process that imports neither Optuna nor Ray Tune (one task per reference cost three
-    worker start-ups, a quarter of the default study's wall time on the 2-core CPU)."""
+def _start_references(kinds: list[str], baselines: dict[str, dict], space: SearchSpace, run_dir: Path,
+                      teacher_path: str | None, resources: dict, gpu: bool):
+    """One Ray task computes the missing reference points and then the missing baselines one after another
+    (study.references), beside the trials: a single worker process that imports neither Optuna nor Ray Tune (one
+    task per reference cost three worker start-ups, a quarter of the default study's wall time on the 2-core CPU)."""
     import ray
 
     from study.references import run_references
 
-    if not kinds:
+    if not kinds and not baselines:
         return None
     remote = ray.remote(num_cpus=resources["cpu"], num_gpus=resources["gpu"])(run_references)
-    return remote.remote(kinds, dict(space.trial), teacher_path, str(run_dir / "references"), gpu)
+    return remote.remote(kinds, dict(space.trial), teacher_path, str(run_dir / "references"), gpu,
+                         baselines, str(run_dir / "baselines"))
 
 
 def _finish_references(ref, log) -> None:
@@ -485,9 +488,10 @@ def _finish_references(ref, log) -> None:
         return
     for kind, m in results.items():
         if isinstance(m, str):
-            log(f"reference {kind} failed: {m}")
+            log(f"{kind if kind.startswith('baseline ') else 'reference ' + kind} failed: {m}")
         else:
-            log(f"reference {kind}: val_acc {m['val_acc']:.2f}%  params {m['params']:,}  "
+            log(f"{kind if kind.startswith('baseline ') else 'reference ' + kind}: val_acc {m['val_acc']:.2f}%  "
+                f"params {m['params']:,} (nonzero {m['nonzero_params']:,})  "
                 f"latency {m['latency_ms_bs1']:.3f} ms")
 
 
@@ -528,8 +532,21 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     if any(swap):
         log("* re-measured after the search with no trial training (interleaved, median of rounds; "
             "benchmarks.latency); the search's own values are in results.csv")
+    _print_baselines(run_dir, log)
     log(f"results: {run_dir}  (Optuna: {storage_url}, study '{study_name}'; "
         f"optuna-dashboard {storage_url})")
+
+
+def _print_baselines(run_dir: Path, log) -> None:
+    """The baselines' one-line comparisons with the front and the knee, from benchmark.json (when written)."""
+    try:
+        bench = json.loads((run_dir / "benchmark.json").read_text())
+    except (OSError, ValueError):
+        return
+    for b in bench.get("baselines") or []:
+        log(f"baseline {b['line']}")
+    if bench.get("knee"):
+        log(f"knee of the front: trial {bench['knee']['trial']} ({bench['knee']['rule']})")
 
 
 def _benchmark(run_dir: Path, log) -> dict[int, float]:

@@ -47,6 +47,8 @@ def teacher_key(cfg: TrialConfig) -> str:
     parts["teacher_precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
     if cfg.split_seed >= 0 and cfg.split_seed != cfg.seed:
         parts["split_seed"] = cfg.split_seed  # absent otherwise, so existing teacher keys stay valid
+    if cfg.train_size:
+        parts["train_size"] = cfg.train_size  # likewise: the teacher learns from the same subset as the students
     parts["code"] = TEACHER_CODE_VERSION
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
     return f"{cfg.dataset}-{cfg.teacher_arch}-w{cfg.teacher_width:g}-e{cfg.teacher_epochs}-s{cfg.seed}-{digest}"
@@ -81,7 +83,7 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
             return load_teacher(path, device)
         if data is None:
             ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-            data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
+            data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
         log(f"training teacher {cfg.teacher_arch} on {cfg.dataset} ({cfg.teacher_epochs} epochs) -> {path}")
         t0 = time.time()
         model = train_teacher(cfg, data, log)

@@ -279,7 +279,7 @@ def ensure_teacher_cache(cfg: TrialConfig, teacher_path: Path | str, epochs: int
 
     dev = torch.device(device) if device is not None else resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, dev)
+    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, dev, cfg.train_size)
     cache = teacher_cache_for(cfg, teacher_path, data, epochs or cfg.epochs + cfg.finetune_epochs,
                               cache_dir=cache_dir, log=log)
     return {**cache.manifest, "path": str(cache.path)}

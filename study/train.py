@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from study.data import Dataset, split_train_val
+from study.data import Dataset, split_train_val, train_subset
 from study.kernels import ConvKernelGuard
 from study.losses import kd_loss
 
@@ -62,9 +62,12 @@ class ResidentData:
         return tuple(self.val_x.shape[1:])  # type: ignore[return-value]
 
 
-def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device) -> ResidentData:
-    """Split off the validation set (seeded), normalise once and move everything to `device`."""
+def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device, train_size: int = 0) -> ResidentData:
+    """Split off the validation set (seeded), keep a stratified `train_size` subset of the rest (0: all of it;
+    seeded by the same seed), normalise once and move everything to `device`."""
     tr_x, tr_y, va_x, va_y = split_train_val(ds, int(val_size) if val_size >= 1 else val_size, seed)
+    if train_size:
+        tr_x, tr_y = train_subset(tr_x, tr_y, train_size, seed)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
 

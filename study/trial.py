@@ -163,7 +163,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         for stale in ("metrics.json", "model.pt", "epochs.csv", "model.onnx", "model_int8.onnx"):
             (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device)
+    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
     shape = data.input_shape
     train_dtype, channels_last = resolve_precision(cfg.precision, device)
     precision_used = train_dtype + ("+channels_last" if channels_last else "")  # what "auto" chose, for the record
