@@ -53,6 +53,7 @@ def write_space(path: Path, **sections) -> Path:
         "objectives": {"val_acc": "maximize", "nonzero_params": "minimize", "latency_ms_bs1": "minimize"},
         "search": {"sampler": "tpe", "seed": 0, "trials": 4, "concurrent": 2, "scheduler": "none"},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+        "baselines": [],  # fast by default; baselines=None keeps the two built-ins (test_search's small study)
     }
     for key, value in sections.items():
         if value is None:

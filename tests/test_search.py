@@ -30,7 +30,7 @@ def small_study(tmp_path_factory, ray_session):
     from study.search import run_study
 
     tmp = tmp_path_factory.mktemp("study")
-    space = write_space(tmp / "tiny.yaml")
+    space = write_space(tmp / "tiny.yaml", baselines=None)  # no baselines: key, so both built-ins are trained
     run_dir = run_study(str(space), name="small", runs_dir=str(tmp / "runs"), report=False)
     return run_dir
 
@@ -54,6 +54,32 @@ def test_small_study_end_to_end(small_study):
         assert (small_study / "references" / ref / "metrics.json").exists(), ref
     # no early stopping and trials far shorter than report_every_s: one report per trial, its final result
     assert all(r == [(4, "complete")] for r in tune_reports(small_study).values()), tune_reports(small_study)
+
+
+def test_built_in_baselines_are_trained_labelled_and_compared(small_study):
+    from benchmarks.collect import read_results, run_benchmarks
+
+    meta = json.loads((small_study / "study.json").read_text())
+    assert list(meta["baselines"]) == ["seed_recipe", "no_kd"]
+    recipe = json.loads((small_study / "baselines" / "seed_recipe" / "metrics.json").read_text())
+    assert (recipe["kd_loss"], recipe["temperature"], recipe["alpha"], recipe["width_mult"]) == ("kd", 4.0, 0.3, 1.0)
+    assert (recipe["prune_method"], recipe["prune_ratio"], recipe["finetune_epochs"]) == ("l1_structured", 0.3, 5)
+    assert recipe["epochs"] == TINY_TRIAL["epochs"] and recipe["params_reduction"] > 0.3  # the study's protocol
+    no_kd = json.loads((small_study / "baselines" / "no_kd" / "metrics.json").read_text())
+    assert no_kd["kd_loss"] == "ce" and no_kd["prune_method"] == "none" and no_kd["teacher_mode"] == "none"
+    bench = run_benchmarks(small_study, remeasure=False, log=lambda _: None)
+    df = read_results(small_study)
+    rows = df[df["state"] == "BASELINE"].set_index("baseline")
+    assert sorted(rows.index) == ["no_kd", "seed_recipe"]
+    assert rows.loc["seed_recipe", "val_acc"] == pytest.approx(recipe["val_acc"])
+    assert rows["number"].isna().all() and not rows["on_front"].any()
+    lines = {b["name"]: b for b in json.loads((small_study / "benchmark.json").read_text())["baselines"]}
+    assert lines.keys() == {"seed_recipe", "no_kd"} and bench["knee"]["trial"] in bench["pareto_trials"]
+    for b in lines.values():
+        assert b["line"].startswith(f"{b['name']}: ") and ("dominated by front trial" in b["line"]
+                                                           or "not dominated by any front trial" in b["line"])
+        assert set(b["dominated_by"]) <= set(bench["pareto_trials"]) and set(b["dominates"]) <= set(
+            bench["pareto_trials"])
 
 
 def test_conditional_parameter_absent_when_off(small_study):
@@ -94,6 +120,9 @@ def test_early_stopped_infeasible_and_failing_trials(tmp_path, ray_session):
     trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
     status = [t.user_attrs.get("status") for t in trials]
     assert status[0] == "complete" and status[5] == "complete"  # the study went on after the failure
+    # the space says `baselines: []`: none trained, none recorded
+    assert not (run_dir / "baselines").exists()
+    assert json.loads((run_dir / "study.json").read_text())["baselines"] == {}
     assert status[1] == status[2] == "early_stopped"
     assert trials[1].state == trials[2].state == TrialState.PRUNED
     assert trials[1].values is None  # never COMPLETE with partial values

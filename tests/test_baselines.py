@@ -1,0 +1,129 @@
+"""Baselines in a space, their comparison with the front, the front's knee, train_size and the PNG figure."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from conftest import write_space
+from study_fixture import OBJECTIVES, make_run_dir
+
+from benchmarks.collect import analyse, compare_baselines, knee
+from search_spaces import BUILTIN_BASELINES, load_space
+from study.errors import SpaceError
+
+
+def test_absent_baselines_give_both_built_ins_and_an_empty_list_none(tmp_path):
+    space = load_space(write_space(tmp_path / "a.yaml", baselines=None))
+    assert [n for n, _ in space.baselines] == ["seed_recipe", "no_kd"]
+    cfg = space.baseline_config("seed_recipe")
+    assert (cfg.kd_loss, cfg.temperature, cfg.alpha, cfg.width_mult, cfg.prune_method, cfg.prune_ratio,
+            cfg.finetune_epochs) == ("kd", 4.0, 0.3, 1.0, "l1_structured", 0.3, 5)
+    assert cfg.epochs == space.base_config().epochs and cfg.dataset == "digits"  # the rest from the space
+    assert space.baseline_config("no_kd").kd_loss == "ce"
+    assert load_space(write_space(tmp_path / "b.yaml", baselines=[])).baselines == ()
+
+
+def test_own_baselines_beside_a_built_in(tmp_path):
+    space = load_space(write_space(tmp_path / "c.yaml", baselines=[
+        "seed_recipe", {"name": "half-width", "width_mult": 0.5, "kd_loss": "kd", "alpha": 0.1}]))
+    assert dict(space.baselines)["seed_recipe"] == BUILTIN_BASELINES["seed_recipe"]
+    assert space.baseline_config("half-width").width_mult == 0.5
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("my_recipe", "unknown built-in baseline 'my_recipe'"),
+    ({"width_mult": 0.5}, "needs a `name`"),
+    ({"name": "../x", "width_mult": 0.5}, "needs a `name` of letters"),
+    ({"name": "seed_recipe", "alpha": 0.9}, "is a built-in baseline"),
+    ({"name": "b", "widht_mult": 0.5}, "Did you mean 'width_mult'"),
+    ({"name": "b", "dataset": "cifar10"}, "is fixed for the whole study"),
+    ({"name": "b", "alpha": 2.0}, r"baselines\.b: is not a valid configuration: .*alpha must be in \[0, 1\]"),
+    (3, "must be a built-in name or a mapping"),
+])
+def test_bad_baselines_name_the_entry_and_the_fix(tmp_path, entry, message):
+    with pytest.raises(SpaceError, match=message):
+        load_space(write_space(tmp_path / "bad.yaml", baselines=[entry]))
+
+
+def test_duplicate_and_non_list_baselines_are_refused(tmp_path):
+    with pytest.raises(SpaceError, match="appears twice"):
+        load_space(write_space(tmp_path / "d.yaml", baselines=["no_kd", "no_kd"]))
+    with pytest.raises(SpaceError, match="must be a list"):
+        load_space(write_space(tmp_path / "e.yaml", baselines={"name": "x"}))
+
+
+def _table(tmp_path, baselines: dict) -> pd.DataFrame:
+    """The synthetic study (front: trials 0, 1, 2, 5) plus baseline rows: name -> (val_acc, params, latency)."""
+    from benchmarks.collect import collect_results, load_study_meta, open_study
+
+    run = make_run_dir(tmp_path)
+    df = collect_results(run, open_study(run, load_study_meta(run)), OBJECTIVES, log=lambda _: None)
+    rows = [{"number": None, "baseline": n, "state": "BASELINE", "val_acc": v, "params": p, "latency_ms_bs1": ms}
+            for n, (v, p, ms) in baselines.items()]
+    df = pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
+    df["number"] = df["number"].astype("Int64")
+    return analyse(df, OBJECTIVES)[0]
+
+
+def test_baseline_comparison_both_ways(tmp_path):
+    # front: 0 (90 %, 100k, 2.0 ms), 1 (88 %, 50k, 1.2 ms), 2 (85 %, 25k, 0.8 ms), 5 = 0
+    df = _table(tmp_path, {"worse": (86.0, 60_000, 1.5),     # dominated by trial 1
+                           "strong": (89.0, 40_000, 1.0),    # dominates trial 1, dominated by none
+                           "tiny": (70.0, 10_000, 0.5)})     # nothing at or below its cost
+    got = {b["name"]: b for b in compare_baselines(df, OBJECTIVES)}
+    assert got["worse"]["dominated_by"] == [1] and got["worse"]["dominates"] == []
+    assert got["worse"]["gain"]["trial"] == 1 and got["worse"]["gain"]["difference"] == pytest.approx(2.0)
+    assert "dominated by front trial(s) 1" in got["worse"]["line"] and "+2.00 points" in got["worse"]["line"]
+    assert got["strong"]["dominated_by"] == [] and got["strong"]["dominates"] == [1]
+    assert got["strong"]["gain"]["trial"] == 2 and got["strong"]["gain"]["difference"] == pytest.approx(-4.0)
+    assert "not dominated by any front trial" in got["strong"]["line"]
+    assert "it dominates front trial(s) 1" in got["strong"]["line"]
+    assert got["tiny"]["gain"] is None and "no trial finished at no more than its params and latency_ms_bs1" \
+        in got["tiny"]["line"]
+    # baselines never join the front and do not change it
+    assert sorted(df.loc[df["on_front"], "number"].astype(int)) == [0, 1, 2, 5]
+
+
+def test_knee_is_the_front_point_nearest_the_ideal(tmp_path):
+    df = _table(tmp_path, {})
+    # scaled over the front: 0 -> (0, 1, 1), 1 -> (0.4, 1/3, 1/3), 2 -> (1, 0, 0): trial 1 is nearest (0, 0, 0)
+    assert knee(df, OBJECTIVES)["trial"] == 1
+
+
+def test_train_size_is_a_seeded_stratified_subset():
+    from study.data import load_dataset
+    from study.train import make_resident
+
+    ds = load_dataset("digits", "data")
+    cpu = torch.device("cpu")
+    full = make_resident(ds, 0.2, 0, cpu)
+    a, b = make_resident(ds, 0.2, 0, cpu, 300), make_resident(ds, 0.2, 0, cpu, 300)
+    other = make_resident(ds, 0.2, 1, cpu, 300)
+    assert a.train_x.shape[0] == 300 and torch.equal(a.train_x, b.train_x) and not torch.equal(a.train_x,
+                                                                                                 other.train_x)
+    assert torch.equal(a.val_x, full.val_x) and torch.equal(a.test_x, full.test_x)  # only training shrinks
+    counts = torch.bincount(a.train_y, minlength=10).float()
+    assert counts.min() >= 300 / 10 - 3 and counts.max() <= 300 / 10 + 3  # class proportions kept
+
+
+def test_train_size_names_another_teacher():
+    from study.config import make_config
+    from study.teacher import teacher_key
+
+    base = make_config({"dataset": "digits"})
+    assert teacher_key(base) != teacher_key(base.replace(train_size=300))
+    assert teacher_key(base) == teacher_key(base.replace(width_mult=0.5))
+
+
+def test_png_shows_the_front(tmp_path):
+    from PIL import Image
+
+    from benchmarks.collect import run_benchmarks
+    from reports.png import write_png
+
+    run = make_run_dir(tmp_path)
+    run_benchmarks(run, remeasure=False, log=lambda _: None)
+    path = write_png(run)
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 2 * img.size[1] > 400  # one panel per cost objective
