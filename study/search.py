@@ -344,6 +344,10 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     from study.references import missing_baselines, missing_references
     from study.reproduce import code_version, data_fingerprint
 
+    # the code that runs, as it is now: taken before the teacher trains (minutes, on a CPU), so that a file edited
+    # in the meantime is not recorded as the study's
+    code = code_version()
+
     uses_kd = base.kd_loss != "ce" or any(p.name == "kd_loss" for p in space.params)
 
     ref_kinds = missing_references(run_dir / "references", has_teacher=uses_kd)
@@ -371,7 +375,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "sampler": space.sampler, "seed": space.seed, "scheduler": space.scheduler, "trials": n_trials,
         "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
-        "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code_version()},
+        "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
         "data_fingerprint": data_fingerprint(ds),
         "teacher": teacher_info, "base_config": base.to_dict(),
         "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
@@ -497,7 +501,7 @@ def _finish_references(ref, log) -> None:
 
 # ---------------------------------------------------------------------------------------------- summary
 def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: list[tuple[str, str]],
-                  log=print, quiet_latency: dict[int, float] | None = None) -> None:
+                  log=print, quiet_latency: dict | None = None) -> None:
     """Trial counts, failed trials with their reasons, and the Pareto table. quiet_latency (trial number -> ms):
     the front's batch-1 latency re-measured after the search; shown instead of the search's values."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
@@ -529,12 +533,38 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     log("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     for r in rows:
         log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
+    base_rows = _baseline_rows(run_dir, objectives, swap, quiet, cols)
+    if base_rows:
+        log("baselines (configurations picked by hand, trained with the same protocol; not search trials):")
+        bw = [max(w, *(len(r[i]) for r in base_rows)) for i, w in enumerate(widths)]
+        for r in base_rows:
+            log("  ".join(v.rjust(w) for v, w in zip(r, bw)))
     if any(swap):
         log("* re-measured after the search with no trial training (interleaved, median of rounds; "
             "benchmarks.latency); the search's own values are in results.csv")
     _print_baselines(run_dir, log)
     log(f"results: {run_dir}  (Optuna: {storage_url}, study '{study_name}'; "
         f"optuna-dashboard {storage_url})")
+
+
+def _baseline_rows(run_dir: Path, objectives: list[tuple[str, str]], swap: list[bool], quiet: dict,
+                   cols: list[str]) -> list[list[str]]:
+    """The baselines as rows of the Pareto table (from their metrics.json), labelled by name."""
+    try:
+        names = list(json.loads((run_dir / "study.json").read_text()).get("baselines") or {})
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for name in names:
+        try:
+            m = json.loads((run_dir / "baselines" / name / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        values = [quiet.get(f"baseline {name}", m.get(k)) if sw else m.get(k)
+                  for (k, _), sw in zip(objectives, swap, strict=True)]
+        rows.append([name, *[_fmt(v) for v in values], _fmt(m.get("test_acc")),
+                     *[_fmt(m.get(k)) for k in cols[len(objectives) + 2:]]])
+    return rows
 
 
 def _print_baselines(run_dir: Path, log) -> None:
@@ -549,8 +579,9 @@ def _print_baselines(run_dir: Path, log) -> None:
         log(f"knee of the front: trial {bench['knee']['trial']} ({bench['knee']['rule']})")
 
 
-def _benchmark(run_dir: Path, log) -> dict[int, float]:
-    """results.csv, pareto.csv and benchmark.json, the front's latency re-measured; returns trial -> quiet ms."""
+def _benchmark(run_dir: Path, log) -> dict:
+    """results.csv, pareto.csv and benchmark.json, the front's latency re-measured; returns trial number (and
+    "baseline NAME") -> quiet ms."""
     from benchmarks.collect import read_results, run_benchmarks
     from benchmarks.latency import LATENCY_COL
 
@@ -558,8 +589,13 @@ def _benchmark(run_dir: Path, log) -> dict[int, float]:
     df = read_results(run_dir)
     if LATENCY_COL not in df.columns:
         return {}
-    df = df[df["number"].notna() & df[LATENCY_COL].notna()]
-    return {int(n): float(v) for n, v in zip(df["number"], df[LATENCY_COL], strict=True)}
+    done = df[LATENCY_COL].notna()
+    quiet: dict = {int(n): float(v) for n, v in zip(df.loc[done & df["number"].notna(), "number"],
+                                                    df.loc[done & df["number"].notna(), LATENCY_COL], strict=True)}
+    if "baseline" in df.columns:
+        part = df[done & df["baseline"].notna()]
+        quiet.update({f"baseline {b}": float(v) for b, v in zip(part["baseline"], part[LATENCY_COL], strict=True)})
+    return quiet
 
 
 def _build_report(run_dir: Path, log) -> None:

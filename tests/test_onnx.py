@@ -185,3 +185,14 @@ def test_remeasure_on_onnxruntime(int8_trial, tmp_path):
     assert set(res) == {"int8", "plain"} and info["threads"] == 1
     assert all(r[latency.LATENCY_COL] > 0 and r[latency.THROUGHPUT_COL] > 0 for r in res.values())
     assert list(tmp_path.glob("*.onnx"))  # the torch-only trial was exported; the int8 one used its own file
+
+
+@pytest.mark.parametrize("arch", ["resnet8x4", "resnet18", "wrn_16_1"])
+def test_every_student_family_exports(arch, tmp_path, one_thread):
+    """The other families of study.models (CIFAR resnet x4, ImageNet-style resnet, wide resnet), pruned."""
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3, 0.25).eval()
+    prune_model(model, "l1_structured", 0.3, torch.randn(1, 3, 32, 32))
+    onnx_backend.export_onnx(model, (3, 32, 32), tmp_path / "m.onnx")
+    check = onnx_backend.check_matches(onnx_backend.session(tmp_path / "m.onnx", 1), model, torch.randn(8, 3, 32, 32))
+    assert check["ok"], check

@@ -73,6 +73,14 @@ def test_built_in_baselines_are_trained_labelled_and_compared(small_study):
     assert sorted(rows.index) == ["no_kd", "seed_recipe"]
     assert rows.loc["seed_recipe", "val_acc"] == pytest.approx(recipe["val_acc"])
     assert rows["number"].isna().all() and not rows["on_front"].any()
+    from study.search import print_summary
+
+    printed: list[str] = []
+    print_summary(small_study, meta["storage"], meta["study_name"],
+                  [(o["name"], o["direction"]) for o in meta["objectives"]], log=printed.append)
+    at = printed.index(next(p for p in printed if p.startswith("baselines (")))
+    assert [p.split()[0] for p in printed[at + 1:at + 3]] == ["seed_recipe", "no_kd"]  # labelled rows of the table
+    assert any(p.startswith("baseline seed_recipe: ") for p in printed)  # the comparison line (benchmark.json)
     lines = {b["name"]: b for b in json.loads((small_study / "benchmark.json").read_text())["baselines"]}
     assert lines.keys() == {"seed_recipe", "no_kd"} and bench["knee"]["trial"] in bench["pareto_trials"]
     for b in lines.values():
