@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     p.add_argument("--repeats", type=int, default=200, help="timed batch-1 calls per burst (default 200)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run for tests: 2 students, 1 + 1 epochs, 1 round of 5 calls (numbers meaningless)")
     args = p.parse_args(argv)
+    students, larger = (STUDENTS[:1] + STUDENTS[3:4], ()) if args.quick else (STUDENTS, LARGER)
+    if args.quick:
+        args.rounds, args.repeats = 1, 5
 
     from search_spaces import load_space
     from study import onnx_backend
@@ -62,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
 
     base = load_space("demo").base_config().replace(quantize="int8", latency_backend="onnxruntime",
                                                     kd_loss="kd", temperature=4.0, alpha=0.5)
+    if args.quick:
+        base = base.replace(epochs=1, finetune_epochs=1, teacher_epochs=2, calibration_images=32)
     torch.set_num_threads(base.threads or 1)
     ds = load_dataset(base.dataset, base.data_root)
     data = make_resident(ds, base.val_size, base.val_split_seed, torch.device("cpu"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdstudy-onnx-bench-") as tmp:
         models = {}
-        for label, width, method, ratio in STUDENTS:
+        for label, width, method, ratio in students:
             out = Path(tmp) / label.replace(" ", "_").replace(",", "").replace("%", "pc")
             cfg = base.replace(width_mult=width, prune_method=method, prune_ratio=ratio)
             print(f"training {label} ...", flush=True)
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "onnxruntime-int8": (out / "model_int8.onnx").stat().st_size}})
             models[label] = {"torch": net.eval(), "onnxruntime": fp32, "onnxruntime-int8": int8}
         shapes = {r["student"]: data.input_shape for r in rows}
-        for label, arch, width, shape in LARGER:
+        for label, arch, width, shape in larger:
             from study.models import build_model
 
             torch.manual_seed(0)
