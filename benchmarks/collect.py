@@ -47,9 +47,10 @@ UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense sh
                      "no latency gain")
 HV_RULE = (
     "objectives are normalised to losses in [0, 1]: accuracies (name ending in 'acc') over the fixed range "
-    "0..100 %, every other objective over min(0, smallest)..1.1 x largest value of all COMPLETE trials and "
-    "reference models; hypervolume of the normalised minimisation problem w.r.t. the reference point (1, ..., 1) "
-    "(the fraction of the unit box dominated); the raw reference point is the worst end of every range"
+    "0..100 %, every other objective over min(0, smallest)..1.1 x largest value of all COMPLETE trials, "
+    "reference models and baselines; hypervolume of the normalised minimisation problem w.r.t. the reference "
+    "point (1, ..., 1) (the fraction of the unit box dominated); the raw reference point is the worst end of "
+    "every range"
 )
 
 Log = Callable[[str], None]
@@ -430,8 +431,10 @@ def _num_or_none(v: float) -> float | None:
 
 def _baseline_line(name: str, by: list[int], mine: list[int], gain: dict | None, costs: list[str]) -> str:
     parts = [f"dominated by front trial(s) {', '.join(map(str, by))}" if by else "not dominated by any front trial"]
-    if gain is None:
-        parts.append(f"no trial finished at no more than its {' and '.join(costs) or 'cost'}")
+    if not costs:
+        parts.append("the study has no cost objective to compare at")
+    elif gain is None:
+        parts.append(f"no trial finished at no more than its {' and '.join(costs)}")
     else:
         unit = " points" if pareto.is_accuracy(gain["objective"]) else ""
         parts.append(f"at no more than its {' and '.join(costs)} the best trial ({gain['trial']}) reaches "

@@ -441,8 +441,9 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
     parts.append("<h2>Baselines: the configurations picked by hand</h2>")
     parts.append(baselines_table(results, benchmark.get("baselines") or [], objectives)
                  if "baseline" in results.columns and (results["state"] == "BASELINE").any()
-                 else '<p class="note">No baselines in this study (its space lists <code>baselines: []</code>, '
-                      'or it was run before baselines existed).</p>')
+                 else '<p class="note">No baseline results in this run directory: its space lists '
+                      '<code>baselines: []</code>, the baselines failed or have not finished (see the study\'s '
+                      'output), or the study was run before baselines existed.</p>')
     parts.append("<h2>Reference models</h2>")
     parts.append(references_table(results) if (results["state"] == "REFERENCE").any()
                  else '<p class="note">No reference models found under RUN_DIR/references/.</p>')

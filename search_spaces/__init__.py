@@ -49,6 +49,9 @@ COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_byte
 # Fields that define the study's data split and teacher: one value per study, never searched.
 STUDY_FIXED = ("dataset", "data_root", "download", "val_size", "seed", "split_seed", "train_size", "teacher_arch",
                "teacher_width", "teacher_epochs", "teacher_lr", "teacher_precision", "teacher_cache", "device")
+# How costs are measured: a baseline that changed these would be compared with the front on another scale.
+MEASUREMENT_FIELDS = ("latency_backend", "latency_device", "threads", "latency_repeats", "throughput_batch",
+                      "eval_batch_size")
 # Baselines every space gets unless it lists its own (`baselines: []` turns them off). Their values are set over the
 # space's trial: section, so data, teacher, student family and distillation epochs are the study's own.
 # seed_recipe: the original project's recipe (the KD project this tool grew from: KD with T = 4 and alpha = 0.3 on
@@ -364,6 +367,9 @@ def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, d
                 if key in STUDY_FIXED:
                     raise _err(path, f"{where}.{key}", "is fixed for the whole study (the baselines share its "
                                "data split and teacher); set it under trial:.")
+                if key in MEASUREMENT_FIELDS:
+                    raise _err(path, f"{where}.{key}", "sets how cost is measured; a baseline is measured as the "
+                               "trials are, so set it under trial:.")
         else:
             raise _err(path, where, f"must be a built-in name or a mapping, got {type(entry).__name__}.")
         if name in out:

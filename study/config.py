@@ -72,7 +72,8 @@ class TrialConfig:
     # exported to ONNX, checked against PyTorch, timed by ONNX Runtime's CPU execution provider: study/onnx_backend.py)
     latency_backend: str = "torch"
     # int8: post-training static quantization in ONNX Runtime after fine-tuning (needs latency_backend onnxruntime);
-    # val_acc, test_acc, size_bytes and latency are then the quantized model's (fp32 values kept beside them)
+    # val_acc, test_acc, size_bytes and latency are then the quantized model's (fp32 values kept beside them);
+    # with latency_backend onnxruntime, size_bytes is always the deployed ONNX file's (model.onnx / model_int8.onnx)
     quantize: str = "none"
     calibration_images: int = 256  # int8 calibration: a seeded sample of this many training images
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -316,7 +317,9 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"- Input normalisation: x = (pixels / 255 - mean) / std per channel, mean {list(meta['mean'])}, "
         f"std {list(meta['std'])}.",
         f"- Validation split: {c['val_size']:g} of the training set, held out by seed (search objective); "
-        "test split: the data set's test set, used only for reporting.",
+        "test split: the data set's test set, used only for reporting."
+        + (f" Trained on a seeded, stratified subset of {c['train_size']:,} of the remaining training images "
+           "(train_size)." if c.get("train_size") else ""),
         "",
         "## Metrics",
         "",
@@ -329,7 +332,7 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"{_num(summary.get('test_acc_search'), '.2f')}% | {exported_metrics['test_acc']:.2f}% |",
         f"| validation accuracy | {_pm(summary['val_acc_mean'], summary['val_acc_std'], n)} | "
         f"{_num(summary.get('val_acc_search'), '.2f')}% | {exported_metrics['val_acc']:.2f}% |",
-        *([f"Accuracies are the int8 model's (model_int8.onnx) in ONNX Runtime; the fp32 model (model.pt2, "
+        *(["", f"Accuracies are the int8 model's (model_int8.onnx) in ONNX Runtime; the fp32 model (model.pt2, "
            f"model.onnx) tested {_pm(summary.get('test_acc_fp32_mean'), summary.get('test_acc_fp32_std'), n)} over "
            "the same seeds."] if c.get("quantize") == "int8" else []),
         "",
@@ -376,7 +379,7 @@ def _runtime_lines(summary: dict, onnx: dict | None) -> list[str]:
     measured at export."""
     torch_ms = [r.get("latency_ms_bs1_torch") for r in summary.get("per_seed", [])]
     torch_ms = [v for v in torch_ms if v is not None]
-    parts = [f"PyTorch eager {sorted(torch_ms)[len(torch_ms) // 2]:.3f} ms (median over seeds)"] if torch_ms else []
+    parts = [f"PyTorch eager {statistics.median(torch_ms):.3f} ms (median over seeds)"] if torch_ms else []
     if onnx:
         lat = onnx.get("latency_ms_bs1", {})
         parts += [f"ONNX Runtime {onnx['onnxruntime_version']} fp32 {lat['onnxruntime']:.3f} ms"]

@@ -52,11 +52,11 @@ def architecture_key(model: nn.Module, input_shape: tuple, device: torch.device,
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     # the kernels torch and oneDNN may use here: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA change the timings
     isa = [torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
-    runtime = [backend, torch.__version__]
+    runtime: str | list = torch.__version__  # torch: the key as before ONNX Runtime existed (caches stay valid)
     if backend != "torch":  # onnxruntime (fp32) or onnxruntime-int8: its version decides the kernels
         from study.onnx_backend import ort_version
 
-        runtime.append(ort_version())
+        runtime = [backend, torch.__version__, ort_version()]
     payload = json.dumps([CACHE_VERSION, type(model).__name__, shapes, list(input_shape), device.type, dev, isa,
                           threads or torch.get_num_threads(), kind, batch_size, repeats, runtime])
     return hashlib.sha256(payload.encode()).hexdigest()[:20]

@@ -39,8 +39,6 @@ from study.measure import latency_summary, time_calls
 OPSET = 17
 ATOL, RTOL = 1e-4, 1e-3  # fp32 ONNX Runtime vs PyTorch logits
 INPUT, OUTPUT = "x", "logits"
-BACKENDS = ("torch", "onnxruntime")
-QUANTIZE = ("none", "int8")
 
 
 def ort_version() -> str:
@@ -170,7 +168,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: torch.Tensor, ba
     write_path_atomic(out_path, write)
 
 
-def _example(sess, input_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
+def _example(input_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.standard_normal((batch_size, *tuple(input_shape)[-3:])).astype(np.float32)
 
@@ -187,7 +185,7 @@ def measure_latency(sess, input_shape: tuple[int, ...], batch_size: int = 1, war
     At least `warmup` untimed and `repeats` timed calls, more where they take under min_warmup_s / min_timed_s."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    feed = {sess.get_inputs()[0].name: _example(sess, input_shape, batch_size)}
+    feed = {sess.get_inputs()[0].name: _example(input_shape, batch_size)}
     start, calls = time.perf_counter(), 0
     while calls < warmup or time.perf_counter() - start < min_warmup_s:
         sess.run(None, feed)
@@ -203,7 +201,7 @@ def measure_latency(sess, input_shape: tuple[int, ...], batch_size: int = 1, war
 
 def measure_throughput(sess, input_shape: tuple[int, ...], batch_size: int = 256, repeats: int = 5) -> dict:
     """Images per second at `batch_size` (median of `repeats` timed batches after 2 warm-up batches)."""
-    feed = {sess.get_inputs()[0].name: _example(sess, input_shape, batch_size)}
+    feed = {sess.get_inputs()[0].name: _example(input_shape, batch_size)}
     wall, _ = time_calls(lambda: sess.run(None, feed), 2, repeats)
     return {"images_per_s": batch_size / float(np.median(wall)), "batch_size": batch_size,
             "threads": session_threads(sess)}
@@ -216,19 +214,22 @@ class OrtModel:
     def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path, self.threads = Path(path), threads
         self.sess = session(self.path, threads)
+        self.warmed = False  # the first measurement of a session gets the full warm-up
 
     def for_threads(self, threads: int | None):
         if threads is not None and threads != session_threads(self.sess):
-            self.sess, self.threads = session(self.path, threads), threads
+            self.sess, self.threads, self.warmed = session(self.path, threads), threads, False
         return self.sess
 
 
 def remeasure_latency(model: OrtModel, input_shape, batch_size: int = 1, threads: int | None = None,
                       warmup: int = 10, repeats: int = 50) -> dict:
-    """benchmarks.latency calls this once per model to warm it up (repeats=1: the full MIN_WARMUP_S warm-up),
-    then once per round: bursts of at least 20 ms, whose medians it takes the median of."""
-    first = repeats == 1
-    return measure_latency(model.for_threads(threads), input_shape, batch_size, warmup, repeats,
+    """benchmarks.latency calls this once per model to warm it up, then once per round: the first call on a
+    session gets the full MIN_WARMUP_S warm-up, every later one bursts of at least 20 ms (whose medians the caller
+    takes the median of)."""
+    sess = model.for_threads(threads)
+    first, model.warmed = not model.warmed, True
+    return measure_latency(sess, input_shape, batch_size, warmup, repeats,
                            min_warmup_s=MIN_WARMUP_S if first else 0.0, min_timed_s=0.0 if first else 0.02)
 
 
@@ -248,7 +249,13 @@ def open_for_remeasure(model_pt: Path, work_dir: Path) -> tuple[OrtModel, dict]:
         model = OrtModel(found[0])
         shape = [int(d) for d in model.sess.get_inputs()[0].shape[1:]]
         return model, {"input_shape": shape, "onnx_file": str(found[0])}
+    from study.errors import UserError
+
     net, meta = load_model(model_pt)
     path = Path(work_dir) / f"{abs(hash(str(model_pt)))}.onnx"
-    export_onnx(net, tuple(meta["input_shape"]), path)
+    try:
+        export_onnx(net, tuple(meta["input_shape"]), path)
+    except Exception as exc:  # noqa: BLE001  one model that does not export must not stop the others' timing
+        raise UserError(f"{model_pt}: cannot be exported to ONNX for ONNX Runtime ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     return OrtModel(path), {**meta, "onnx_file": "exported from model.pt for this measurement"}

@@ -348,7 +348,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     # in the meantime is not recorded as the study's
     code = code_version()
 
-    uses_kd = base.kd_loss != "ce" or any(p.name == "kd_loss" for p in space.params)
+    uses_kd = (base.kd_loss != "ce" or any(p.name == "kd_loss" for p in space.params)
+               or any(space.baseline_config(n).kd_loss != "ce" for n, _ in space.baselines))
 
     ref_kinds = missing_references(run_dir / "references", has_teacher=uses_kd)
     baselines = missing_baselines(run_dir / "baselines", dict(space.baselines))
@@ -528,17 +529,17 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
         values = [quiet.get(t.number, v) if sw else v for v, sw in zip(t.values, swap, strict=True)]
         rows.append([str(t.number), *[_fmt(v) for v in values], _fmt(m.get("test_acc")),
                      *[_fmt(t.params.get(k, m.get(k))) for k in cols[len(objectives) + 2:]]])
-    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    base_rows = _baseline_rows(run_dir, objectives, swap, quiet, cols)
+    widths = [max(len(c), *(len(r[i]) for r in rows + base_rows)) if rows + base_rows else len(c)
+              for i, c in enumerate(cols)]
     log(f"Pareto-optimal trials ({len(front)}), objectives on the validation split; test_acc for reference only:")
     log("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
     for r in rows:
         log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
-    base_rows = _baseline_rows(run_dir, objectives, swap, quiet, cols)
     if base_rows:
         log("baselines (configurations picked by hand, trained with the same protocol; not search trials):")
-        bw = [max(w, *(len(r[i]) for r in base_rows)) for i, w in enumerate(widths)]
         for r in base_rows:
-            log("  ".join(v.rjust(w) for v, w in zip(r, bw)))
+            log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
     if any(swap):
         log("* re-measured after the search with no trial training (interleaved, median of rounds; "
             "benchmarks.latency); the search's own values are in results.csv")

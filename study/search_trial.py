@@ -112,7 +112,10 @@ def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    same = all(metrics.get(k) == v for k, v in cfg.to_dict().items())
+    from study.config import CONFIG_FIELDS
+
+    # a field added after the trial ran is absent from its metrics: its default is what the trial used
+    same = all(metrics.get(k, CONFIG_FIELDS[k].default) == v for k, v in cfg.to_dict().items())
     return metrics if metrics.get("status") == "complete" and same else None
 
 

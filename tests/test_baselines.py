@@ -38,6 +38,7 @@ def test_own_baselines_beside_a_built_in(tmp_path):
     ({"name": "seed_recipe", "alpha": 0.9}, "is a built-in baseline"),
     ({"name": "b", "widht_mult": 0.5}, "Did you mean 'width_mult'"),
     ({"name": "b", "dataset": "cifar10"}, "is fixed for the whole study"),
+    ({"name": "b", "latency_backend": "torch"}, "sets how cost is measured"),
     ({"name": "b", "alpha": 2.0}, r"baselines\.b: is not a valid configuration: .*alpha must be in \[0, 1\]"),
     (3, "must be a built-in name or a mapping"),
 ])

@@ -197,6 +197,8 @@ def test_latency_drops_repeats_whose_thread_was_descheduled(monkeypatch):
         return thread_time
 
     m = build_model("resnet8", 10, 1, 0.25).eval()
+    # every repeat with its thread's CPU time (not a real measurement: on a loaded machine one could be descheduled)
+    monkeypatch.setattr(measure.time, "thread_time", lambda: measure.time.perf_counter())
     r = measure_latency(m, (1, 8, 8), threads=1, warmup=1, repeats=5)
     assert r["clean_fraction"] == 1.0 and not r["interfered"]
     monkeypatch.setattr(measure.time, "thread_time", pattern([False, True] * 3))

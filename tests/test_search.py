@@ -174,6 +174,19 @@ def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
             pass
 
 
+def _wait_for_snapshots(exp_dir: Path, writes: int, least_s: float, most_s: float) -> None:
+    """Sleep until Tune's experiment-state file has been rewritten `writes` times (between least_s and most_s)."""
+    def stamp() -> float:
+        return max((p.stat().st_mtime_ns for p in exp_dir.glob("experiment_state*.json")), default=0)
+
+    start, seen, last = time.time(), 0, stamp()
+    while time.time() - start < most_s and (seen < writes or time.time() - start < least_s):
+        time.sleep(0.05)
+        now = stamp()
+        if now != last:
+            seen, last = seen + 1, now
+
+
 def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     # long enough trials (40 epochs of ~0.05 s) that one is caught mid-way
     space = write_space(tmp_path / "s.yaml", trial={**TINY_TRIAL, "epochs": 36, "finetune_epochs": 4},
@@ -203,7 +216,10 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
         in_flight = {p.parent.name for p in run_dir.glob("trials/*/progress.json")
                      if 2 <= json.loads(p.read_text())["epoch"] <= 20} - set(done_before)
         if done_before and in_flight:
-            time.sleep(0.3)  # let the driver snapshot the reported checkpoint
+            # let the driver snapshot the reported checkpoint: wait for two more writes of Tune's experiment state
+            # (after every step with TUNE_GLOBAL_CHECKPOINT_S=0), at least 0.3 s and at most 5 s; a fixed 0.3 s
+            # was too short on a loaded machine (the in-flight trials were then unknown to the restored Tune)
+            _wait_for_snapshots(run_dir / "ray" / "tune", writes=2, least_s=0.3, most_s=5.0)
             break
         time.sleep(0.2)
     assert done_before, "no trial finished before the deadline: " + (tmp_path / "first.log").read_text()[-3000:]
