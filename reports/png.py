@@ -16,14 +16,8 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import pareto
+from reports.html import ACC, KIND_COLORS, _num  # the HTML report's colours and parsing: one look for both
 from study.io import write_path_atomic
-
-KIND_COLORS = {"unpruned": "#1f77b4", "structured": "#2ca02c", "unstructured": "#ff7f0e", "unknown": "#7f7f7f"}
-ACC = "val_acc"
-
-
-def _num(df: pd.DataFrame, col: str) -> np.ndarray:
-    return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
 
 
 def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, meta: dict) -> Path:
