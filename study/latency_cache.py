@@ -125,6 +125,11 @@ def _measure(backend: str, model: nn.Module, input_shape: tuple, threads: int | 
     return run
 
 
+def _placed(model: nn.Module, device: torch.device, backend: str) -> tuple[nn.Module, torch.device]:
+    """Where a backend times: eager PyTorch on `device` (the model moved there), ONNX Runtime on the CPU."""
+    return (model.to(device), device) if backend == "torch" else (model, torch.device("cpu"))
+
+
 def latency(model: nn.Module, input_shape: tuple, *, device: torch.device, threads: int | None, repeats: int,
             cache_dir: Path, backend: str = "torch", onnx_file: Callable[[], Path] | None = None) -> dict:
     """Batch-1 latency (median_ms, iqr_ms, threads, device) of `model`, measured once per architecture.
@@ -132,10 +137,7 @@ def latency(model: nn.Module, input_shape: tuple, *, device: torch.device, threa
     backend torch: eager PyTorch on `device`. onnxruntime / onnxruntime-int8: ONNX Runtime's CPU execution
     provider on the file `onnx_file()` returns (called only on a cache miss; the fp32 or int8 export of `model`,
     whose shapes make the key)."""
-    if backend == "torch":
-        model = model.to(device)
-    else:
-        device = torch.device("cpu")
+    model, device = _placed(model, device, backend)
     key = architecture_key(model, input_shape, device, threads, "latency", 1, repeats, backend)
     return _cached(cache_dir, key, _measure(backend, model, input_shape, threads, "latency", repeats, onnx_file))
 
@@ -143,10 +145,7 @@ def latency(model: nn.Module, input_shape: tuple, *, device: torch.device, threa
 def throughput(model: nn.Module, input_shape: tuple, *, device: torch.device, threads: int | None, batch_size: int,
                cache_dir: Path, backend: str = "torch", onnx_file: Callable[[], Path] | None = None) -> dict:
     """Images/s at `batch_size`, measured once per architecture (backends as for `latency`)."""
-    if backend == "torch":
-        model = model.to(device)
-    else:
-        device = torch.device("cpu")
+    model, device = _placed(model, device, backend)
     key = architecture_key(model, input_shape, device, threads, "throughput", batch_size, 5, backend)
     return _cached(cache_dir, key, _measure(backend, model, input_shape, threads, "throughput", batch_size,
                                             onnx_file))
