@@ -105,14 +105,8 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
 
     from study import onnx_backend
 
-    exporter = onnx_backend.export_onnx(net, tuple(x.shape[1:]), out_dir / "model.onnx")
-    sess = onnx_backend.session(out_dir / "model.onnx", threads)
-    check = onnx_backend.check_matches(sess, net, x)
-    if not check["ok"]:
-        raise RuntimeError(f"model.onnx: ONNX Runtime's logits differ from PyTorch's by up to "
-                           f"{check['max_abs_diff']:.2e} (tolerance {onnx_backend.ATOL:g} + {onnx_backend.RTOL:g} "
-                           "* |logit|)")
     shape = tuple(x.shape[1:])
+    exporter, check, sess = onnx_backend.export_checked(net, shape, out_dir / "model.onnx", x, threads)
     info = {"file": "model.onnx", "exporter": exporter, "opset": onnx_backend.OPSET,
             "onnxruntime_version": onnx_backend.ort_version(), "max_abs_diff": check["max_abs_diff"],
             "tolerance": f"|ort - torch| <= {onnx_backend.ATOL:g} + {onnx_backend.RTOL:g} * |torch|",

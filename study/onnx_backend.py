@@ -80,6 +80,20 @@ def _export_dynamo(net: nn.Module, x: torch.Tensor, path: Path) -> None:
     program.save(str(path))
 
 
+def export_checked(model: nn.Module, input_shape: tuple[int, ...], path: Path, x: torch.Tensor,
+                   threads: int | None = None) -> tuple[str, dict, object]:
+    """export_onnx, then check_matches on `x`: (exporter, check, session), or RuntimeError naming the file, the
+    largest difference and the tolerance when ONNX Runtime's logits differ from PyTorch's."""
+    exporter = export_onnx(model, input_shape, path)
+    sess = session(path, threads)
+    check = check_matches(sess, model, x)
+    if not check["ok"]:
+        raise RuntimeError(f"{Path(path).name}: ONNX Runtime's logits differ from PyTorch's on {check['images']} "
+                           f"images (max |difference| {check['max_abs_diff']:.2e}, tolerance {ATOL:g} + {RTOL:g} "
+                           f"* |logit|; exporter {exporter}): the ONNX export is wrong")
+    return exporter, check, sess
+
+
 def session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session: `threads` intra-op threads (None: torch's current count), one inter-op
     thread, every graph optimisation on."""

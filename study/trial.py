@@ -308,12 +308,7 @@ def _measure_onnxruntime(student: nn.Module, timed: nn.Module, data: ResidentDat
 
     shape, threads = data.input_shape, cfg.threads or None
     fp32 = folder / "model.onnx"
-    exporter = onnx_backend.export_onnx(student, shape, fp32)
-    check = onnx_backend.check_matches(onnx_backend.session(fp32, threads), student, data.val_x[:256])
-    if not check["ok"]:
-        raise RuntimeError(f"ONNX Runtime's logits differ from PyTorch's on {check['images']} validation images "
-                           f"(max |difference| {check['max_abs_diff']:.2e}, tolerance {onnx_backend.ATOL:g} + "
-                           f"{onnx_backend.RTOL:g} * |logit|; exporter {exporter}): the ONNX export is wrong")
+    exporter, check, _ = onnx_backend.export_checked(student, shape, fp32, data.val_x[:256], threads)
     out: dict = {"onnx_exporter": exporter, "onnx_max_abs_diff": check["max_abs_diff"],
                  "onnxruntime_version": onnx_backend.ort_version()}
     deployed = fp32
