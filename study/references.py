@@ -20,54 +20,59 @@ from study.io import write_json_atomic
 REFERENCES = ("teacher", "student_ce", "student_kd")
 
 
+def _config(trial: dict, values: dict, gpu: bool, source: str) -> TrialConfig:
+    """The study's fixed trial settings with `values` over them, on the CPU unless the study has a GPU."""
+    cfg = make_config(trial, values, source=source)
+    return cfg if gpu else cfg.replace(device="cpu")
+
+
+def _record(out: Path, metrics: dict, label: dict) -> dict:
+    metrics.update(label)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def _train(cfg: TrialConfig, teacher_path: str | None, out: Path, label: dict) -> dict:
+    """run_trial into `out` (the trials' own protocol), its metrics.json labelled."""
+    from study.trial import run_trial
+
+    metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
+    return _record(out, metrics, label)
+
+
 def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
     """One reference point (kind in REFERENCES) for a study whose fixed trial settings are `trial`; writes
     out_dir/metrics.json (and model.pt) and returns the metrics."""
+    out = Path(out_dir)
+    if kind != "teacher":
+        defaults = TrialConfig()
+        values = {"prune_method": "none", "prune_ratio": 0.0, "kd_loss": "ce" if kind == "student_ce" else "kd",
+                  "temperature": defaults.temperature, "alpha": defaults.alpha}
+        return _train(_config(trial, values, gpu, "config"), teacher_path, out, {"reference": kind})
+    from study.data import load_dataset
     from study.device import resolve_device
     from study.measure import count_params
+    from study.pruning import prune_model
     from study.teacher import load_teacher
     from study.train import make_resident
-    from study.trial import measure_student, run_trial
+    from study.trial import measure_student
 
-    cfg = make_config(trial)
-    if not gpu:
-        cfg = cfg.replace(device="cpu")
-    out = Path(out_dir)
-    defaults = TrialConfig()
-    if kind == "teacher":
-        from study.data import load_dataset
-        from study.pruning import prune_model
-
-        device = resolve_device(cfg.device)
-        model, info = load_teacher(teacher_path, device)
-        ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-        data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
-        prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
-        tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
-        metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)
-        metrics.update(tcfg.to_dict())
-    else:
-        cfg = cfg.replace(prune_method="none", prune_ratio=0.0, kd_loss="ce" if kind == "student_ce" else "kd",
-                          temperature=defaults.temperature, alpha=defaults.alpha)
-        metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
-    metrics["reference"] = kind
-    write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+    cfg = _config(trial, {}, gpu, "config")
+    device = resolve_device(cfg.device)
+    model, info = load_teacher(teacher_path, device)
+    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
+    prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
+    tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
+    metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)
+    metrics.update(tcfg.to_dict())
+    return _record(out, metrics, {"reference": kind})
 
 
 def run_baseline(name: str, values: dict, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
     """One baseline: the study's fixed trial settings with `values` over them, trained and measured by run_trial
     into out_dir; metrics.json carries `baseline: name`."""
-    from study.trial import run_trial
-
-    cfg = make_config(trial, values, source=f"baseline {name}")
-    if not gpu:
-        cfg = cfg.replace(device="cpu")
-    out = Path(out_dir)
-    metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
-    metrics["baseline"] = name
-    write_json_atomic(out / "metrics.json", metrics)
-    return metrics
+    return _train(_config(trial, values, gpu, f"baseline {name}"), teacher_path, Path(out_dir), {"baseline": name})
 
 
 def missing_baselines(root: Path, baselines: dict[str, dict]) -> dict[str, dict]:
