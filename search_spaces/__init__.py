@@ -29,6 +29,7 @@ import yaml
 
 from study.config import CONFIG_FIELDS, TrialConfig, make_config, unknown_key_error
 from study.errors import SpaceError, UserError
+from study.samplers import SAMPLERS
 
 TOP_KEYS = ("name", "description", "trial", "params", "objectives", "constraints", "search", "resources",
             "baselines")
@@ -36,7 +37,6 @@ PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 SEARCH_KEYS = ("sampler", "seed", "trials", "concurrent", "scheduler", "grace_epochs", "reduction_factor",
                "report_every_s")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
-SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 SCHEDULERS = ("none", "asha", "mo_asha")
 # Metrics a trial reports, with the direction that makes sense for each.
 OBJECTIVE_METRICS = {
@@ -300,8 +300,10 @@ def load_space(path: str | Path) -> SearchSpace:
 
     search = _check_keys(raw.get("search"), SEARCH_KEYS, p, "search")
     sampler = search.get("sampler", "tpe")
-    if sampler not in SAMPLERS:
-        raise _err(p, "search.sampler", f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    try:
+        SAMPLERS.check(str(sampler))
+    except UserError as exc:
+        raise _err(p, "search.sampler", str(exc)) from None
     scheduler = search.get("scheduler", "mo_asha")
     if scheduler not in SCHEDULERS:
         raise _err(p, "search.scheduler", f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")

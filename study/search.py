@@ -44,16 +44,9 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- Optuna side
 def make_sampler(space: SearchSpace):
-    seed = space.seed
-    if space.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-    if space.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if space.sampler == "nsga3":
-        return optuna.samplers.NSGAIIISampler(seed=seed)
-    if space.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
+    from study.samplers import make_sampler as build
+
+    return build(space.sampler, space.seed)
 
 
 class KDOptunaSearch(OptunaSearch):
