@@ -53,7 +53,7 @@ BAD = [
     ({"objectives": {"params": "minimize"}}, "must include val_acc"),
     ({"constraints": {"max_params": -3}}, "must be a positive number"),
     ({"constraints": {"max_flops": 3}}, "unknown key 'max_flops'"),
-    ({"search": {"sampler": "cmaes"}}, "unknown sampler 'cmaes'"),
+    ({"search": {"sampler": "cmaes"}}, "Unknown sampler 'cmaes'"),
     ({"search": {"scheduler": "hyperband"}}, "unknown scheduler 'hyperband'"),
     ({"search": {"trials": 0}}, "search.trials: must be a positive integer"),
     ({"search": {"reduction_factor": 1}}, "must be >= 2"),
