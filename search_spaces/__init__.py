@@ -47,8 +47,9 @@ OBJECTIVE_METRICS = {
 # Objectives that are known before training (architecture only): early stopping may use them at every rung.
 COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_bytes")
 # Fields that define the study's data split and teacher: one value per study, never searched.
-STUDY_FIXED = ("dataset", "data_root", "download", "val_size", "seed", "split_seed", "train_size", "teacher_arch",
-               "teacher_width", "teacher_epochs", "teacher_lr", "teacher_precision", "teacher_cache", "device")
+STUDY_FIXED = ("imports", "dataset", "data_root", "download", "image_size", "skip_bad_images", "teacher_checkpoint",
+               "val_size", "seed", "split_seed", "train_size", "teacher_arch", "teacher_width", "teacher_epochs",
+               "teacher_lr", "teacher_precision", "teacher_cache", "device")
 # How costs are measured: a baseline that changed these would be compared with the front on another scale.
 MEASUREMENT_FIELDS = ("latency_backend", "latency_device", "threads", "latency_repeats", "throughput_batch",
                       "eval_batch_size")
@@ -387,21 +388,28 @@ def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, d
 def _validate_values(base: TrialConfig, trial: dict, params: dict[str, ParamSpec], path: str) -> None:
     """Every choice and both bounds of every parameter must make a valid config and name registered things."""
     from study.data import DATASETS
+    from study.losses import KD_LOSSES
     from study.models import MODELS
     from study.pruning import PRUNE_METHODS
 
     registries = {"dataset": DATASETS, "student_arch": MODELS, "teacher_arch": MODELS,
-                  "prune_method": PRUNE_METHODS}
+                  "prune_method": PRUNE_METHODS, "kd_loss": KD_LOSSES}
+
+    def check(reg, v, where: str, what: str) -> None:
+        try:
+            reg.resolve(str(v))
+        except UserError as exc:
+            raise _err(path, where, f"{what} {v!r}: {exc}") from None
+
     for field_name, reg in registries.items():
-        v = getattr(base, field_name)
-        if field_name in trial and v not in reg:
-            raise _err(path, f"trial.{field_name}", f"unknown {v!r}; choose one of {', '.join(sorted(reg))}.")
+        if field_name in trial:
+            check(reg, getattr(base, field_name), f"trial.{field_name}", "unknown")
     for spec in params.values():
         values = list(spec.choices) if spec.type == "categorical" else [spec.low, spec.high]
         reg = registries.get(spec.name)
         for v in values:
-            if reg is not None and v not in reg:
-                raise _err(path, f"params.{spec.name}", f"unknown choice {v!r}; valid: {', '.join(sorted(reg))}.")
+            if reg is not None:
+                check(reg, v, f"params.{spec.name}", "unknown choice")
             try:
                 make_config(trial, {spec.name: v}, source="")
             except UserError as exc:

@@ -15,7 +15,7 @@ from torch import nn
 
 from study.errors import CheckpointError, UserError
 from study.io import write_atomic
-from study.models import build_model
+from study.models import build_dense
 
 FORMAT = "kdstudy-model-v1"
 REQUIRED_META = ("arch", "num_classes", "in_channels", "width_mult", "input_shape")
@@ -72,6 +72,9 @@ def _resize(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> Non
         if isinstance(module, nn.Conv2d) and module.groups == 1:
             w = state[prefix + "weight"]
             module.out_channels, module.in_channels = int(w.shape[0]), int(w.shape[1])
+        elif isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels:
+            w = state[prefix + "weight"]  # depthwise (MobileNet, EfficientNet): pruned as in = out = groups
+            module.out_channels = module.in_channels = module.groups = int(w.shape[0])
         elif isinstance(module, nn.BatchNorm2d):
             module.num_features = (
                 int(state[prefix + "running_mean"].shape[0])
@@ -117,7 +120,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
             f"{path}: checkpoint lacks meta keys {list(REQUIRED_META)} or its state_dict; re-save the model."
         )
     try:
-        model = build_model(meta["arch"], int(meta["num_classes"]), int(meta["in_channels"]), float(meta["width_mult"]))
+        # dense: a family scaled by pruning is resized below to its saved shapes, like a pruned model
+        model = build_dense(meta["arch"], int(meta["num_classes"]), int(meta["in_channels"]), float(meta["width_mult"]))
     except UserError as e:
         raise CheckpointError(
             f"{path}: cannot rebuild the model ({e}); re-save it with this version of the code."

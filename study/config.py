@@ -16,9 +16,19 @@ from study.errors import UserError
 
 @dataclass(frozen=True)
 class TrialConfig:
+    # modules to import before any name is resolved (comma-separated): their register_* calls then run in every
+    # process, Ray workers included (study/registry.py)
+    imports: str = ""
     # --- data ---
-    dataset: str = "digits"  # registry name: digits, fashion_mnist, cifar10, cifar100, tinyimagenet
+    # registry name: digits, fashion_mnist, cifar10, cifar100, tinyimagenet, imagefolder (data_root/train/<class>/),
+    # or python:pkg.module:load (study/data.py)
+    dataset: str = "digits"
     data_root: str = "data"  # folder holding the data set files (relative paths resolve against the CWD)
+    image_size: int = 0  # imagefolder: resize every image to image_size x image_size on decode (0: keep; one size)
+    skip_bad_images: bool = False  # imagefolder: skip (and count) unreadable images instead of stopping
+    # training data kept in memory up to this many MB; above it batches stream from the decoded cache on disk
+    # (study/streaming.py). 0: half of the memory available when the trial starts
+    max_resident_mb: int = 0
     download: bool = False  # fetch a missing data set (cifar10/100, fashion_mnist, tinyimagenet; needs internet)
     val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
     seed: int = 0  # seeds the init, augmentation schedule and batch order (and the split, unless split_seed is set)
@@ -26,8 +36,11 @@ class TrialConfig:
     # training images used after the validation holdout: 0 all of them; N a stratified subset of N, drawn with the
     # split seed, the same for every trial, baseline, reference and the teacher (a study sized for a CPU budget)
     train_size: int = 0
-    # --- teacher (trained once per key and cached on disk) ---
-    teacher_arch: str = "resnet20"  # registry name in study.models
+    # --- teacher (trained once per key and cached on disk, unless teacher_checkpoint gives one) ---
+    # a trained teacher: a torch.export program (.pt2), a TorchScript file, or a state_dict of teacher_arch
+    # (loaded with weights_only=True); no teacher is trained (study/teacher.py)
+    teacher_checkpoint: str = ""
+    teacher_arch: str = "resnet20"  # model family (study.models): a name, torchvision:NAME, timm:NAME, python:...
     teacher_width: float = 1.0  # width multiplier of the teacher
     teacher_epochs: int = 15  # teacher training budget in epochs
     teacher_lr: float = 0.1  # teacher peak SGD learning rate (per batch of batch_size)
@@ -37,8 +50,12 @@ class TrialConfig:
     # seed spread of fp32 students. bf16 / auto: faster.
     teacher_precision: str = "fp32"
     # --- student ---
-    student_arch: str = "resnet8"  # registry name in study.models
-    width_mult: float = 1.0  # scales every stage of the student (and the stem)
+    student_arch: str = "resnet8"  # model family (study.models): a name, torchvision:NAME, timm:NAME, python:...
+    width_mult: float = 1.0  # scales the student's channels (a builder's knob, or uniform pruning: README)
+    student_weights: str = ""  # initial weights for the student family: a state_dict file (matching names/shapes)
+    # start from a trained student (a model.pt written by a trial or reproduce, pruned shapes kept); with
+    # epochs 0 a trial only prunes and fine-tunes (the original project's distill-then-prune)
+    student_checkpoint: str = ""
     # --- distillation ---
     kd_loss: str = "kd"  # alpha*CE + (1-alpha)*D; D = kd (T^2*KL), kd_ls (on standardised logits), dkd; ce: no teacher
     dkd_beta: float = 8.0  # dkd only: weight of the non-target-class term (DKD paper: 8 on CIFAR)
@@ -153,14 +170,16 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
         raise bad(f"prune_ratio must be in [0, 1) (got {cfg.prune_ratio}).")
     if cfg.width_mult <= 0 or cfg.teacher_width <= 0:
         raise bad("width multipliers must be > 0.")
-    if cfg.epochs < 1 or cfg.teacher_epochs < 1 or cfg.finetune_epochs < 0:
-        raise bad("epochs and teacher_epochs must be >= 1 and finetune_epochs >= 0.")
+    if cfg.epochs < 0 or cfg.teacher_epochs < 1 or cfg.finetune_epochs < 0:
+        raise bad("epochs and finetune_epochs must be >= 0 and teacher_epochs >= 1.")
+    if cfg.epochs == 0 and not cfg.student_checkpoint:
+        raise bad("epochs 0 trains nothing before pruning; it needs student_checkpoint (a trained student).")
+    if cfg.epochs + cfg.finetune_epochs < 1:
+        raise bad("epochs + finetune_epochs must be >= 1 (a trial trains at least one epoch).")
+    if cfg.image_size < 0 or cfg.max_resident_mb < 0:
+        raise bad("image_size and max_resident_mb must be >= 0.")
     if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
         raise bad("batch sizes must be >= 1.")
-    from study.losses import KD_LOSSES
-
-    if cfg.kd_loss not in KD_LOSSES:
-        raise bad(f"kd_loss must be one of {', '.join(KD_LOSSES)} (got '{cfg.kd_loss}').")
     for name in ("precision", "teacher_precision"):
         if getattr(cfg, name) not in ("auto", "fp32", "bf16"):
             raise bad(f"{name} must be auto, fp32 or bf16 (got '{getattr(cfg, name)}').")
@@ -193,17 +212,25 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
         raise bad(f"calibration_images must be >= 1 (got {cfg.calibration_images}).")
     if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         raise bad(f"device must be auto, cpu, cuda or cuda:N (got '{cfg.device}').")
+    check_names(cfg, source)
+
+
+def check_names(cfg: TrialConfig, source: str = "config") -> None:
+    """Import cfg.imports, then resolve every registry name the config uses (data set, models, prune method,
+    KD loss): an unknown name or an import string that does not resolve is one sentence naming the field."""
     from study.data import DATASETS
+    from study.losses import KD_LOSSES
     from study.models import MODELS
     from study.pruning import PRUNE_METHODS
+    from study.registry import import_modules
 
+    import_modules(cfg.imports, f"{source}: imports")
     for name, registry in (("dataset", DATASETS), ("student_arch", MODELS), ("teacher_arch", MODELS),
-                           ("prune_method", PRUNE_METHODS)):
-        value = getattr(cfg, name)
-        if value not in registry:
-            close = difflib.get_close_matches(value, list(registry), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(sorted(registry))}."
-            raise bad(f"unknown {name} '{value}'; {hint}")
+                           ("prune_method", PRUNE_METHODS), ("kd_loss", KD_LOSSES)):
+        try:
+            registry.resolve(getattr(cfg, name))
+        except UserError as exc:
+            raise UserError(f"{source}: {name}: {exc}") from None
 
 
 def parse_set_args(items: list[str]) -> dict[str, Any]:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from study.errors import DataError
+from study.errors import DataError, UserError
+from study.registry import Registry
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields elementwise is meaningless here
@@ -42,9 +43,17 @@ class Dataset:
     std: tuple[float, ...]  # per-channel pixel standard deviation, 0-1 scale
     hflip: bool  # True when a horizontal flip keeps the label (false for digits)
     crop_pad: int  # random-crop augmentation: pixels of padding on each side before cropping back
+    # a validation split of the data set's own (imagefolder's val/): used instead of a holdout of train
+    val_x: torch.Tensor | None = field(default=None, repr=False)
+    val_y: torch.Tensor | None = field(default=None, repr=False)
+    classes: tuple[str, ...] = ()  # class names in label order, where the data set has them
+    info: dict = field(default_factory=dict)  # what the loader wants recorded (cache folder, skipped images)
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
+        splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
+        if self.val_x is not None:
+            splits.append(("val", self.val_x, self.val_y))
+        for split, x, y in splits:
             if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"{self.name} {split} split: want uint8 (N,C,H,W) images and int64 (N,) labels")
         if not len(self.mean) == len(self.std) == self.train_x.shape[1]:
@@ -57,7 +66,7 @@ class Dataset:
         return (c, h, w)
 
 
-Loader = Callable[[Path, bool], Dataset]  # (root, download) -> Dataset
+Loader = Callable[..., Dataset]  # (root, download, **options) -> Dataset
 
 
 def _dataset(name: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
@@ -149,7 +158,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images, bunch.target.astype(np.int64)
 
 
-def _load_digits(root: Path, download: bool) -> Dataset:
+def _load_digits(root: Path, download: bool, **_: Any) -> Dataset:
     del root, download  # bundled with scikit-learn
     images, y = _digits_arrays()
     x = np.rint(images * (255 / 16)).astype(np.uint8)[:, None]  # (N, 1, 8, 8)
@@ -207,7 +216,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _load_fashion_mnist(root: Path, download: bool) -> Dataset:
+def _load_fashion_mnist(root: Path, download: bool, **_: Any) -> Dataset:
     files = _find_fashion_mnist(root)
     if files is None and download:
         _torchvision_download("FashionMNIST", "fashion_mnist", root)
@@ -464,7 +473,7 @@ def _read_tiny_cache(path: Path, wnids: list[str]) -> dict[str, np.ndarray] | No
         return None
 
 
-def _load_tinyimagenet(root: Path, download: bool) -> Dataset:
+def _load_tinyimagenet(root: Path, download: bool, **_: Any) -> Dataset:
     base = root / "tiny-imagenet-200"
     if download and not (base / "wnids.txt").is_file():
         prepare_tinyimagenet(root)
@@ -510,25 +519,121 @@ def prepare_tinyimagenet(root: str | Path) -> Path:
 # Registry
 # ---------------------------------------------------------------------------------------------------------------
 
-DATASETS: dict[str, Loader] = {
-    "digits": _load_digits,
-    "fashion_mnist": _load_fashion_mnist,
-    "cifar10": lambda root, download: _load_cifar("cifar10", root, download),
-    "cifar100": lambda root, download: _load_cifar("cifar100", root, download),
-    "tinyimagenet": _load_tinyimagenet,
-}
+def _load_imagefolder(root: Path, download: bool, image_size: int = 0, skip_bad_images: bool = False,
+                      cache_dir: Path | None = None, log=None, **_: Any) -> Dataset:
+    from study.imagefolder import load_folder
+    from study.teacher import default_cache_dir
+
+    del download  # the user's own folder
+    arrays = load_folder(root, image_size, skip_bad_images, cache_dir or default_cache_dir(), log)
+    size = arrays.train[0].shape[2]
+    val = arrays.val
+    return Dataset(
+        name="imagefolder", train_x=_mapped(arrays.train[0]), train_y=_tensor(arrays.train[1], np.int64),
+        test_x=_mapped(arrays.test[0]), test_y=_tensor(arrays.test[1], np.int64), num_classes=len(arrays.classes),
+        mean=arrays.mean, std=arrays.std, hflip=True,  # a mirrored photo keeps its class in most image sets
+        crop_pad=max(1, round(size / 8)),  # CIFAR's 4 px on 32 px: an eighth of the side
+        val_x=_mapped(val[0]) if val else None, val_y=_tensor(val[1], np.int64) if val else None,
+        classes=tuple(arrays.classes),
+        info={"cache_dir": str(arrays.cache_dir), "skipped_images": len(arrays.skipped),
+              "test_split": "held out of train/ (no test/ folder)" if arrays.test_from_train else "test/"},
+    )
+
+
+def _mapped(a: np.ndarray) -> torch.Tensor:
+    """A tensor over a read-only memory map without reading it: copy-on-write pages (np.load mmap_mode "c"),
+    so torch's warning about non-writable arrays does not apply and nothing is written back."""
+    if isinstance(a, np.memmap) and a.filename:
+        a = np.load(a.filename, mmap_mode="c")
+    return torch.from_numpy(np.ascontiguousarray(a) if not isinstance(a, np.memmap) else a)
+
+
+def _python_dataset(obj: object, name: str) -> Loader:
+    """A user's `load(data_root)` returning a Dataset, a mapping or a (train_x, train_y, test_x, test_y) tuple
+    of uint8 images ((N, C, H, W), or (N, H, W) grey) and int labels, as tensors or numpy arrays."""
+    if not callable(obj):
+        raise DataError(f"dataset {name!r}: {type(obj).__name__} is not callable; point the import string at a "
+                        "function load(data_root) -> (train_x, train_y, test_x, test_y).")
+
+    def load(root: Path, download: bool, **_: Any) -> Dataset:
+        out = obj(root)
+        if isinstance(out, Dataset):
+            return out
+        parts = dict(out) if isinstance(out, dict) else None
+        if parts is None:
+            if not isinstance(out, (tuple, list)) or len(out) != 4:
+                raise DataError(f"dataset {name!r} returned {type(out).__name__}; return a study.data.Dataset, a "
+                                "dict or a (train_x, train_y, test_x, test_y) tuple.")
+            parts = dict(zip(("train_x", "train_y", "test_x", "test_y"), out))
+        arrays = {}
+        for key in ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y"):
+            if parts.get(key) is None:
+                if key.startswith("val"):
+                    continue
+                raise DataError(f"dataset {name!r}: the result lacks {key}; return all four arrays.")
+            a = np.asarray(parts[key].cpu() if isinstance(parts[key], torch.Tensor) else parts[key])
+            if key.endswith("_x"):
+                if a.dtype != np.uint8:
+                    raise DataError(f"dataset {name!r}: {key} is {a.dtype}; return uint8 images (0-255).")
+                a = a[:, None] if a.ndim == 3 else a
+                if a.ndim != 4:
+                    raise DataError(f"dataset {name!r}: {key} has shape {a.shape}; want (N, C, H, W) or (N, H, W).")
+            arrays[key] = a
+        x = arrays["train_x"]
+        mean = x.mean((0, 2, 3)) / 255.0
+        std = x.std((0, 2, 3)) / 255.0
+        num_classes = int(parts.get("num_classes") or int(max(arrays["train_y"].max(), arrays["test_y"].max())) + 1)
+        return Dataset(
+            name=name, train_x=_tensor(x, np.uint8), train_y=_tensor(arrays["train_y"], np.int64),
+            test_x=_tensor(arrays["test_x"], np.uint8), test_y=_tensor(arrays["test_y"], np.int64),
+            num_classes=num_classes, mean=tuple(parts.get("mean") or (float(m) for m in mean)),
+            std=tuple(parts.get("std") or (float(max(s, 1e-3)) for s in std)),
+            hflip=bool(parts.get("hflip", False)), crop_pad=int(parts.get("crop_pad", max(1, x.shape[2] // 8))),
+            val_x=_tensor(arrays["val_x"], np.uint8) if "val_x" in arrays else None,
+            val_y=_tensor(arrays["val_y"], np.int64) if "val_y" in arrays else None,
+        )
+
+    return load
+
+
+DATASETS: Registry[Loader] = Registry("dataset", _python_dataset)
+for _name, _load in (
+    ("digits", _load_digits),
+    ("fashion_mnist", _load_fashion_mnist),
+    ("cifar10", lambda root, download, **_: _load_cifar("cifar10", root, download)),
+    ("cifar100", lambda root, download, **_: _load_cifar("cifar100", root, download)),
+    ("tinyimagenet", _load_tinyimagenet),
+    ("imagefolder", _load_imagefolder),
+):
+    DATASETS.register(_name, _load)
+
+
+def register_dataset(name: str, load: Loader | None = None, *, overwrite: bool = False):
+    """Register `load(root: Path, download: bool, **options) -> Dataset` (or decorate one)."""
+    return DATASETS.register(name, *(() if load is None else (load,)), overwrite=overwrite)
 
 
 def _loader(name: str) -> Loader:
     try:
-        return DATASETS[name]
-    except KeyError:
-        raise DataError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}.") from None
+        return DATASETS.resolve(name)
+    except UserError as exc:
+        raise DataError(str(exc)) from None
 
 
-def load_dataset(name: str, root: str | Path, download: bool = False) -> Dataset:
-    """Load data set `name` from `root`; with download=True fetch it first when it is missing."""
-    return _loader(name)(Path(root).expanduser(), download)
+def dataset_options(cfg: Any) -> dict[str, Any]:
+    """The trial config's options for a loader (only imagefolder reads them today)."""
+    return {"image_size": cfg.image_size, "skip_bad_images": cfg.skip_bad_images}
+
+
+def load_dataset_for(cfg: Any, log=None) -> Dataset:
+    """The data set a trial config names, with its options."""
+    return load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, log=log, **dataset_options(cfg))
+
+
+def load_dataset(name: str, root: str | Path, download: bool = False, **options: Any) -> Dataset:
+    """Load data set `name` from `root`; with download=True fetch it first when it is missing. `options`
+    (image_size, skip_bad_images, cache_dir, log) go to loaders that take them."""
+    return _loader(name)(Path(root).expanduser(), download, **options)
 
 
 def prepare_dataset(name: str, root: str | Path) -> Dataset:

@@ -18,6 +18,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from study.errors import UserError
+from study.registry import Registry
+
 
 def _kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
     """KL(p_t || p_s), mean over the batch."""
@@ -52,20 +55,31 @@ def dkd_term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: flo
     return (tckd + dkd_beta * nckd) * temperature**2
 
 
-KD_LOSSES: dict[str, Callable[..., torch.Tensor] | None] = {
-    "kd": kd_term, "kd_ls": kd_ls_term, "dkd": dkd_term, "ce": None,
-}
+def _python_loss(obj: object, name: str) -> Callable[..., torch.Tensor]:
+    if not callable(obj):
+        raise UserError(f"kd_loss {name!r}: {type(obj).__name__} is not callable; point the import string at a "
+                        "function term(student_logits, teacher_logits, targets, temperature, **kw) -> loss.")
+    return obj  # type: ignore[return-value]
+
+
+# term(student_logits, teacher_logits, targets, temperature, **kw) -> scalar; None: no distillation term
+KD_LOSSES: Registry[Callable[..., torch.Tensor] | None] = Registry("kd_loss", _python_loss)
+for _name, _term in (("kd", kd_term), ("kd_ls", kd_ls_term), ("dkd", dkd_term), ("ce", None)):
+    KD_LOSSES.register(_name, _term)
+
+
+def register_kd_loss(name: str, term: Callable[..., torch.Tensor] | None = None, *, overwrite: bool = False):
+    """Register a distillation term D (used as alpha * CE + (1 - alpha) * D), or decorate one."""
+    return KD_LOSSES.register(name, *(() if term is None else (term,)), overwrite=overwrite)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
             temperature: float, alpha: float, label_smoothing: float = 0.0, kind: str = "kd",
             dkd_beta: float = 8.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (total, ce, distillation term) with total = alpha * ce + (1 - alpha) * term. Computed in fp32."""
-    if kind not in KD_LOSSES:
-        raise ValueError(f"unknown kd_loss {kind!r}; choose one of {', '.join(KD_LOSSES)}")
+    term_fn = KD_LOSSES.resolve(kind)
     s = student_logits.float()
     ce = F.cross_entropy(s, targets, label_smoothing=label_smoothing)
-    term_fn = KD_LOSSES[kind]
     if teacher_logits is None or alpha >= 1.0 or term_fn is None:
         return ce, ce, torch.zeros((), device=s.device)
     term = term_fn(s, teacher_logits.float(), targets, temperature, dkd_beta=dkd_beta)

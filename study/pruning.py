@@ -19,6 +19,7 @@ from torch.nn.utils import prune as torch_prune
 
 from study.errors import UserError
 from study.measure import count_macs, count_nonzero_params, count_params
+from study.registry import Registry
 
 Pruner = Callable[[nn.Module, float, Tensor, int], None]  # (model, ratio, example_input, round_to), in place
 
@@ -30,16 +31,26 @@ class PruneMethod:
     structured: bool  # True: channels removed (shapes change); False: zeros kept in dense tensors
 
 
+def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """The layers whose outputs are the class scores (Linear, or a 1x1 Conv2d as in SqueezeNet): pruning keeps
+    their outputs, so a pruned model still predicts every class."""
+    return [m for m in model.modules()
+            if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+            or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1))]
+
+
 def _structured(p: int) -> Pruner:
     def apply(model: nn.Module, ratio: float, example_input: Tensor, round_to: int) -> None:
         # Group magnitude: Lp norm over every weight coupled to a channel (conv, BN, shortcut, next conv's input).
         importance = tp.importance.MagnitudeImportance(p=p, group_reduction="mean", normalizer="mean")
+        with torch.no_grad():
+            num_classes = int(model(example_input).shape[1])
         pruner = tp.pruner.BasePruner(
             model,
             example_input,
             importance=importance,
             pruning_ratio=ratio,  # channel fraction per group
-            ignored_layers=[model.fc],
+            ignored_layers=classifier_layers(model, num_classes),  # every class keeps its score
             round_to=round_to if round_to > 1 else None,
         )
         # torch-pruning skips any group whose pruning would leave a layer with no channels.
@@ -61,19 +72,37 @@ def _none(model: nn.Module, ratio: float, example_input: Tensor, round_to: int) 
     return None
 
 
-PRUNE_METHODS: dict[str, PruneMethod] = {
-    "none": PruneMethod(_none, "channels", structured=True),
-    "l1_structured": PruneMethod(_structured(1), "channels", structured=True),
-    "l2_structured": PruneMethod(_structured(2), "channels", structured=True),
-    "l1_unstructured": PruneMethod(_l1_unstructured, "weights", structured=False),
-}
+def _python_method(obj: object, name: str) -> PruneMethod:
+    if isinstance(obj, PruneMethod):
+        return obj
+    raise UserError(f"prune method {name!r}: the import string must name a study.pruning.PruneMethod (got "
+                    f"{type(obj).__name__}); wrap the function as PruneMethod(apply, ratio_unit, structured).")
+
+
+PRUNE_METHODS: Registry[PruneMethod] = Registry("prune method", _python_method)
+PRUNE_METHODS.register("none", PruneMethod(_none, "channels", structured=True))
+PRUNE_METHODS.register("l1_structured", PruneMethod(_structured(1), "channels", structured=True))
+PRUNE_METHODS.register("l2_structured", PruneMethod(_structured(2), "channels", structured=True))
+PRUNE_METHODS.register("l1_unstructured", PruneMethod(_l1_unstructured, "weights", structured=False))
+
+
+def register_prune_method(name: str, method: PruneMethod, *, overwrite: bool = False) -> PruneMethod:
+    """Register a PruneMethod (apply(model, ratio, example_input, round_to) in place, its unit, structured)."""
+    return PRUNE_METHODS.register(name, method, overwrite=overwrite)
 
 
 def get_prune_method(name: str) -> PruneMethod:
     """Registered pruning method; unknown name -> UserError listing the valid ones."""
-    if name not in PRUNE_METHODS:
-        raise UserError(f"Unknown prune method {name!r}; valid names: {', '.join(PRUNE_METHODS)}.")
-    return PRUNE_METHODS[name]
+    return PRUNE_METHODS.resolve(name)
+
+
+def is_structured(name: str) -> bool:
+    """Whether `name` removes channels (shapes change) rather than zeroing weights in dense tensors."""
+    return get_prune_method(name).structured
+
+
+class PruneError(UserError):
+    """torch-pruning could not trace or prune a model (the trial fails with this sentence before training)."""
 
 
 def prune_model(model: nn.Module, method: str, ratio: float, example_input: Tensor, round_to: int = 1) -> dict:
@@ -102,6 +131,12 @@ def prune_model(model: nn.Module, method: str, ratio: float, example_input: Tens
         try:
             with torch.enable_grad():
                 spec.apply(model, ratio, x, round_to)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001  tp fails on graphs it cannot follow, in many ways
+            raise PruneError(f"{method} pruning failed on {type(model).__name__} ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); torch-pruning cannot follow this model's graph: choose another "
+                             "family or prune_method l1_unstructured.") from exc
         finally:
             for m, training in modes.items():
                 m.training = training

@@ -49,7 +49,7 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
         values = {"prune_method": "none", "prune_ratio": 0.0, "kd_loss": "ce" if kind == "student_ce" else "kd",
                   "temperature": defaults.temperature, "alpha": defaults.alpha}
         return _train(_config(trial, values, gpu, "config"), teacher_path, out, {"reference": kind})
-    from study.data import load_dataset
+    from study.data import load_dataset_for
     from study.device import resolve_device
     from study.measure import count_params
     from study.pruning import prune_model
@@ -60,7 +60,9 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     cfg = _config(trial, {}, gpu, "config")
     device = resolve_device(cfg.device)
     model, info = load_teacher(teacher_path, device)
-    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    if info.get("checkpoint_format") == "state_dict":  # the user's teacher of a named family: saved as that family
+        model = model.inner
+    ds = load_dataset_for(cfg)
     data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
     prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
     tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)

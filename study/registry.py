@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from study.errors import UserError
 
 T = TypeVar("T")
+_DECORATE = object()  # register(name) without an entry returns a decorator
 Resolver = Callable[[str], Any]  # the text after "prefix:" -> an entry (raises UserError when it cannot)
 
 
@@ -85,8 +86,9 @@ class Registry(Mapping[str, T], Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def register(self, name: str, entry: T | None = None, *, overwrite: bool = False) -> Any:
-        """Register `entry` under `name`; without `entry`, a decorator. A name taken needs overwrite=True."""
+    def register(self, name: str, entry: Any = _DECORATE, *, overwrite: bool = False) -> Any:
+        """Register `entry` under `name` (None is a valid entry); without `entry`, a decorator. A name taken
+        needs overwrite=True."""
         if ":" in name or not name.strip():
             raise UserError(f"{self.kind} name {name!r}: a registered name is non-empty and has no ':' "
                             "(prefixes such as python: are resolved, not registered); pick another name.")
@@ -97,7 +99,7 @@ class Registry(Mapping[str, T], Generic[T]):
             self._entries[name] = obj
             return obj
 
-        return add if entry is None else add(entry)
+        return add if entry is _DECORATE else add(entry)
 
     def add_prefix(self, prefix: str, resolver: Resolver) -> None:
         self._resolvers[prefix] = resolver

@@ -342,7 +342,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
               epochs: int | None = None, max_latency_ms: float | None = None, max_params: float | None = None,
               export: bool = True, log=_log) -> dict:
     """Rerun a Pareto trial of RUN_DIR with `seeds` seeds (see the module docstring), export it; returns the summary."""
-    from study.data import load_dataset
+    from study.data import load_dataset_for
     from study.device import resolve_device
     from study.teacher import get_teacher, load_teacher
 
@@ -367,7 +367,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
     run_epochs = epochs or cfg.epochs
     base = cfg.replace(epochs=run_epochs, device=device_name)
 
-    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    ds = load_dataset_for(cfg)
     teacher_file: Path | None = None
     teacher_embedded: dict | None = None
     recorded = meta.get("teacher") or {}

@@ -55,4 +55,4 @@ def make_sampler(name: str, seed: int) -> Any:
 
 def register_sampler(name: str, factory: Any = None, *, overwrite: bool = False) -> Any:
     """Register a sampler factory `seed -> optuna.samplers.BaseSampler` (or use as a decorator)."""
-    return SAMPLERS.register(name, factory, overwrite=overwrite)
+    return SAMPLERS.register(name, *(() if factory is None else (factory,)), overwrite=overwrite)

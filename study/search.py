@@ -324,11 +324,14 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         storage = storage or old["storage"]
 
     # The data is checked here, before Ray starts (a missing data set stops the study with one sentence).
-    from study.data import load_dataset
+    from study.data import load_dataset_for
 
     base = space.base_config()
-    ds = load_dataset(base.dataset, base.data_root, download=base.download)
+    ds = load_dataset_for(base, log)
     input_shape = tuple(ds.train_x.shape[1:])
+    from study.preflight import check_study
+
+    preflight = check_study(space, ds)  # the user's teacher and student families fit the data: before any write
     run_dir.mkdir(parents=True, exist_ok=True)
     storage_url = storage or f"sqlite:///{run_dir / 'optuna.db'}"
 
@@ -371,7 +374,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
         "data_fingerprint": data_fingerprint(ds),
-        "teacher": teacher_info, "base_config": base.to_dict(),
+        "teacher": teacher_info, "checks": preflight, "base_config": base.to_dict(),
         "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
     }

@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from study.checkpoint import load_model, save_model
 from study.config import TrialConfig
-from study.data import load_dataset
+from study.data import load_dataset_for
 from study.errors import CheckpointError
 from study.io import write_json_atomic
 from study.measure import count_params
@@ -42,20 +42,45 @@ def _resolved_precision(cfg: TrialConfig) -> str:
         return cfg.teacher_precision
 
 
-def teacher_key(cfg: TrialConfig) -> str:
-    parts = {k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS}
-    parts["teacher_precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
+# Data sets the name alone identifies; any other (imagefolder, python:...) adds its folder and options to the key.
+NAMED_DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet")
+SPLIT_KEY_FIELDS = ("dataset", "val_size", "seed")  # what a user teacher's record (its val/test accuracy) depends on
+
+
+def _data_parts(cfg: TrialConfig) -> dict:
+    parts: dict = {}
     if cfg.split_seed >= 0 and cfg.split_seed != cfg.seed:
         parts["split_seed"] = cfg.split_seed  # absent otherwise, so existing teacher keys stay valid
     if cfg.train_size:
         parts["train_size"] = cfg.train_size  # likewise: the teacher learns from the same subset as the students
+    if cfg.dataset not in NAMED_DATASETS:
+        parts.update(data_root=str(Path(cfg.data_root).expanduser().resolve()), image_size=cfg.image_size,
+                     skip_bad_images=cfg.skip_bad_images)
+    return parts
+
+
+def teacher_key(cfg: TrialConfig) -> str:
+    if cfg.teacher_checkpoint:  # the user's teacher: named by its file's content and the split it is scored on
+        from study.user_teacher import checkpoint_file, checkpoint_sha256
+
+        sha = checkpoint_sha256(checkpoint_file(cfg.teacher_checkpoint))
+        parts = {**{k: getattr(cfg, k) for k in SPLIT_KEY_FIELDS}, **_data_parts(cfg), "sha256": sha,
+                 "arch": cfg.teacher_arch, "width": cfg.teacher_width}
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{cfg.dataset.replace(':', '_')}-checkpoint-{sha[:12]}-{digest}"
+    parts = {k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS}
+    parts["teacher_precision"] = _resolved_precision(cfg)  # "auto" and what it picks name the same teacher
+    parts.update(_data_parts(cfg))
     parts["code"] = TEACHER_CODE_VERSION
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cfg.dataset}-{cfg.teacher_arch}-w{cfg.teacher_width:g}-e{cfg.teacher_epochs}-s{cfg.seed}-{digest}"
+    name = f"{cfg.dataset}-{cfg.teacher_arch}".replace(":", "_")
+    return f"{name}-w{cfg.teacher_width:g}-e{cfg.teacher_epochs}-s{cfg.seed}-{digest}"
 
 
 def teacher_path(cfg: TrialConfig, cache_dir: Path | None = None) -> Path:
-    return (cache_dir or default_cache_dir()) / "teachers" / f"{teacher_key(cfg)}.pt"
+    """The file a trial receives as its teacher: a trained teacher's .pt, or a user teacher's record (.json)."""
+    suffix = ".json" if cfg.teacher_checkpoint else ".pt"
+    return (cache_dir or default_cache_dir()) / "teachers" / f"{teacher_key(cfg)}{suffix}"
 
 
 def train_teacher(cfg: TrialConfig, data: ResidentData, log=print) -> nn.Module:
@@ -82,8 +107,10 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
         if path.exists():
             return load_teacher(path, device)
         if data is None:
-            ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+            ds = load_dataset_for(cfg, log)
             data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
+        if cfg.teacher_checkpoint:
+            return _check_user_teacher(cfg, path, data, device, log)
         log(f"training teacher {cfg.teacher_arch} on {cfg.dataset} ({cfg.teacher_epochs} epochs) -> {path}")
         t0 = time.time()
         model = train_teacher(cfg, data, log)
@@ -100,7 +127,36 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
         return model, info
 
 
+def _check_user_teacher(cfg: TrialConfig, record: Path, data: ResidentData, device: torch.device,
+                        log) -> tuple[nn.Module, dict]:
+    """Load the user's teacher, check it fits the data, score it on the study's splits, write its record."""
+    from study import user_teacher
+
+    ckpt = user_teacher.checkpoint_file(cfg.teacher_checkpoint)
+    model, fmt = user_teacher.load_checkpoint(ckpt, cfg.teacher_arch, cfg.teacher_width, data.num_classes,
+                                              data.input_shape, device)
+    log(f"teacher: {ckpt} ({fmt}), checked on the data's shape; scoring it on the validation and test splits")
+    info = {
+        "path": str(record), "key": record.stem, "checkpoint": str(ckpt), "checkpoint_format": fmt,
+        "sha256": user_teacher.checkpoint_sha256(ckpt), "arch": cfg.teacher_arch if fmt == "state_dict" else fmt,
+        "width_mult": cfg.teacher_width, "dataset": cfg.dataset, "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+        "val_acc": evaluate(model, data.val_x, data.val_y), "test_acc": evaluate(model, data.test_x, data.test_y),
+        "params": count_params(model), "train_s": 0.0,
+    }
+    user_teacher.write_record(record, ckpt, fmt, info)
+    return model, info
+
+
 def load_teacher(path: Path | str, device: torch.device) -> tuple[nn.Module, dict]:
+    from study import user_teacher
+
+    rec = user_teacher.read_record(Path(path))
+    if rec is not None:
+        info = rec["teacher"]
+        model, _ = user_teacher.load_checkpoint(Path(rec["checkpoint"]), info["arch"], info["width_mult"],
+                                                info["num_classes"], tuple(info["input_shape"]), device)
+        return model, info
     model, meta = load_model(path)
     if "teacher" not in meta:
         raise CheckpointError(f"{path}: this checkpoint is not a teacher written by `python -m study teacher`; "

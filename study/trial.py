@@ -19,12 +19,13 @@ import torch.nn as nn
 from study import latency_cache
 from study.checkpoint import load_model, save_model
 from study.config import TrialConfig, save_config
-from study.data import load_dataset
+from study.data import load_dataset_for
 from study.device import resolve_device
 from study.io import write_json_atomic, write_text_atomic
 from study.measure import count_macs, count_nonzero_params, count_params
 from study.models import build_model
-from study.pruning import prune_model, reapply_mask, sparsity_mask
+from study.pruning import is_structured, prune_model, reapply_mask, sparsity_mask
+from study.student import build_student
 from study.teacher import default_cache_dir, get_teacher, load_teacher
 from study.teacher_cache import CachedTeacher, teacher_cache_for
 from study.train import ResidentData, TeacherFn, evaluate, live_teacher, make_resident, resolve_precision, train_phase
@@ -69,7 +70,7 @@ def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[in
     the same counts as the trained model. Used to skip configurations that break a constraint.
     """
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.student_arch, num_classes, input_shape[0], cfg.width_mult).eval()
+    model = build_student(cfg, num_classes, input_shape)[0].eval()
     with torch.no_grad():  # no exact zeros before pruning (fresh BN / bias terms are 0), as in a trained model
         for p in model.parameters():
             p.copy_(torch.empty_like(p).uniform_(0.5, 1.0) * (torch.randint_like(p, 0, 2) * 2 - 1))
@@ -155,7 +156,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
                cache_dir: Path | None) -> dict:
     t_start = time.time()
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)  # missing data: fail before writing
+    ds = load_dataset_for(cfg)  # missing data: fail before writing
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,16 +170,21 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
     precision_used = train_dtype + ("+channels_last" if channels_last else "")  # what "auto" chose, for the record
 
     total_epochs = cfg.epochs + cfg.finetune_epochs
+    resume = hooks.resume_dir()
     teacher_fn, teacher_info, teacher_mode = make_teacher_fn(cfg, data, device, total_epochs, teacher_path,
                                                              cache_dir, hooks.log)
 
     torch.manual_seed(cfg.seed)
-    student = build_model(cfg.student_arch, data.num_classes, shape[0], cfg.width_mult).to(device)
+    student, student_init = build_student(cfg, data.num_classes, shape)
+    student = student.to(device)
+    if is_structured(cfg.prune_method) and cfg.prune_ratio > 0 and resume is None:
+        # torch-pruning must be able to follow the family's graph: find out now, not after the training
+        prune_model(copy.deepcopy(student).eval(), cfg.prune_method, cfg.prune_ratio, data.val_x[:1],
+                    round_to=cfg.round_to)
     epoch_rows: list[dict] = []
     prune_info: dict | None = None
     phase, done, resume_opt = "distill", 0, None
 
-    resume = hooks.resume_dir()
     if resume is not None:  # continue an interrupted trial from its last epoch checkpoint
         state = json.loads((resume / "state.json").read_text())
         student, _ = load_model(resume / "model.pt")
@@ -222,7 +228,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         prune_info["val_acc_after_prune"] = evaluate(student, data.val_x, data.val_y)
         done, resume_opt = 0, None
     assert prune_info is not None
-    masks = sparsity_mask(student) if "unstructured" in cfg.prune_method else None
+    masks = None if is_structured(cfg.prune_method) else sparsity_mask(student)
     if cfg.finetune_epochs:
         train_phase(student, data, epochs=cfg.finetune_epochs, first_epoch=cfg.epochs, lr=cfg.finetune_lr,
                     after_step=(lambda: reapply_mask(student, masks)) if masks else None,
@@ -232,6 +238,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
 
     student.eval()
     metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir, cache_dir)
+    metrics.update(student_init)
     metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3),
                    precision_used=precision_used, teacher_mode=teacher_mode)
     if isinstance(teacher_fn, CachedTeacher):
@@ -272,8 +279,7 @@ def _measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, t
                                    cache_dir=cache)
     val_acc = evaluate(student, data.val_x, data.val_y, cfg.eval_batch_size)
     test_acc = evaluate(student, data.test_x, data.test_y, cfg.eval_batch_size)
-    teacher_params = teacher_info.get("params") or count_params(
-        build_model(cfg.teacher_arch, data.num_classes, shape[0], cfg.teacher_width))  # ce baseline: no teacher loaded
+    teacher_params = teacher_info.get("params") or _teacher_params(cfg, data.num_classes, shape)
     out = {
         "val_acc": val_acc, "test_acc": test_acc, "val_acc_fp32": val_acc, "test_acc_fp32": test_acc,
         "params": params, "nonzero_params": nonzero, "macs": count_macs(student, shape),
@@ -299,6 +305,18 @@ def _measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, t
         "torch_version": torch.__version__,
     })
     return out
+
+
+def _teacher_params(cfg: TrialConfig, num_classes: int, shape: tuple[int, int, int]) -> int | None:
+    """The teacher's size for a trial that loaded no teacher (kd_loss ce): the user teacher's record, or a
+    fresh copy of the family that would be trained."""
+    if cfg.teacher_checkpoint:
+        from study.teacher import teacher_path
+        from study.user_teacher import read_record
+
+        rec = read_record(teacher_path(cfg))
+        return rec["teacher"]["params"] if rec else None
+    return count_params(build_model(cfg.teacher_arch, num_classes, shape[0], cfg.teacher_width))
 
 
 def _measure_onnxruntime(student: nn.Module, timed: nn.Module, data: ResidentData, cfg: TrialConfig, folder: Path,

@@ -32,7 +32,7 @@ BAD = [
     ({"bogus": 1}, "unknown key 'bogus'"),
     ({"trial": {**TINY_TRIAL, "tempreature": 3}}, "Did you mean 'temperature'"),
     ({"trial": {**TINY_TRIAL, "alpha": 2.0}}, "alpha must be in [0, 1]"),
-    ({"trial": {**TINY_TRIAL, "student_arch": "resnet9"}}, "unknown student_arch 'resnet9'"),
+    ({"trial": {**TINY_TRIAL, "student_arch": "resnet9"}}, "student_arch: Unknown model 'resnet9'"),
     ({"trial": {**TINY_TRIAL, "teacher_precision": "fp8"}}, "teacher_precision must be auto, fp32 or bf16"),
     ({"params": {"alpha": {"type": "float", "low": 0.9, "high": 0.1}}}, "low (0.9) is greater than high (0.1)"),
     ({"params": {"alpha": {"type": "float", "low": 0.0, "high": 1.5}}}, "params.alpha: value 1.5 is invalid"),
@@ -170,7 +170,7 @@ def test_int_step_must_be_a_positive_integer(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("prune_method=l2_structrued", "did you mean 'l2_structured'"),
+    ("prune_method=l2_structrued", "Did you mean 'l2_structured'"),
     ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
     ("teacher_cache=flase", "'teacher_cache' must be a bool"),
     ("threads=-1", "threads must be >= 0"),
