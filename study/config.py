@@ -28,7 +28,7 @@ class TrialConfig:
     skip_bad_images: bool = False  # imagefolder: skip (and count) unreadable images instead of stopping
     # training data kept in memory up to this many MB; above it batches stream from the decoded cache on disk
     # (study/streaming.py). 0: half of the memory available when the trial starts
-    max_resident_mb: int = 0
+    max_resident_mb: float = 0.0
     download: bool = False  # fetch a missing data set (cifar10/100, fashion_mnist, tinyimagenet; needs internet)
     val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
     seed: int = 0  # seeds the init, augmentation schedule and batch order (and the split, unless split_seed is set)

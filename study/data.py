@@ -108,6 +108,8 @@ def split_train_val(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = 
     `val_size` is a count (int) or a fraction of the training set (float in (0, 1)).
     Returns (train_x, train_y, val_x, val_y), each in the original order.
     """
+    if ds.val_x is not None:  # the data set's own validation split (imagefolder's val/)
+        return ds.train_x, ds.train_y, ds.val_x, ds.val_y
     n = len(ds.train_y)
     if isinstance(val_size, numbers.Integral) and not isinstance(val_size, bool):
         n_val = int(val_size)

@@ -53,8 +53,8 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     from study.device import resolve_device
     from study.measure import count_params
     from study.pruning import prune_model
+    from study.streaming import data_for
     from study.teacher import load_teacher
-    from study.train import make_resident
     from study.trial import measure_student
 
     cfg = _config(trial, {}, gpu, "config")
@@ -63,7 +63,7 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     if info.get("checkpoint_format") == "state_dict":  # the user's teacher of a named family: saved as that family
         model = model.inner
     ds = load_dataset_for(cfg)
-    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
+    data = data_for(cfg, ds, device)
     prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
     tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
     metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)

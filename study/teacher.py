@@ -19,7 +19,8 @@ from study.errors import CheckpointError
 from study.io import write_json_atomic
 from study.measure import count_params
 from study.models import build_model
-from study.train import ResidentData, evaluate, make_resident, train_phase
+from study.streaming import data_for
+from study.train import ResidentData, evaluate, train_phase
 
 TEACHER_CODE_VERSION = 3  # bump when the teacher's training recipe changes, so old cached teachers are not reused
 
@@ -108,7 +109,7 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
             return load_teacher(path, device)
         if data is None:
             ds = load_dataset_for(cfg, log)
-            data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
+            data = data_for(cfg, ds, device, log)
         if cfg.teacher_checkpoint:
             return _check_user_teacher(cfg, path, data, device, log)
         log(f"training teacher {cfg.teacher_arch} on {cfg.dataset} ({cfg.teacher_epochs} epochs) -> {path}")

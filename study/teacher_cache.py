@@ -279,11 +279,11 @@ def ensure_teacher_cache(cfg: TrialConfig, teacher_path: Path | str, epochs: int
     """
     from study.data import load_dataset_for
     from study.device import resolve_device
-    from study.train import make_resident
+    from study.streaming import data_for
 
     dev = torch.device(device) if device is not None else resolve_device(cfg.device)
     ds = load_dataset_for(cfg)
-    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, dev, cfg.train_size)
+    data = data_for(cfg, ds, dev)
     cache = teacher_cache_for(cfg, teacher_path, data, epochs or cfg.epochs + cfg.finetune_epochs,
                               cache_dir=cache_dir, log=log)
     return {**cache.manifest, "path": str(cache.path)}

@@ -25,10 +25,11 @@ from study.io import write_json_atomic, write_text_atomic
 from study.measure import count_macs, count_nonzero_params, count_params
 from study.models import build_model
 from study.pruning import is_structured, prune_model, reapply_mask, sparsity_mask
+from study.streaming import data_for
 from study.student import build_student
 from study.teacher import default_cache_dir, get_teacher, load_teacher
 from study.teacher_cache import CachedTeacher, teacher_cache_for
-from study.train import ResidentData, TeacherFn, evaluate, live_teacher, make_resident, resolve_precision, train_phase
+from study.train import ResidentData, TeacherFn, evaluate, live_teacher, resolve_precision, train_phase
 
 
 class TrialHooks:
@@ -164,7 +165,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         for stale in ("metrics.json", "model.pt", "epochs.csv", "model.onnx", "model_int8.onnx"):
             (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
-    data = make_resident(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size)
+    data = data_for(cfg, ds, device, hooks.log)
     shape = data.input_shape
     train_dtype, channels_last = resolve_precision(cfg.precision, device)
     precision_used = train_dtype + ("+channels_last" if channels_last else "")  # what "auto" chose, for the record
@@ -238,7 +239,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
 
     student.eval()
     metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir, cache_dir)
-    metrics.update(student_init)
+    metrics.update(student_init, data_streamed=bool(getattr(data, "streaming", False)))
     metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3),
                    precision_used=precision_used, teacher_mode=teacher_mode)
     if isinstance(teacher_fn, CachedTeacher):
