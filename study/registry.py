@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -42,8 +41,8 @@ def import_object(spec: str, what: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); install it or put its "
-                        f"folder on PYTHONPATH (sys.path[0] here is {sys.path[0]!r}).") from None
+        raise UserError(f"{what} {spec!r}: cannot import module {module_name!r} ({exc}); install it, or run from "
+                        "the folder that holds it, or put that folder on PYTHONPATH.") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

@@ -102,7 +102,7 @@ def make_data(ds: Dataset, val_size: float, seed: int, device: torch.device, tra
     if need <= budget:
         return make_resident(ds, val_size, seed, device, train_size)
     if log:
-        log(f"data: {need:,.0f} MB would not fit the {budget:,.0f} MB budget (max_resident_mb): streaming batches "
+        log(f"data: {need:,.3g} MB would not fit the {budget:,.3g} MB budget (max_resident_mb): streaming batches "
             "from the decoded cache on disk")
     return make_streaming(ds, val_size, seed, device, train_size)
 

@@ -102,6 +102,12 @@ def _state_dict_model(path: Path, arch: str, width: float, num_classes: int, in_
         raise CheckpointError(f"{path}: holds {type(blob).__name__}, not a state_dict of tensors; save "
                               "model.state_dict(), or export the whole model with torch.export.save.")
     model = build_dense(arch, num_classes, in_channels, width)
+    own = model.state_dict()
+    for k, v in blob.items():  # a classifier of another class count: say so, not "size mismatch"
+        if k in own and v.dim() >= 1 and own[k].shape[0] == num_classes and v.shape[0] != num_classes \
+                and v.shape[1:] == own[k].shape[1:]:
+            raise UserError(f"{path}: the teacher's classifier ({k}) has {v.shape[0]} outputs, but the data set has "
+                            f"{num_classes} classes; give the teacher trained on these classes.")
     try:
         model.load_state_dict(blob, strict=True)
     except RuntimeError as e:
