@@ -12,34 +12,36 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from search_spaces import COST_METRICS, SearchSpace, load_space, resolve_space_path
-from study.crash import crash_reason
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import SearchSpace, load_space, resolve_space_path
 from study.errors import UserError
+from study.fmt import fmt_value
 from study.io import write_json_atomic, write_text_atomic
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Tune's chdir into each trial folder breaks relative data paths; keep the user's working directory.
-os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Infeasible and failed trials report no val_acc; the searcher tells Optuna FAIL for them itself.
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-import warnings  # noqa: E402
-
-import optuna  # noqa: E402
-
-# multivariate/group TPE (and constant_liar) are "experimental" only by label; they are what makes TPE handle
-# conditional parameters and concurrent trials well.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-from optuna.trial import TrialState  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune import Callback  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+def set_study_environment() -> None:
+    """Process-wide settings of a study run, set by `run_study` before it imports or starts Ray (never at import
+    time: importing this module changes nothing, for tests, `import study` and the benchmarks). setdefault: a
+    value the user exported wins. RAY_DEDUP_LOGS is read when `ray` is first imported (this module imports Ray
+    only inside functions), RAY_USAGE_STATS_ENABLED by ray.init, the others when Tune runs; Tune passes
+    RAY_CHDIR_TO_TRIAL_DIR on to its trial processes."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Tune's chdir into each trial folder breaks relative data paths; keep the user's working directory.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Infeasible and failed trials report no val_acc; the searcher tells Optuna FAIL for them itself.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # multivariate/group TPE (and constant_liar) are "experimental" only by label; they are what makes TPE handle
+    # conditional parameters and concurrent trials well.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 # ---------------------------------------------------------------------------------------------- Optuna side
@@ -47,162 +49,6 @@ def make_sampler(space: SearchSpace):
     from study.samplers import make_sampler as build
 
     return build(space.sampler, space.seed)
-
-
-class KDOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about each trial.
-
-    COMPLETE only for fully trained trials (status "complete"); early-stopped trials are PRUNED (never
-    COMPLETE with partial values); infeasible and failed trials are FAIL with the reason in user_attrs.
-    """
-
-    _run_dir: str | None = None  # set by run_study: where trials/<n>/config.yaml live
-    _storage_url: str | None = None  # set by run_study: the Optuna storage, opened here through its public API
-    _study_name: str | None = None
-    _kd_storage = None
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        result = result or {}
-        if trial_id in self._completed_trials:
-            return
-        if trial_id in self._ot_trials:
-            number = self._ot_trials[trial_id].number
-        elif result.get("trial_number") is not None:
-            # After a driver kill the searcher's state can be older than Tune's: the trial was asked for before the
-            # last searcher snapshot was written. Find it by the number the trial reports.
-            number = int(result["trial_number"])
-        else:
-            return
-        if self._kd_storage is None:  # opened once per driver (pickles as its URL)
-            self._kd_storage = optuna.storages.RDBStorage(self._storage_url)
-        storage = self._kd_storage
-        study = optuna.load_study(study_name=self._study_name, storage=storage)
-        tid = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self._study_name),
-                                                              number)
-        if storage.get_trial(tid).state.is_finished():  # told before a driver kill; Tune replays the completion
-            self._completed_trials.add(trial_id)
-            return
-        status = result.get("status", "failed" if error else "early_stopped")
-        if status == "running":
-            status = "failed" if error else "early_stopped"
-        attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir") or f"trials/{number}"}
-        cfg_path = Path(self._run_dir) / "trials" / str(number) / "config.yaml" if self._run_dir else None
-        if cfg_path is not None and cfg_path.exists():
-            import yaml
-
-            attrs["config"] = yaml.safe_load(cfg_path.read_text())
-        if status == "complete":
-            attrs["metrics"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
-        elif status in ("infeasible", "failed"):
-            attrs["error"] = result.get("error") if not error else None
-            if not attrs["error"]:  # the process died (Tune retried it once): what its stderr said
-                trial_dir = Path(self._run_dir or ".") / "trials" / str(number)
-                attrs["error"] = crash_reason(trial_dir)
-            attrs["metrics"] = {k: result[k] for k in COST_METRICS if k in result}
-        else:
-            attrs["metrics"] = {k: result[k] for k in ("val_acc", "epoch", *COST_METRICS) if k in result}
-            attrs["early_stopped_at_epoch"] = result.get("epoch")
-        for k, v in attrs.items():
-            storage.set_trial_user_attr(tid, k, v)
-        if status == "complete":
-            values = [result.get(m) for m in self._metric]
-            study.tell(number, values, state=TrialState.COMPLETE)
-        elif status in ("infeasible", "failed"):
-            study.tell(number, state=TrialState.FAIL)
-        else:
-            study.tell(number, state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
-
-
-def _name_objectives(storage_url: str, study_name: str, objectives: list[tuple[str, str]]) -> None:
-    """Name the objectives in the Optuna study (optuna-dashboard shows them); the searcher creates it lazily."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
-    except KeyError:
-        study = optuna.create_study(study_name=study_name, storage=storage_url,
-                                    directions=[d for _, d in objectives])
-    if not study.metric_names:
-        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, stable in use
-            warnings.simplefilter("ignore")
-            study.set_metric_names([m for m, _ in objectives])
-
-
-def close_orphans(storage_url: str, study_name: str) -> int:
-    """Tell FAIL any Optuna trial left RUNNING by a killed driver that Tune will never finish."""
-    storage = optuna.storages.RDBStorage(storage_url)
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    study_id = storage.get_study_id_from_name(study_name)
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(tid, "status", "failed")
-        storage.set_trial_user_attr(tid, "error", "orphaned: its driver was killed before it ran")
-        study.tell(t.number, state=TrialState.FAIL)
-        n += 1
-    return n
-
-
-# ---------------------------------------------------------------------------------------------- progress
-class Progress(Callback):
-    """One line per finished trial with its key metrics: [finished/total, seconds since this driver started];
-    a line for a crashed trial process that Tune starts again (once, from its last checkpoint)."""
-
-    def __init__(self, objectives: list[tuple[str, str]], total: int, run_dir: Path | None = None):
-        self.objectives, self.total, self.done, self.t0 = objectives, total, 0, time.time()
-        self.run_dir = run_dir
-        self._counted = False
-
-    def setup(self, *args, **info):
-        # Tuner.restore unpickles this callback as it was when the study started (tuner.pkl): start the clock
-        # again, and count the trials the earlier run finished at the first step (they are not printed again).
-        self.t0, self.done, self._counted = time.time(), 0, False
-
-    def on_step_begin(self, iteration, trials, **info):
-        if not self._counted:
-            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            self._counted = True
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, trial.last_result or {})
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, {**(trial.last_result or {}), "status": "failed", "error": self._crash(trial)})
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {trial.config.get('trial_number', '?')} "
-              f"crashed, retrying once from its last checkpoint: {self._crash(trial)}", flush=True)
-
-    def _crash(self, trial) -> str:
-        number = trial.config.get("trial_number")
-        if self.run_dir is None or number is None:
-            return "the trial's process died"
-        return crash_reason(self.run_dir / "trials" / str(number))
-
-    def _line(self, trial, r: dict) -> None:
-        self.done += 1
-        status = r.get("status", "?")
-        status = "early_stopped" if status == "running" else status
-        p = trial.config
-        desc = (f"w={p.get('width_mult', '-')} T={_fmt(p.get('temperature'))} a={_fmt(p.get('alpha'))} "
-                f"{p.get('prune_method', 'none')}@{_fmt(p.get('prune_ratio', 0))}")
-        objs = "  ".join(f"{m}={_fmt(r.get(m))}" for m, _ in self.objectives)
-        extra = f" at epoch {r.get('epoch')}" if status == "early_stopped" else ""
-        err = f"  ({r.get('error')})" if status in ("failed", "infeasible") else ""
-        print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {p.get('trial_number', '?')} "
-              f"{status}{extra}: {desc}  {objs}{err}", flush=True)
-
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
-        return f"{int(v):,}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -291,6 +137,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
               log=print) -> Path:
     """Run (or resume) a study; returns the run directory."""
+    set_study_environment()  # before anything imports or starts Ray
     space_file = str(resolve_space_path(space_file))  # a path, or a shipped space's name
     space = load_space(space_file)
     name = name or space.name
@@ -388,16 +235,19 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
            "teacher_path": teacher_path, "constraints": space.constraints, "num_classes": ds.num_classes,
            "input_shape": list(input_shape), "objective_names": [m for m, _ in objectives], "gpu": gpus > 0,
            "report_epochs": report_epochs(space), "report_every_s": space.report_every_s}
+    from ray import tune
+
+    from study.progress import Progress
     from study.search_trial import search_trainable
+    from study.searcher import AskTellSearcher, close_orphans
 
     trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), resources)
     refs = _start_references(ref_kinds, baselines, space, run_dir, teacher_path, resources, gpus > 0)
 
-    searcher = KDOptunaSearch(
-        space=space.define_by_run(), metric=[m for m, _ in objectives],
-        mode=["max" if d == "maximize" else "min" for _, d in objectives], sampler=make_sampler(space),
-        storage=optuna.storages.RDBStorage(storage_url), study_name=study_name, seed=space.seed)
-    searcher._run_dir, searcher._storage_url, searcher._study_name = str(run_dir), storage_url, study_name
+    searcher = AskTellSearcher(space.define_by_run(), objectives=objectives, storage_url=storage_url,
+                               study_name=study_name, sampler=make_sampler(space), run_dir=run_dir)
+    # created (or checked: directions) and its objectives named now, also when Tune restores its own searcher
+    searcher.optuna_study()
     scheduler = _make_scheduler(space, objectives)
     exp_dir = run_dir / "ray" / "tune"
     run_config = tune.RunConfig(
@@ -410,14 +260,19 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         failure_config=tune.FailureConfig(max_failures=1))
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         log(f"resuming {run_dir} (finished trials are kept; interrupted ones continue from their checkpoints)")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        try:
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        except AttributeError as exc:  # tuner.pkl names a class this version does not have (KDOptunaSearch)
+            if "Can't get attribute" not in str(exc):
+                raise
+            raise UserError(f"{exp_dir} was started by an earlier kdstudy version whose Tune state this one cannot "
+                            f"load ({exc}); finish it with that version, or start a new study with --name.") from None
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=n_trials, max_concurrent_trials=n_conc,
             reuse_actors=True))
     log(f"study {name}: {n_trials} trials, {n_conc} at a time, sampler {space.sampler}, scheduler "
         f"{space.scheduler}, objectives {', '.join(f'{d} {m}' for m, d in objectives)}; results in {run_dir}")
-    _name_objectives(storage_url, study_name, objectives)
     tuner.fit()
     _finish_references(refs, log)
     orphans = close_orphans(storage_url, study_name)
@@ -523,8 +378,8 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     for t in front:
         m = t.user_attrs.get("metrics", {})
         values = [quiet.get(t.number, v) if sw else v for v, sw in zip(t.values, swap, strict=True)]
-        rows.append([str(t.number), *[_fmt(v) for v in values], _fmt(m.get("test_acc")),
-                     *[_fmt(t.params.get(k, m.get(k))) for k in cols[len(objectives) + 2:]]])
+        rows.append([str(t.number), *[fmt_value(v) for v in values], fmt_value(m.get("test_acc")),
+                     *[fmt_value(t.params.get(k, m.get(k))) for k in cols[len(objectives) + 2:]]])
     base_rows = _baseline_rows(run_dir, objectives, swap, quiet, cols)
     widths = [max(len(c), *(len(r[i]) for r in rows + base_rows)) if rows + base_rows else len(c)
               for i, c in enumerate(cols)]
@@ -559,8 +414,8 @@ def _baseline_rows(run_dir: Path, objectives: list[tuple[str, str]], swap: list[
             continue
         values = [quiet.get(f"baseline {name}", m.get(k)) if sw else m.get(k)
                   for (k, _), sw in zip(objectives, swap, strict=True)]
-        rows.append([name, *[_fmt(v) for v in values], _fmt(m.get("test_acc")),
-                     *[_fmt(m.get(k)) for k in cols[len(objectives) + 2:]]])
+        rows.append([name, *[fmt_value(v) for v in values], fmt_value(m.get("test_acc")),
+                     *[fmt_value(m.get(k)) for k in cols[len(objectives) + 2:]]])
     return rows
 
 
