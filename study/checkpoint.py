@@ -75,6 +75,9 @@ def _resize(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> Non
         elif isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels:
             w = state[prefix + "weight"]  # depthwise (MobileNet, EfficientNet): pruned as in = out = groups
             module.out_channels = module.in_channels = module.groups = int(w.shape[0])
+        elif isinstance(module, nn.Conv2d) and int(state[prefix + "weight"].shape[0]) % module.groups == 0:
+            w = state[prefix + "weight"]  # grouped (RegNet): torch-pruning keeps the group count
+            module.out_channels, module.in_channels = int(w.shape[0]), int(w.shape[1]) * module.groups
         elif isinstance(module, nn.BatchNorm2d):
             module.num_features = (
                 int(state[prefix + "running_mean"].shape[0])
