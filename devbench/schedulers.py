@@ -1,4 +1,4 @@
-"""`python -m benchmarks.schedulers SPACE`: does early stopping keep the Pareto front? none vs asha vs mo_asha.
+"""`python -m devbench.schedulers SPACE`: does early stopping keep the Pareto front? none vs asha vs mo_asha.
 
 For one search space, the same study (same sampler, same sampler seed, same trial count) is run once per
 (scheduler, seed) with the real runner (`study.search.run_study`), from a copy of the space whose
@@ -331,7 +331,7 @@ def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], tr
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.schedulers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.schedulers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help=f"search space YAML (default {DEFAULT_SPACE})")
     p.add_argument("--trials", type=int, default=None, help="trials per study (default: the space's search.trials)")
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarize(records)
     summary = {"space": args.space, "trials": args.trials, "seeds": args.seeds,
-               "command": "python -m benchmarks.schedulers " + " ".join(sys.argv[1:] if argv is None else argv),
+               "command": "python -m devbench.schedulers " + " ".join(sys.argv[1:] if argv is None else argv),
                **summary}
     print()
     print(format_table(summary))
