@@ -132,7 +132,8 @@ def leak_check(trials: Sequence[Any], meta: dict, ray_last: dict[int, dict] | No
 
 def read_run(run_dir: str | Path, *, scheduler: str | None = None, seed: int | None = None) -> dict:
     """Everything the comparison needs from one finished run directory (raw values; no hypervolume yet)."""
-    from benchmarks.collect import load_study_meta, objectives_of, open_study
+    from benchmarks.collect import objectives_of
+    from study.results import load_study_meta, open_study
 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)
@@ -298,9 +299,9 @@ def _init_ray() -> None:
 
 def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], trials: int | None,
             runs_dir: Path, log=print) -> list[dict]:
-    from benchmarks.collect import load_study_meta
     from search_spaces import load_space
     from study.errors import UserError
+    from study.results import load_study_meta
     from study.search import run_study
 
     space = load_space(space_file)  # a wrong path or a malformed space: one sentence before anything runs
@@ -324,7 +325,7 @@ def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], tr
                 _init_ray()
                 log(f"== {name}: running {variant}")
                 t0 = time.time()
-                run_study(str(variant), name=name, runs_dir=str(runs_dir), report=False, trials=trials, log=log)
+                run_study(str(variant), name=name, runs_dir=str(runs_dir), trials=trials, log=log)
                 log(f"== {name}: done in {time.time() - t0:.0f}s")
             records.append(read_run(run_dir, scheduler=sched, seed=seed))
     return records

@@ -495,7 +495,8 @@ def _read_reproduce(run_dir: Path, log: Callable[[str], None]) -> list[dict]:
 
 def build_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Write RUN_DIR/report.html from results.csv, pareto.csv and benchmark.json (collected first if missing)."""
-    from benchmarks.collect import load_study_meta, read_results, run_benchmarks
+    from benchmarks.collect import read_results, run_benchmarks
+    from study.results import load_study_meta
 
     label = str(run_dir)
     run_dir = Path(run_dir)

@@ -49,6 +49,7 @@ from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
 from study.dominance import non_dominated_mask
 from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
+from study.results import load_study_meta, open_study
 from study.trial import TrialHooks
 
 RANK_RULE = ("front = Optuna's Pareto-optimal trials that finished training; drop those over --max-latency-ms "
@@ -68,20 +69,6 @@ def _log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the study
-def load_study_meta(run_dir: Path) -> dict:
-    """study.json of a run directory (one UserError naming the file when it is missing or unreadable)."""
-    from benchmarks.collect import load_study_meta as load  # one reader for reports, benchmarks and reproduce
-
-    return load(run_dir)
-
-
-def open_study(run_dir: Path, meta: dict):
-    """The run's Optuna study; a SQLite file that moved with the run directory is found inside it."""
-    from benchmarks.collect import open_study as open_
-
-    return open_(run_dir, meta)
-
-
 @dataclass
 class FrontTrial:
     number: int

@@ -288,9 +288,11 @@ def _init_ray(address: str | None, cpus_needed: float, side_cpus: float = 0.0) -
 
 def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
-              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
+              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, summary: bool = True,
               log=print) -> Path:
-    """Run (or resume) a study; returns the run directory."""
+    """Run (or resume) a study; returns the run directory. The engine only: summary prints the trial counts and
+    the Pareto table from the search's own values; results.csv, the latency re-measurement and report.html are
+    the application layer's (study.app.run_study, what the CLI and `from study import run_study` call)."""
     space_file = str(resolve_space_path(space_file))  # a path, or a shipped space's name
     space = load_space(space_file)
     name = name or space.name
@@ -423,11 +425,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomic(meta_path, meta)
-    # the front's latency measured again now that no trial trains (the search's values can carry a busy moment)
-    quiet = _benchmark(run_dir, log) if report else None
-    print_summary(run_dir, storage_url, study_name, objectives, log, quiet_latency=quiet)
-    if report:
-        _build_report(run_dir, log)
+    if summary:
+        print_summary(run_dir, storage_url, study_name, objectives, log)
     return run_dir
 
 
@@ -571,29 +570,3 @@ def _print_baselines(run_dir: Path, log) -> None:
         log(f"baseline {b['line']}")
     if bench.get("knee"):
         log(f"knee of the front: trial {bench['knee']['trial']} ({bench['knee']['rule']})")
-
-
-def _benchmark(run_dir: Path, log) -> dict:
-    """results.csv, pareto.csv and benchmark.json, the front's latency re-measured; returns trial number (and
-    "baseline NAME") -> quiet ms."""
-    from benchmarks.collect import read_results, run_benchmarks
-    from benchmarks.latency import LATENCY_COL
-
-    run_benchmarks(run_dir, remeasure=True, log=log)
-    df = read_results(run_dir)
-    if LATENCY_COL not in df.columns:
-        return {}
-    done = df[LATENCY_COL].notna()
-    quiet: dict = {int(n): float(v) for n, v in zip(df.loc[done & df["number"].notna(), "number"],
-                                                    df.loc[done & df["number"].notna(), LATENCY_COL], strict=True)}
-    if "baseline" in df.columns:
-        part = df[done & df["baseline"].notna()]
-        quiet.update({f"baseline {b}": float(v) for b, v in zip(part["baseline"], part[LATENCY_COL], strict=True)})
-    return quiet
-
-
-def _build_report(run_dir: Path, log) -> None:
-    from reports import build_report
-
-    path = build_report(run_dir)
-    log(f"report: {path}")
