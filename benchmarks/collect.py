@@ -107,17 +107,19 @@ def _prune_method(params: dict, config: dict, metrics: dict) -> str | None:
 
 
 def prune_kind(method: str | None) -> str:
-    """unpruned (none), structured (*_structured), unstructured (*_unstructured), unknown otherwise."""
+    """unpruned (none), structured / unstructured as the prune-method registry says (its `structured` property:
+    channels removed, or zeros kept in dense tensors), unknown for a name it does not know (e.g. an old study's)."""
     if method is None or (isinstance(method, float) and math.isnan(method)):
         return "unknown"
-    m = str(method).lower()
-    if m in ("none", "", "unpruned"):
+    m = str(method).strip()
+    if m.lower() in ("none", "", "unpruned"):
         return "unpruned"
-    if m.endswith("_unstructured") or m == "unstructured":
-        return "unstructured"
-    if m.endswith("_structured") or m == "structured":
-        return "structured"
-    return "unknown"
+    from study.pruning import get_prune_method  # here, so that importing this module (reports) loads no torch
+
+    try:
+        return "structured" if get_prune_method(m).structured else "unstructured"
+    except UserError:
+        return "unknown"
 
 
 def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:

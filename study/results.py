@@ -1,7 +1,8 @@
 """A study's run folder as the engine and every reader of it open it: study.json and the Optuna study it names.
 
 One home for these readers: study.reproduce, benchmarks.collect and reports use them (the engine imports neither
-benchmarks nor reports). Light: optuna is imported only when a study is opened.
+benchmarks nor reports); and the one selection of a study's Pareto front from its Optuna trials (`front_trials`:
+the run's printed table and reproduce's ranking). Light: optuna and numpy are imported only when used.
 """
 
 from __future__ import annotations
@@ -62,3 +63,23 @@ def open_study(run_dir: Path, meta: dict) -> Any:
         raise UserError(f"{Path(run_dir) / 'study.json'}: cannot open the Optuna storage {url} "
                         f"({type(e).__name__}: {first}); check that the database is reachable, or fix "
                         "\"storage\".") from e
+
+
+def front_trials(study: Any) -> list:
+    """The Optuna trials on the study's Pareto front, in trial order: among the trials that finished training (state
+    COMPLETE, search status "complete" where recorded, values set), those no other one dominates (study.dominance).
+
+    Optuna's study.best_trials when every COMPLETE trial finished; computed here so that a trial marked COMPLETE
+    with partial values (status early_stopped) can neither enter the front nor hide others."""
+    import numpy as np
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    from study.dominance import non_dominated_mask
+
+    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("status", "complete") == "complete" and t.values is not None]
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]  # to minimisation
+    loss = [[v * g for v, g in zip(t.values, signs, strict=True)] for t in finished]
+    on_front = non_dominated_mask(np.asarray(loss, dtype=float).reshape(len(finished), len(signs)))
+    return [t for t, keep in zip(finished, on_front, strict=True) if keep]

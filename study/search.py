@@ -242,12 +242,12 @@ class _TeacherJob:
 def _prepare_teacher(base, epochs: int, log) -> tuple[str, dict]:
     """(teacher checkpoint path, teacher info for study.json): trained or loaded, and its logit cache built."""
     from study.device import resolve_device
-    from study.reproduce import file_sha256
+    from study.io import sha256_file
     from study.teacher import get_teacher
 
     _, info = get_teacher(base, resolve_device(base.device), log=log)
     path = info["path"]
-    info = {**info, "sha256": file_sha256(Path(path))}
+    info = {**info, "sha256": sha256_file(path)}
     if base.teacher_cache:  # teacher logits for every (epoch, image) view of the schedule, shared by all trials
         from study.teacher_cache import ensure_teacher_cache
 
@@ -337,7 +337,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     import torch
 
     from study.references import missing_baselines, missing_references
-    from study.reproduce import code_version, data_fingerprint
+    from study.reproduce import code_version, dataset_sha256
 
     # the code that runs, as it is now: taken before the teacher trains (minutes, on a CPU), so that a file edited
     # in the meantime is not recorded as the study's
@@ -372,7 +372,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
-        "data_fingerprint": data_fingerprint(ds),
+        "data_fingerprint": dataset_sha256(ds),
         "teacher": teacher_info, "base_config": base.to_dict(),
         "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
@@ -507,7 +507,9 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     for t in trials:
         if t.user_attrs.get("status") == "failed" or (t.state == TrialState.FAIL and "status" not in t.user_attrs):
             log(f"  trial {t.number} failed: {t.user_attrs.get('error') or 'no reason recorded'}")
-    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    from study.results import front_trials
+
+    front = front_trials(study)  # the one front rule (study.dominance), as reproduce ranks it
     front.sort(key=lambda t: -t.values[0])
     cols = ["trial", *[m for m, _ in objectives], "test_acc", "width_mult", "prune_method", "prune_ratio",
             "kd_loss", "temperature", "alpha"]

@@ -24,7 +24,7 @@ from study.device import resolve_device
 from study.io import write_json_atomic, write_text_atomic
 from study.measure import count_macs, count_nonzero_params, count_params
 from study.models import build_model
-from study.pruning import prune_model, reapply_mask, sparsity_mask
+from study.pruning import get_prune_method, prune_model, reapply_mask, sparsity_mask
 from study.teacher import default_cache_dir, get_teacher, load_teacher
 from study.teacher_cache import CachedTeacher, teacher_cache_for
 from study.train import ResidentData, TeacherFn, evaluate, live_teacher, make_resident, resolve_precision, train_phase
@@ -222,7 +222,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         prune_info["val_acc_after_prune"] = evaluate(student, data.val_x, data.val_y)
         done, resume_opt = 0, None
     assert prune_info is not None
-    masks = sparsity_mask(student) if "unstructured" in cfg.prune_method else None
+    masks = None if get_prune_method(cfg.prune_method).structured else sparsity_mask(student)  # zeros to keep
     if cfg.finetune_epochs:
         train_phase(student, data, epochs=cfg.finetune_epochs, first_epoch=cfg.epochs, lr=cfg.finetune_lr,
                     after_step=(lambda: reapply_mask(student, masks)) if masks else None,
