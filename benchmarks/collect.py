@@ -1,6 +1,7 @@
 """Gather a study's trials and reference models into one results table, and analyse it.
 
-Edges (disk, Optuna storage): `load_study_meta`, `open_study`, `collect_results`, `run_benchmarks`.
+Edges (disk, Optuna storage): `collect_results`, `run_benchmarks` (the run folder's readers `load_study_meta`,
+`open_study` are study.results').
 Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
 
 Table columns: `number` (Optuna trial number; empty for references and baselines), `reference` (teacher /
@@ -38,6 +39,7 @@ from benchmarks import latency, pareto
 from study.errors import UserError
 from study.io import write_json_atomic, write_text_atomic
 from study.references import REFERENCES
+from study.results import load_study_meta, open_study
 
 STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
 STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
@@ -57,57 +59,6 @@ Log = Callable[[str], None]
 
 
 # ----------------------------------------------------------------------------------------------- disk and storage
-
-def load_study_meta(run_dir: Path) -> dict:
-    """study.json of a run directory (UserError naming the file when missing or unreadable)."""
-    path = Path(run_dir) / "study.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found: pass a run directory written by `python -m study run`.")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); restore or rewrite it.") \
-            from e
-    if not isinstance(meta, dict):
-        raise UserError(f"{path} must hold a JSON object; restore or rewrite it.")
-    return meta
-
-
-def storage_url(run_dir: Path, meta: dict) -> str:
-    """The study's storage URL; a SQLite file that moved with the run directory is found inside it."""
-    run_dir = Path(run_dir)
-    url = meta.get("storage")
-    if not url:
-        url = f"sqlite:///{run_dir / 'optuna.db'}"
-    if url.startswith("sqlite:///"):
-        db = Path(url[len("sqlite:///"):])
-        # Opening a missing SQLite file would silently create an empty study; look beside study.json instead.
-        for candidate in (db, run_dir / db, run_dir / db.name, run_dir / "optuna.db"):
-            if candidate.is_file():
-                return f"sqlite:///{candidate}"
-        raise UserError(f"{run_dir / 'study.json'}: storage file {db} not found (nor {run_dir / 'optuna.db'}); "
-                        "fix the \"storage\" entry or copy the database into the run directory.")
-    return url
-
-
-def open_study(run_dir: Path, meta: dict) -> Any:
-    """Load the Optuna study named in study.json."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(run_dir, meta)
-    name = meta.get("study_name") or meta.get("name")
-    try:
-        return optuna.load_study(study_name=name, storage=url)
-    except KeyError as e:
-        raise UserError(f"{Path(run_dir) / 'study.json'}: study {name!r} is not in {url}; "
-                        "fix \"study_name\" or \"storage\".") from e
-    except Exception as e:  # noqa: BLE001  an unreachable server or a bad URL: one sentence, not a traceback
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{Path(run_dir) / 'study.json'}: cannot open the Optuna storage {url} "
-                        f"({type(e).__name__}: {first}); check that the database is reachable, or fix "
-                        "\"storage\".") from e
-
 
 def objectives_of(meta: dict, study: Any = None) -> list[dict]:
     """[{"name", "direction"}] from study.json, else from the Optuna study's directions and metric names."""
@@ -156,17 +107,19 @@ def _prune_method(params: dict, config: dict, metrics: dict) -> str | None:
 
 
 def prune_kind(method: str | None) -> str:
-    """unpruned (none), structured (*_structured), unstructured (*_unstructured), unknown otherwise."""
+    """unpruned (none), structured / unstructured as the prune-method registry says (its `structured` property:
+    channels removed, or zeros kept in dense tensors), unknown for a name it does not know (e.g. an old study's)."""
     if method is None or (isinstance(method, float) and math.isnan(method)):
         return "unknown"
-    m = str(method).lower()
-    if m in ("none", "", "unpruned"):
+    m = str(method).strip()
+    if m.lower() in ("none", "", "unpruned"):
         return "unpruned"
-    if m.endswith("_unstructured") or m == "unstructured":
-        return "unstructured"
-    if m.endswith("_structured") or m == "structured":
-        return "structured"
-    return "unknown"
+    from study.pruning import get_prune_method  # here, so that importing this module (reports) loads no torch
+
+    try:
+        return "structured" if get_prune_method(m).structured else "unstructured"
+    except UserError:
+        return "unknown"
 
 
 def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from study.dominance import dominates as study_dominates
 from study.dominance import non_dominated_mask
 
 DIRECTIONS = ("minimize", "maximize")
@@ -55,7 +56,7 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
     """True iff point `a` dominates point `b` (no worse everywhere, strictly better somewhere)."""
     la, lb = to_minimization(np.array([a, b], dtype=float), directions)
-    return bool(np.all(la <= lb) and np.any(la < lb))
+    return study_dominates(la, lb)
 
 
 def hypervolume(loss: np.ndarray, reference: Sequence[float]) -> float:

@@ -40,7 +40,7 @@ KD_CONVENTION = ("KD loss convention: L = alpha * CE(student, y) + (1 - alpha) *
                  "softmax(student/T)); alpha weighs the cross-entropy term, T is the temperature.")
 UNSTRUCTURED_NOTE = ("Unstructured pruning zeroes weights inside dense tensors: its sparsity shows in nonzero_params "
                      "only. The model keeps its dense shapes and runs on dense kernels (PyTorch's and ONNX Runtime's "
-                     "alike, measured: benchmarks.onnx_runtimes), so it brings no latency gain; "
+                     "alike, measured: devbench.onnx_runtimes), so it brings no latency gain; "
                      "only structured pruning (removed channels) can.")
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:")
@@ -495,7 +495,8 @@ def _read_reproduce(run_dir: Path, log: Callable[[str], None]) -> list[dict]:
 
 def build_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Write RUN_DIR/report.html from results.csv, pareto.csv and benchmark.json (collected first if missing)."""
-    from benchmarks.collect import load_study_meta, read_results, run_benchmarks
+    from benchmarks.collect import read_results, run_benchmarks
+    from study.results import load_study_meta
 
     label = str(run_dir)
     run_dir = Path(run_dir)

@@ -84,7 +84,8 @@ def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, meta:
 
 def write_png(run_dir: str | Path) -> Path:
     """Collect results first where needed (as the HTML report does), then draw front.png."""
-    from benchmarks.collect import load_study_meta, read_results, run_benchmarks
+    from benchmarks.collect import read_results, run_benchmarks
+    from study.results import load_study_meta
 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)

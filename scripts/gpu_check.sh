@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's GPU checks as one short script (at most 9 minutes: the steps' limits add up to 540 s), for a machine with a CUDA GPU such
 # as the device machine some tasks are lent:
-#   1. python -m benchmarks.layout --device cuda   the precision rule's GPU case (fp32/bf16 x NCHW/NHWC step times)
-#   2. python -m benchmarks.speed --device cuda    the trial-loop speed table, as the README shows it for the CPU
+#   1. python -m devbench.layout --device cuda     the precision rule's GPU case (fp32/bf16 x NCHW/NHWC step times)
+#   2. python -m devbench.speed --device cuda      the trial-loop speed table, as the README shows it for the CPU
 #   3. python -m study trial (demo space, cuda)    one demo trial end to end on the GPU: teacher, logit cache, metrics
 # It writes at most 5 files to $OUT (default out/gpu): log.txt, layout.json, speed.json, trial_metrics.json,
 # env.txt. Caches go to /tmp. It stops at the first failing step (set -e) with the log kept.
@@ -42,8 +42,8 @@ print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no
 EOF
 cat "$OUT/env.txt" | tee -a "$log"
 
-step "precision and layout" 150 "$PY" -m benchmarks.layout --device "$DEVICE" --json "$OUT/layout.json"
-step "trial-loop speed" 270 "$PY" -m benchmarks.speed --device "$DEVICE" --json "$OUT/speed.json"
+step "precision and layout" 150 "$PY" -m devbench.layout --device "$DEVICE" --json "$OUT/layout.json"
+step "trial-loop speed" 270 "$PY" -m devbench.speed --device "$DEVICE" --json "$OUT/speed.json"
 trial_dir=/tmp/kdstudy-gpu-trial
 step "demo trial" 120 "$PY" -m study trial search_spaces/demo.yaml --set "device=$DEVICE" --out "$trial_dir"
 cp "$trial_dir/metrics.json" "$OUT/trial_metrics.json"

@@ -14,7 +14,7 @@ _API = {
     "make_config": ("study.config", "make_config"),
     "load_space": ("search_spaces", "load_space"),
     "run_trial": ("study.trial", "run_trial"),
-    "run_study": ("study.search", "run_study"),
+    "run_study": ("study.app", "run_study"),  # the search, then results and report
     "UserError": ("study.errors", "UserError"),
 }
 __all__ = ["__version__", *_API]

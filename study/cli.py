@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     args.address = args.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
     ray_auth_env(args.address)
-    from study.search import run_study
+    from study.app import run_study
 
     run_study(args.space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
               address=args.address, runs_dir=args.runs_dir, gpus_per_trial=args.gpus_per_trial,

@@ -45,7 +45,7 @@ class TrialConfig:
     teacher_epochs: int = 15  # teacher training budget in epochs
     teacher_lr: float = 0.1  # teacher peak SGD learning rate (per batch of batch_size)
     # Teacher training precision: fp32 by default. The teacher is trained once and every trial learns from it;
-    # on digits (`python -m benchmarks.precision`, 3 seeds) students of bf16-trained teachers tested 0.5 and 1.1
+    # on digits (`python -m devbench.precision`, 3 seeds) students of bf16-trained teachers tested 0.5 and 1.1
     # points lower in two runs (lower in every seed), while bf16 students of an fp32 teacher stayed within the
     # seed spread of fp32 students. bf16 / auto: faster.
     teacher_precision: str = "fp32"

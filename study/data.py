@@ -6,13 +6,11 @@ broken file ends in a `DataError` that names the file and the fix instead of a l
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import numbers
 import os
 import pickle
 import struct
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -447,19 +445,6 @@ def _decode_all(paths: list[Path]) -> np.ndarray:
     return out
 
 
-def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temp file beside `path`, then rename: a crash never leaves a half-written cache."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_tiny_cache(path: Path, wnids: list[str]) -> dict[str, np.ndarray] | None:
     """The cached arrays, or None when there is no cache or it belongs to other classes or an older layout."""
     if not path.is_file():
@@ -487,7 +472,10 @@ def _load_tinyimagenet(root: Path, download: bool, **_: Any) -> Dataset:
         arrays = {"train_x": _decode_all(train_paths), "train_y": np.asarray(train_y, dtype=np.int64),
                   "test_x": _decode_all(test_paths), "test_y": np.asarray(test_y, dtype=np.int64)}
         try:
-            _save_npz_atomic(cache, version=np.asarray(_TINY_CACHE_VERSION), wnids=np.asarray(wnids), **arrays)
+            from study.io import write_atomic  # temp file beside it, then renamed: never a half-written cache
+
+            write_atomic(cache, lambda f: np.savez(f, version=np.asarray(_TINY_CACHE_VERSION),
+                                                  wnids=np.asarray(wnids), **arrays), "wb")
         except OSError as e:  # e.g. a read-only shared copy: still usable, only slower next time
             warnings.warn(f"Could not write the Tiny-ImageNet cache {cache} ({e}); the next load decodes again.",
                           stacklevel=2)

@@ -51,13 +51,6 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return (images.float() / 255.0 - m) / s
 
 
-def make_readable(out_dir: Path) -> None:
-    """Temp-file writes (mkstemp) leave files 0600; the export is meant to be copied and shared."""
-    for f in Path(out_dir).iterdir():
-        if f.is_file():
-            f.chmod(0o644)
-
-
 def export_model(model: nn.Module, out_dir: Path, *, meta: dict, example_images: torch.Tensor,
                  int8_file: Path | None = None, threads: int | None = None) -> dict:
     """Export `model` (eval mode, CPU, fp32, dynamic batch) to out_dir/model.pt2 and model.onnx, and check both.
@@ -257,10 +250,12 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
     """A short markdown model card: data, use, metrics (mean +- std over seeds), costs, recipe, config."""
     n = len(summary["seeds"])
     c = config
+    from study.pruning import get_prune_method
+
     prune = c["prune_method"]
     if prune == "none":
         prune_text = "none (dense student)"
-    elif "unstructured" in prune:
+    elif not get_prune_method(prune).structured:
         prune_text = (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
                       "magnitude (shapes and dense latency unchanged; nonzero_params drops)")
     else:

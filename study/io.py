@@ -1,13 +1,17 @@
-"""Atomic result writing: a reader never sees a half-written file."""
+"""Files: atomic result writing (a reader never sees a half-written file) and the one file hash (sha256_file)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -58,6 +62,33 @@ def write_path_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def replace_dir_atomic(path: Path | str, build: Callable[[Path], T]) -> T:
+    """Build a whole folder aside and swap it in: `build(tmp)` fills a fresh temp folder beside `path` (write its
+    files with the helpers above), which then replaces `path`. A reader finds the old folder or the new one, never
+    a mix of two runs (between the two renames, for an instant, none); on any error the old folder stays. Returns
+    what build returned."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        result = build(work)
+        os.chmod(work, 0o777 & ~_UMASK)  # mkdtemp makes it private; results are meant to be shared
+        old = path.parent / f".{path.name}-old-{os.getpid()}"
+        if path.exists():
+            path.rename(old)
+        try:
+            work.rename(path)
+        except OSError:
+            if old.exists():
+                old.rename(path)  # the earlier folder stays where users look for it
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -69,6 +100,15 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (teacher checkpoints can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text_atomic(path: Path | str, text: str, durable: bool = True) -> None:
@@ -86,13 +126,3 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     return str(obj)
 
-
-def sha256_file(path: Path | str) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

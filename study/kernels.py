@@ -13,7 +13,7 @@ convolution of the subsampled input, ``conv2d(x[:, :, ::s, ::s], w)`` (the same 
 weights and state_dict), so oneDNN never takes the strided 1x1 path for it. The rule: every 1x1 Conv2d with stride
 > 1 and fewer than 16 input channels per group, on the CPU, in any layout and precision. 16 is the AVX-512 block
 of the upstream report (AVX2's is 8), so one rule covers both without reading the ISA. Measured with
-``python -m benchmarks.layout --guard`` (README): students with such convolutions train with the rewrite within
+``python -m devbench.layout --guard`` (README): students with such convolutions train with the rewrite within
 noise of the NCHW fallback on an AMD EPYC Zen 4 (bf16, and fp32 capped to AVX2), and faster on the Zen 3 of the
 report (pruned demo trial 5.4 s against 8.0 s in NCHW), while every wider model is 1.14-1.37x faster in
 channels_last than in NCHW; rewriting the wider convolutions too cost 6-14 % in bf16 on the Zen 4, so those are

@@ -31,24 +31,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
-from study.dominance import non_dominated_mask
 from study.errors import UserError
-from study.io import write_json_atomic, write_text_atomic
+from study.io import replace_dir_atomic, sha256_file, write_json_atomic, write_text_atomic
+from study.results import front_trials, load_study_meta, open_study
 from study.trial import TrialHooks
 
 RANK_RULE = ("front = Optuna's Pareto-optimal trials that finished training; drop those over --max-latency-ms "
@@ -68,20 +64,6 @@ def _log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the study
-def load_study_meta(run_dir: Path) -> dict:
-    """study.json of a run directory (one UserError naming the file when it is missing or unreadable)."""
-    from benchmarks.collect import load_study_meta as load  # one reader for reports, benchmarks and reproduce
-
-    return load(run_dir)
-
-
-def open_study(run_dir: Path, meta: dict):
-    """The run's Optuna study; a SQLite file that moved with the run directory is found inside it."""
-    from benchmarks.collect import open_study as open_
-
-    return open_(run_dir, meta)
-
-
 @dataclass
 class FrontTrial:
     number: int
@@ -101,21 +83,12 @@ class FrontTrial:
 def pareto_front(study, run_dir: Path) -> list[FrontTrial]:
     """Pareto-optimal trials among those that finished training, sorted by the rank rule (before any filter).
 
-    Same set as Optuna's study.best_trials when every COMPLETE trial finished; computed here so that a trial
-    marked COMPLETE with partial values (status early_stopped) can neither enter the front nor hide others.
+    The set is study.results.front_trials (the one front rule, also the run's printed Pareto table): Optuna's
+    study.best_trials when every COMPLETE trial finished, but a trial marked COMPLETE with partial values (status
+    early_stopped) can neither enter the front nor hide others.
     """
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("status", "complete") == "complete" and t.values is not None]
-    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]  # to minimisation
-    loss = [[v * g for v, g in zip(t.values, signs, strict=True)] for t in finished]
-    on_front = non_dominated_mask(np.asarray(loss, dtype=float).reshape(len(finished), len(signs)))
     front = []
-    for t, keep in zip(finished, on_front, strict=True):
-        if not keep:
-            continue
+    for t in front_trials(study):
         metrics = dict(t.user_attrs.get("metrics") or {})
         path = run_dir / "trials" / str(t.number) / "metrics.json"
         if not metrics and path.is_file():
@@ -174,16 +147,9 @@ def trial_config(run_dir: Path, chosen: FrontTrial) -> TrialConfig:
 
 
 # ---------------------------------------------------------------------------------------------- versions
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def data_fingerprint(ds) -> str:
-    """sha256 over the data set's images and labels (train and test, as loaded), 16 hex digits."""
+def dataset_sha256(ds) -> str:
+    """sha256 over the whole data set's images and labels (train and test, as loaded), 16 hex digits: study.json's
+    "data_fingerprint", which reproduce compares (not the teacher cache's train_sample_fingerprint)."""
     h = hashlib.sha256()
     for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y):
         h.update(str(tuple(t.shape)).encode())
@@ -228,7 +194,7 @@ def check_against_study(run_dir: Path, meta: dict, cfg: TrialConfig, ds, search_
             if then is not None and then != now:
                 w.append(f"data: {key} is {now} now but {then} in {where}; the data set files changed.")
     fp_then = meta.get("data_fingerprint") or (meta.get("versions") or {}).get("data_fingerprint")
-    fp_now = data_fingerprint(ds)
+    fp_now = dataset_sha256(ds)
     if fp_then and fp_then != fp_now:
         w.append(f"data: the data set's fingerprint is {fp_now} now but {fp_then} in the study; the images or "
                  "labels changed.")
@@ -253,7 +219,7 @@ def check_against_study(run_dir: Path, meta: dict, cfg: TrialConfig, ds, search_
                     w.append(f"teacher: {teacher_file} has {k} {teacher_embedded[k]!r} but the study recorded "
                              f"{recorded[k]!r}; the file was replaced since the study ran.")
                     break
-            if recorded.get("sha256") and recorded["sha256"] != file_sha256(teacher_file):
+            if recorded.get("sha256") and recorded["sha256"] != sha256_file(teacher_file):
                 w.append(f"teacher: {teacher_file} sha256 differs from the one study.json records.")
     # code
     versions = meta.get("versions") or {}
@@ -405,7 +371,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
         _, info = get_teacher(cfg.replace(device=device_name), resolve_device(device_name), log=log)
         teacher_file = Path(info["path"])
         teacher_embedded = info
-    teacher_sha = file_sha256(teacher_file) if teacher_file is not None else None
+    teacher_sha = sha256_file(teacher_file) if teacher_file is not None else None
 
     per_seed: list[dict] = []
     for i, s in enumerate(seed_list):
@@ -453,7 +419,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
         "teacher": {"path": str(teacher_file) if teacher_file else None, "sha256": teacher_sha,
                     "key": (teacher_embedded or {}).get("key"), "val_acc": (teacher_embedded or {}).get("val_acc")},
         "data": {"dataset": cfg.dataset, "num_classes": ds.num_classes, "input_shape": list(ds.input_shape),
-                 "fingerprint": data_fingerprint(ds)},
+                 "fingerprint": dataset_sha256(ds)},
         "code": code, "warnings": warnings, "command": command, "config": base.to_dict(),
     }
     summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -481,7 +447,7 @@ def _seed_dir(seed: int, epochs: int, search_epochs: int) -> str:
 
 def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir: Path) -> dict:
     from study.checkpoint import load_model
-    from study.export import export_model, make_readable, model_card
+    from study.export import export_model, model_card
 
     model, _ = load_model(seed_dir / "model.pt")
     metrics = json.loads((seed_dir / "metrics.json").read_text())
@@ -493,29 +459,17 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
             "seeds": summary["seeds"], "params": metrics["params"], "nonzero_params": metrics["nonzero_params"],
             "macs": metrics["macs"], "config": base.replace(seed=seed, split_seed=base.val_split_seed).to_dict()}
     export_dir = out / "export"
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # built aside, swapped in whole: never a mix of runs
-    try:
+
+    def build(work: Path) -> dict:
         int8 = seed_dir / "model_int8.onnx"
         info = export_model(model, work, meta=meta, example_images=ds.test_x[:16],
                             int8_file=int8 if int8.is_file() else None, threads=base.threads or None)
         info["seed"] = seed
         info["dir"] = str(export_dir)
         write_text_atomic(work / "model_card.md", model_card(summary, meta, base.to_dict(), seed, metrics, info))
-        make_readable(work)
-        work.chmod(0o755)  # mkdtemp made it private; the export is meant to be shared
-        old = out / f".export-old-{os.getpid()}"
-        if export_dir.exists():
-            export_dir.rename(old)
-        try:
-            work.rename(export_dir)
-        except OSError:
-            if old.exists():
-                old.rename(export_dir)  # the earlier export stays where users look for it
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return info
+        return info
+
+    return replace_dir_atomic(export_dir, build)  # built aside, swapped in whole: never a mix of runs
 
 
 def _f(v: Any, fmt: str = ".2f") -> str:

@@ -88,12 +88,12 @@ class _TeacherJob:
 def _prepare_teacher(base, epochs: int, log) -> tuple[str, dict]:
     """(teacher checkpoint path, teacher info for study.json): trained or loaded, and its logit cache built."""
     from study.device import resolve_device
-    from study.reproduce import file_sha256
+    from study.io import sha256_file
     from study.teacher import get_teacher
 
     _, info = get_teacher(base, resolve_device(base.device), log=log)
     path = info["path"]
-    info = {**info, "sha256": file_sha256(Path(path))}
+    info = {**info, "sha256": sha256_file(path)}
     if base.teacher_cache:  # teacher logits for every (epoch, image) view of the schedule, shared by all trials
         from study.teacher_cache import ensure_teacher_cache
 
@@ -134,9 +134,11 @@ def _init_ray(address: str | None, cpus_needed: float, side_cpus: float = 0.0) -
 
 def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
-              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
+              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, summary: bool = True,
               log=print) -> Path:
-    """Run (or resume) a study; returns the run directory."""
+    """Run (or resume) a study; returns the run directory. The engine only: summary prints the trial counts and
+    the Pareto table from the search's own values; results.csv, the latency re-measurement and report.html are
+    the application layer's (study.app.run_study, what the CLI and `from study import run_study` call)."""
     set_study_environment()  # before anything imports or starts Ray
     space_file = str(resolve_space_path(space_file))  # a path, or a shipped space's name
     space = load_space(space_file)
@@ -185,7 +187,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     import torch
 
     from study.references import missing_baselines, missing_references
-    from study.reproduce import code_version, data_fingerprint
+    from study.reproduce import code_version, dataset_sha256
 
     # the code that runs, as it is now: taken before the teacher trains (minutes, on a CPU), so that a file edited
     # in the meantime is not recorded as the study's
@@ -220,7 +222,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
-        "data_fingerprint": data_fingerprint(ds),
+        "data_fingerprint": dataset_sha256(ds),
         "teacher": teacher_info, "checks": preflight, "base_config": base.to_dict(),
         "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
@@ -281,11 +283,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomic(meta_path, meta)
-    # the front's latency measured again now that no trial trains (the search's values can carry a busy moment)
-    quiet = _benchmark(run_dir, log) if report else None
-    print_summary(run_dir, storage_url, study_name, objectives, log, quiet_latency=quiet)
-    if report:
-        _build_report(run_dir, log)
+    if summary:
+        print_summary(run_dir, storage_url, study_name, objectives, log)
     return run_dir
 
 
@@ -366,7 +365,9 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     for t in trials:
         if t.user_attrs.get("status") == "failed" or (t.state == TrialState.FAIL and "status" not in t.user_attrs):
             log(f"  trial {t.number} failed: {t.user_attrs.get('error') or 'no reason recorded'}")
-    front = [t for t in study.best_trials if t.state == TrialState.COMPLETE]
+    from study.results import front_trials
+
+    front = front_trials(study)  # the one front rule (study.dominance), as reproduce ranks it
     front.sort(key=lambda t: -t.values[0])
     cols = ["trial", *[m for m, _ in objectives], "test_acc", "width_mult", "prune_method", "prune_ratio",
             "kd_loss", "temperature", "alpha"]
@@ -429,29 +430,3 @@ def _print_baselines(run_dir: Path, log) -> None:
         log(f"baseline {b['line']}")
     if bench.get("knee"):
         log(f"knee of the front: trial {bench['knee']['trial']} ({bench['knee']['rule']})")
-
-
-def _benchmark(run_dir: Path, log) -> dict:
-    """results.csv, pareto.csv and benchmark.json, the front's latency re-measured; returns trial number (and
-    "baseline NAME") -> quiet ms."""
-    from benchmarks.collect import read_results, run_benchmarks
-    from benchmarks.latency import LATENCY_COL
-
-    run_benchmarks(run_dir, remeasure=True, log=log)
-    df = read_results(run_dir)
-    if LATENCY_COL not in df.columns:
-        return {}
-    done = df[LATENCY_COL].notna()
-    quiet: dict = {int(n): float(v) for n, v in zip(df.loc[done & df["number"].notna(), "number"],
-                                                    df.loc[done & df["number"].notna(), LATENCY_COL], strict=True)}
-    if "baseline" in df.columns:
-        part = df[done & df["baseline"].notna()]
-        quiet.update({f"baseline {b}": float(v) for b, v in zip(part["baseline"], part[LATENCY_COL], strict=True)})
-    return quiet
-
-
-def _build_report(run_dir: Path, log) -> None:
-    from reports import build_report
-
-    path = build_report(run_dir)
-    log(f"report: {path}")

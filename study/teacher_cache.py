@@ -43,7 +43,7 @@ import torch.nn as nn
 from filelock import FileLock
 
 from study.config import TrialConfig
-from study.io import write_json_atomic
+from study.io import sha256_file, write_json_atomic
 from study.train import ResidentData, TeacherFn, crop_flip, epoch_schedule, live_teacher
 
 FORMAT_VERSION = 1  # bump when the file layout or the cache pass changes, so old caches are not read
@@ -65,16 +65,9 @@ def _sha256(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def data_fingerprint(data: ResidentData) -> str:
-    """Hash of the labels and of up to 256 normalised training images, rounded to 1/256 so CPU and GPU agree."""
+def train_sample_fingerprint(data: ResidentData) -> str:
+    """Hash of the training labels and of up to 256 normalised (resident) training images, rounded to 1/256 so CPU
+    and GPU agree: part of the cache key (not the whole-data-set sha256 study.json records)."""
     n = data.train_x.shape[0]
     sample = data.train_x[:: max(1, n // 256)].float().cpu()
     return _sha256(str(tuple(data.train_x.shape)).encode(), data.train_y.cpu().numpy().tobytes(),
@@ -97,10 +90,10 @@ def cache_identity(teacher_path: Path | str, data: ResidentData, *, dataset: str
                    seed: int) -> dict:
     """Everything that decides the cached values. Two trials share a cache only if this is equal."""
     n = data.train_x.shape[0]
-    return {"format": FORMAT_VERSION, "teacher_sha256": file_sha256(teacher_path), "dataset": dataset,
+    return {"format": FORMAT_VERSION, "teacher_sha256": sha256_file(teacher_path), "dataset": dataset,
             "val_size": val_size, "seed": seed, "n_images": n, "num_classes": data.num_classes,
             "padded_shape": list(data.train_x.shape[1:]), "pad": data.pad, "hflip": data.hflip,
-            "data_sha256": data_fingerprint(data), "schedule_sha256": schedule_fingerprint(n, seed, data.pad,
+            "data_sha256": train_sample_fingerprint(data), "schedule_sha256": schedule_fingerprint(n, seed, data.pad,
                                                                                             data.hflip)}
 
 

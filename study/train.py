@@ -164,7 +164,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 # speed-up over fp32 NCHW:
 #   width 1.0   fp32-NHWC 1.44x   bf16-NCHW 1.24x   bf16-NHWC 1.47x
 #   width 0.25  fp32-NHWC 1.01x   bf16-NCHW 0.90x   bf16-NHWC 0.98x   (tiny channels: per-op overhead dominates)
-# `python -m benchmarks.layout` on the AMD VM (1 thread, best of 3 alternating rounds; README shows the table):
+# `python -m devbench.layout` on the AMD VM (1 thread, best of 3 alternating rounds; README shows the table):
 #   fp32-NHWC 1.13x (resnet8 w0.25 digits) to 1.69x (resnet8 3x32x32); bf16-NHWC 0.92x (w0.25 digits: 1.07x and
 #   1.06x in two other runs; the tiniest student is a tie within noise) to 2.93x. Also measured
 #   by hand: resnet8 digits fp32-NHWC 1.24x with oneDNN capped to AVX2 (as on CPUs without AVX-512); a 40-epoch
@@ -173,7 +173,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 # the AMD VM too), so "auto" picks it on CPUs with native bf16 (avx512_bf16 / AMX); elsewhere (no bf16 units:
 # emulated bf16 is slower) fp32, in channels_last like every CPU run. On CUDA it picks bf16 + channels_last
 # where the GPU has bf16 tensor cores (compute capability >= 8.0): the usual result, NOT measured here (no GPU
-# was lent to this work; `python -m benchmarks.speed` on a GPU shows it). Final metrics are evaluated in fp32;
+# was lent to this work; `python -m devbench.speed` on a GPU shows it). Final metrics are evaluated in fp32;
 # the per-epoch validation (logs, scheduler rungs) runs in the training precision.
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which it has no native bf16 kernels
 _ONEDNN_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}

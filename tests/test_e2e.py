@@ -1,16 +1,16 @@
-"""benchmarks.e2e: the parts that run without timing two commits (that takes minutes; README shows a run)."""
+"""devbench.e2e: the parts that run without timing two commits (that takes minutes; README shows a run)."""
 
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.e2e import TRIAL_POINTS, demo_space, format_table
+from devbench.e2e import TRIAL_POINTS, demo_space, format_table
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_unknown_baseline_is_one_sentence_and_exit_2():
-    r = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--baseline", "no-such-commit-xyz"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "devbench.e2e", "--baseline", "no-such-commit-xyz"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "cannot check out baseline 'no-such-commit-xyz'" in r.stderr
@@ -55,7 +55,7 @@ def test_machine_cpu_time_counts_this_process_work():
     import os
     import time
 
-    from benchmarks.e2e import machine_cpu_s
+    from devbench.e2e import machine_cpu_s
 
     if not os.path.exists("/proc/stat"):
         assert machine_cpu_s() is None
@@ -68,7 +68,7 @@ def test_machine_cpu_time_counts_this_process_work():
 
 
 def test_accuracy_is_summarised_over_seeds():
-    from benchmarks.e2e import summarise
+    from devbench.e2e import summarise
 
     rows = [{"trial_wall_s": t, "process_wall_s": t + 1, "val_acc": v, "test_acc": v - 1}
             for t, v in ((1.0, 96.0), (3.0, 98.0), (2.0, 97.0))]
@@ -95,7 +95,7 @@ def test_process_tree_cpu_is_split_by_role():
 
     import pytest
 
-    from benchmarks.e2e import TreeCPU, role_of
+    from devbench.e2e import TreeCPU, role_of
 
     assert role_of(7, 7, "python") == "driver"
     assert role_of(8, 7, "ray::ImplicitFu") == "trial actors"  # /proc's comm is cut at 15 characters

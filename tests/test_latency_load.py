@@ -1,10 +1,10 @@
-"""benchmarks.latency_load: a tiny run (the README shows a full one)."""
+"""devbench.latency_load: a tiny run (the README shows a full one)."""
 
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.latency_load import format_table, run
+from devbench.latency_load import format_table, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +20,6 @@ def test_tiny_run_has_every_model_at_every_load_with_ratios_to_idle():
 
 
 def test_bad_arguments_exit_2():
-    r = subprocess.run([sys.executable, "-m", "benchmarks.latency_load", "--rounds", "0"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "devbench.latency_load", "--rounds", "0"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr

@@ -1,8 +1,8 @@
-"""benchmarks.layout: a tiny run (the README shows a full one)."""
+"""devbench.layout: a tiny run (the README shows a full one)."""
 
 import torch
 
-from benchmarks.layout import format_table, run
+from devbench.layout import format_table, run
 
 
 def test_tiny_run_times_every_setting_and_names_autos_pick():
@@ -15,7 +15,7 @@ def test_tiny_run_times_every_setting_and_names_autos_pick():
 
 
 def test_guard_cost_never_times_the_known_bad_case_unguarded():
-    from benchmarks.layout import format_guard_table, guard_cost
+    from devbench.layout import format_guard_table, guard_cost
 
     res = guard_cost(torch.device("cpu"), rounds=1, steps=1, precision="fp32", log=lambda m: None,
                      models=(("resnet8", 0.25, (1, 8, 8), 0.0), ("resnet8", 1.0, (1, 8, 8), 0.0)))

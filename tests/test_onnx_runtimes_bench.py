@@ -1,4 +1,4 @@
-"""benchmarks.onnx_runtimes runs end to end (quick mode) and writes its table and JSON."""
+"""devbench.onnx_runtimes runs end to end (quick mode) and writes its table and JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 
 def test_runtime_benchmark_quick_writes_the_table_and_json(tmp_path, capsys):
-    from benchmarks.onnx_runtimes import RUNTIMES, main
+    from devbench.onnx_runtimes import RUNTIMES, main
 
     assert main(["--quick", "--json", str(tmp_path / "out.json")]) == 0
     out = capsys.readouterr().out

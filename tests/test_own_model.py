@@ -236,7 +236,7 @@ def test_untraceable_family_is_one_sentence():
 # ------------------------------------------------------------------------------------------------- the study
 
 def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder, teachers, tmp_path, ray_session):
-    from study.search import run_study
+    from study import run_study
 
     space = _space(tmp_path / "own.yaml", {
         "data_root": str(folder), "image_size": 16, "teacher_checkpoint": str(teachers["pt2"]),

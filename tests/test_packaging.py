@@ -29,7 +29,7 @@ def test_the_wheel_holds_the_packages_the_spaces_and_the_command(tmp_path):
     import shutil
 
     src = tmp_path / "src"  # a copy of what a clone holds, so that the build writes nothing into the repository
-    for name in ("study", "search_spaces", "benchmarks", "reports", "tests"):
+    for name in ("study", "search_spaces", "benchmarks", "reports", "devbench", "tests"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
@@ -43,7 +43,7 @@ def test_the_wheel_holds_the_packages_the_spaces_and_the_command(tmp_path):
     for needed in ("study/cli.py", "study/kernels.py", "search_spaces/__init__.py", "search_spaces/demo.yaml",
                    "benchmarks/collect.py", "reports/__init__.py"):
         assert needed in names, needed
-    assert not any(n.startswith(("tests/", "runs/", ".venv/")) for n in names)
+    assert not any(n.startswith(("tests/", "runs/", ".venv/", "devbench/")) for n in names)  # not the product
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kdstudy = study.cli:console_main" in zipfile.ZipFile(wheel).read(entry).decode()
 

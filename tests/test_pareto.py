@@ -140,7 +140,7 @@ def test_hypervolume_series_is_running_front() -> None:
 
 
 def test_one_dominance_rule():
-    """study.dominance is the rule every front uses (benchmarks.pareto, MO-ASHA, reproduce's ranking)."""
+    """study.dominance is the rule every front uses (benchmarks.pareto, MO-ASHA, study.results.front_trials)."""
     from study.dominance import dominates, non_dominated_mask
 
     assert dominates([1, 2], [1, 3]) and not dominates([1, 3], [1, 2])
@@ -148,3 +148,21 @@ def test_one_dominance_rule():
     assert not dominates([np.nan, 0], [1, 1]) and not dominates([2, 0], [1, 1])
     mask = non_dominated_mask(np.array([[1, 2], [1, 2], [2, 1], [2, 2], [np.nan, 0]]))
     assert mask.tolist() == [True, True, True, False, False]
+    # benchmarks.pareto's own form (raw values and directions) is the same rule, NaN included
+    assert pareto.dominates([np.nan, 0], [1, 1], ["minimize"] * 2) is dominates([np.nan, 0], [1, 1]) is False
+    assert pareto.dominates([90, 1], [80, 1], ["maximize", "minimize"]) and not pareto.dominates([1], [1], ["minimize"])
+
+
+def test_the_run_and_reproduce_share_one_front(tmp_path):
+    """study.results.front_trials: the printed Pareto table's front and reproduce's; a trial Optuna calls COMPLETE
+    whose search status is early_stopped is left out (Optuna's best_trials would take it)."""
+    from study_fixture import FRONT, make_run_dir
+
+    from study.reproduce import pareto_front
+    from study.results import front_trials, load_study_meta, open_study
+
+    run = make_run_dir(tmp_path, leaked_early_stop=True)
+    study = open_study(run, load_study_meta(run))
+    assert [t.number for t in front_trials(study)] == FRONT
+    assert sorted(t.number for t in pareto_front(study, run)) == FRONT
+    assert 9 in {t.number for t in study.best_trials}

@@ -1,10 +1,10 @@
-"""benchmarks.precision on the tiny test budget: every (teacher, student) precision pair runs and is recorded."""
+"""devbench.precision on the tiny test budget: every (teacher, student) precision pair runs and is recorded."""
 
 import json
 
 from conftest import write_space
 
-from benchmarks.precision import PAIRS, main
+from devbench.precision import PAIRS, main
 
 
 def test_precision_benchmark_runs_each_pair(tmp_path, capsys):
@@ -25,7 +25,7 @@ def test_precision_benchmark_rejects_zero_seeds(capsys):
 
 
 def test_cli_missing_space_is_one_sentence(tmp_path, capsys):
-    from benchmarks.precision import main
+    from devbench.precision import main
 
     assert main(["--seeds", "1", "--space", str(tmp_path / "nope.yaml")]) == 2
     err = capsys.readouterr().err

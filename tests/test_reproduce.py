@@ -19,13 +19,12 @@ from study.errors import UserError
 from study.reproduce import (
     check_against_study,
     code_version,
-    load_study_meta,
-    open_study,
     pareto_front,
     reproduce,
     select_trial,
     trial_config,
 )
+from study.results import load_study_meta, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +95,7 @@ def reproduced(tmp_path_factory, ray_session):
                                                     "scheduler": "none"},
                         trial={**TINY_TRIAL, "latency_backend": "onnxruntime", "quantize": "int8",
                                "calibration_images": 64})
-    run_dir = run_study(str(space), name="tiny", runs_dir=str(root / "runs"), report=False, log=lambda *_: None)
+    run_dir = run_study(str(space), name="tiny", runs_dir=str(root / "runs"), log=lambda *_: None)
     lines: list[str] = []
     summary = reproduce(run_dir, rank=1, seeds=2, log=lines.append)
     return run_dir, summary, lines

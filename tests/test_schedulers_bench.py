@@ -1,4 +1,4 @@
-"""`benchmarks.schedulers`: reading runs and the common-normalisation comparison, on synthetic Optuna studies
+"""`devbench.schedulers`: reading runs and the common-normalisation comparison, on synthetic Optuna studies
 in real SQLite storage laid out like the runner's (no Ray run here)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from benchmarks import pareto
-from benchmarks.schedulers import format_table, read_run, summarize, write_variant
+from devbench.schedulers import format_table, read_run, summarize, write_variant
 
 OBJECTIVES = [{"name": "val_acc", "direction": "maximize"}, {"name": "nonzero_params", "direction": "minimize"},
               {"name": "latency_ms_bs1", "direction": "minimize"}]
@@ -183,7 +183,7 @@ def test_none_cut_at_the_early_stopping_budget(runs: dict[str, Path]) -> None:
 def test_cli_refuses_a_missing_space_and_a_runs_dir_of_another_study(tmp_path: Path, capsys) -> None:
     from conftest import write_space
 
-    from benchmarks.schedulers import main, run_name
+    from devbench.schedulers import main, run_name
 
     assert main([str(tmp_path / "nope.yaml"), "--runs-dir", str(tmp_path / "r")]) == 2
     assert "no such search space file" in capsys.readouterr().err

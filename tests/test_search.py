@@ -31,7 +31,7 @@ def small_study(tmp_path_factory, ray_session):
 
     tmp = tmp_path_factory.mktemp("study")
     space = write_space(tmp / "tiny.yaml", baselines=None)  # no baselines: key, so both built-ins are trained
-    run_dir = run_study(str(space), name="small", runs_dir=str(tmp / "runs"), report=False)
+    run_dir = run_study(str(space), name="small", runs_dir=str(tmp / "runs"))  # the engine: no results.csv yet
     return run_dir
 
 
@@ -105,7 +105,7 @@ def run_enqueued(tmp_path: Path, name: str, space: Path, queue: list[dict]) -> P
                                 directions=["maximize", "minimize"])
     for params in queue:
         study.enqueue_trial(params)
-    run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"), report=False)
+    run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"))
     return run_dir
 
 
@@ -254,7 +254,7 @@ def test_postgresql_storage(tmp_path, ray_session):
     name = f"pg{os.getpid()}{time.time_ns() % 10**6}"
     space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "trials": 2, "concurrent": 2,
                                                     "scheduler": "none"})
-    run_dir = run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"), storage=url, report=False)
+    run_dir = run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"), storage=url)
     assert json.loads((run_dir / "study.json").read_text())["storage"] == url
     assert not (run_dir / "optuna.db").exists()
     study = optuna.load_study(study_name=name, storage=url)

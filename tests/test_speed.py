@@ -1,4 +1,4 @@
-"""The fast trial loop (optimiser, precision rule, layout) and `python -m benchmarks.speed` end to end."""
+"""The fast trial loop (optimiser, precision rule, layout) and `python -m devbench.speed` end to end."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_train_phase_hands_the_model_back_in_the_default_layout():
 
 def test_speed_benchmark_quick_writes_the_table_and_json(tmp_path):
     out = tmp_path / "speed.json"
-    r = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--quick", "--json", str(out)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "devbench.speed", "--quick", "--json", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "c/a" in r.stdout and "images/s" in r.stdout

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.e2e`: this checkout against an earlier commit, end to end, run the way a user runs them.
+"""`python -m devbench.e2e`: this checkout against an earlier commit, end to end, run the way a user runs them.
 
   trial  `python -m study trial` with the default study's trial settings (digits, 15 distillation + 5
          fine-tuning epochs, one thread) and a fixed sampled point (KD T=4 alpha=0.5, width 1.0; unpruned and
@@ -324,7 +324,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.e2e", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"git commit to compare with (default {DEFAULT_BASELINE})")

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.layout`: the measurements behind the training precision rule (study.train.resolve_precision).
+"""`python -m devbench.layout`: the measurements behind the training precision rule (study.train.resolve_precision).
 
 One student training step as a trial runs it (forward under autocast where bf16, KD loss against fixed teacher
 logits, backward, torch.optim.SGD's fused nesterov step; the oneDNN #6035 guard of study.kernels), batch 128, timed
@@ -184,7 +184,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.layout", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.layout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (default 1, as a trial)")

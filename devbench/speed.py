@@ -1,4 +1,4 @@
-"""`python -m benchmarks.speed`: how fast one KD training epoch runs, three ways, side by side in one process.
+"""`python -m devbench.speed`: how fast one KD training epoch runs, three ways, side by side in one process.
 
   (a) plain   the loop users write: torchvision-style Dataset over uint8 HWC images, per-sample transforms
               (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize), DataLoader(batch 128,
@@ -326,7 +326,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--students", default="resnet20,resnet8", help="comma-separated student names")
     p.add_argument("--images", type=int, default=1024, help="training images per epoch")
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     students = [s.strip() for s in args.students.split(",") if s.strip()]
     res = run(students, device=device, warmup=not args.quick, log=lambda m: print(m, flush=True), **kw)
-    res["command"] = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    res["command"] = "python -m devbench.speed " + " ".join(argv if argv is not None else sys.argv[1:])
     print(format_table(res))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

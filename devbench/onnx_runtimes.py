@@ -1,4 +1,4 @@
-"""`python -m benchmarks.onnx_runtimes`: the demo's students on three runtimes, side by side in one run.
+"""`python -m devbench.onnx_runtimes`: the demo's students on three runtimes, side by side in one run.
 
 Trains four students with the default study's trial settings (search_spaces/demo.yaml: digits, 15 + 5 epochs, KD
 T=4 alpha=0.5, one thread), each with `quantize: int8` so that one trial gives the fp32 model, its ONNX export and
@@ -44,7 +44,7 @@ def cpu_flags() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.onnx_runtimes", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.onnx_runtimes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     p.add_argument("--repeats", type=int, default=200, help="timed batch-1 calls per burst (default 200)")

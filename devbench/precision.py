@@ -1,4 +1,4 @@
-"""`python -m benchmarks.precision`: does training in bf16 cost accuracy? Teacher and student precision, by seed.
+"""`python -m devbench.precision`: does training in bf16 cost accuracy? Teacher and student precision, by seed.
 
 Runs the default study's trial (search_spaces/demo.yaml's trial settings at width 1.0, KD T = 4, alpha = 0.5,
 unpruned) for each seed with three (teacher_precision, precision) pairs: (bf16, bf16), (fp32, bf16) and
@@ -47,7 +47,7 @@ def run(seeds: int, space_file: str, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.precision", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "search_spaces" / "demo.yaml"),

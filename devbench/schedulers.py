@@ -1,4 +1,4 @@
-"""`python -m benchmarks.schedulers SPACE`: does early stopping keep the Pareto front? none vs asha vs mo_asha.
+"""`python -m devbench.schedulers SPACE`: does early stopping keep the Pareto front? none vs asha vs mo_asha.
 
 For one search space, the same study (same sampler, same sampler seed, same trial count) is run once per
 (scheduler, seed) with the real runner (`study.search.run_study`), from a copy of the space whose
@@ -132,7 +132,8 @@ def leak_check(trials: Sequence[Any], meta: dict, ray_last: dict[int, dict] | No
 
 def read_run(run_dir: str | Path, *, scheduler: str | None = None, seed: int | None = None) -> dict:
     """Everything the comparison needs from one finished run directory (raw values; no hypervolume yet)."""
-    from benchmarks.collect import load_study_meta, objectives_of, open_study
+    from benchmarks.collect import objectives_of
+    from study.results import load_study_meta, open_study
 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)
@@ -298,9 +299,9 @@ def _init_ray() -> None:
 
 def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], trials: int | None,
             runs_dir: Path, log=print) -> list[dict]:
-    from benchmarks.collect import load_study_meta
     from search_spaces import load_space
     from study.errors import UserError
+    from study.results import load_study_meta
     from study.search import run_study
 
     space = load_space(space_file)  # a wrong path or a malformed space: one sentence before anything runs
@@ -324,14 +325,14 @@ def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], tr
                 _init_ray()
                 log(f"== {name}: running {variant}")
                 t0 = time.time()
-                run_study(str(variant), name=name, runs_dir=str(runs_dir), report=False, trials=trials, log=log)
+                run_study(str(variant), name=name, runs_dir=str(runs_dir), trials=trials, log=log)
                 log(f"== {name}: done in {time.time() - t0:.0f}s")
             records.append(read_run(run_dir, scheduler=sched, seed=seed))
     return records
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.schedulers", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.schedulers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help=f"search space YAML (default {DEFAULT_SPACE})")
     p.add_argument("--trials", type=int, default=None, help="trials per study (default: the space's search.trials)")
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = summarize(records)
     summary = {"space": args.space, "trials": args.trials, "seeds": args.seeds,
-               "command": "python -m benchmarks.schedulers " + " ".join(sys.argv[1:] if argv is None else argv),
+               "command": "python -m devbench.schedulers " + " ".join(sys.argv[1:] if argv is None else argv),
                **summary}
     print()
     print(format_table(summary))

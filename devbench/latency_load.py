@@ -1,4 +1,4 @@
-"""`python -m benchmarks.latency_load`: how much batch-1 latency moves when other trials train meanwhile.
+"""`python -m devbench.latency_load`: how much batch-1 latency moves when other trials train meanwhile.
 
 A study times each architecture inside its trial (study.latency_cache: one timing at a time per machine, then
 cached), while the other concurrent trials keep training. This benchmark measures that effect on this machine:
@@ -113,7 +113,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency_load", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m devbench.latency_load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--max-load", type=int, default=os.cpu_count() or 2,
                    help="most background trainers (default: the number of cores)")

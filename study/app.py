@@ -1,0 +1,64 @@
+"""The application layer: a whole study as `python -m study run` / `kdstudy run` and `from study import run_study`
+run it. It composes the engine (study.search.run_study: the search itself) with the product's result pipeline
+(benchmarks: results.csv, pareto.csv, benchmark.json, the front's latency re-measured with no trial training) and
+the HTML report (reports).
+
+This is the one module of study/ that imports benchmarks and reports (tests/test_layering.py checks that no other
+does): the engine runs and resumes studies without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
+              storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
+              gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
+              log=print) -> Path:
+    """Run (or resume) a study, then (report=True) write results.csv, pareto.csv and benchmark.json with the
+    front's latency re-measured, print the Pareto table with those latencies, and write report.html. report=False
+    (`--no-report`): the search and its Pareto table only. Returns the run directory."""
+    from study import search
+
+    run_dir = search.run_study(space_file, name=name, trials=trials, concurrent=concurrent, storage=storage,
+                               address=address, runs_dir=runs_dir, gpus_per_trial=gpus_per_trial,
+                               cpus_per_trial=cpus_per_trial, summary=not report, log=log)
+    if not report:
+        return run_dir
+    from study.results import load_study_meta
+
+    meta = load_study_meta(run_dir)
+    # the front's latency measured again now that no trial trains (the search's values can carry a busy moment)
+    quiet = remeasured_results(run_dir, log)
+    objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
+    search.print_summary(run_dir, meta["storage"], meta["study_name"], objectives, log, quiet_latency=quiet)
+    write_report(run_dir, log)
+    return run_dir
+
+
+def remeasured_results(run_dir: Path, log=print) -> dict:
+    """results.csv, pareto.csv and benchmark.json, the front's latency re-measured; returns trial number (and
+    "baseline NAME") -> quiet ms."""
+    from benchmarks.collect import read_results, run_benchmarks
+    from benchmarks.latency import LATENCY_COL
+
+    run_benchmarks(run_dir, remeasure=True, log=log)
+    df = read_results(run_dir)
+    if LATENCY_COL not in df.columns:
+        return {}
+    done = df[LATENCY_COL].notna()
+    quiet: dict = {int(n): float(v) for n, v in zip(df.loc[done & df["number"].notna(), "number"],
+                                                    df.loc[done & df["number"].notna(), LATENCY_COL], strict=True)}
+    if "baseline" in df.columns:
+        part = df[done & df["baseline"].notna()]
+        quiet.update({f"baseline {b}": float(v) for b, v in zip(part["baseline"], part[LATENCY_COL], strict=True)})
+    return quiet
+
+
+def write_report(run_dir: Path, log=print) -> Path:
+    from reports import build_report
+
+    path = build_report(run_dir)
+    log(f"report: {path}")
+    return path

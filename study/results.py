@@ -1,0 +1,85 @@
+"""A study's run folder as the engine and every reader of it open it: study.json and the Optuna study it names.
+
+One home for these readers: study.reproduce, benchmarks.collect and reports use them (the engine imports neither
+benchmarks nor reports); and the one selection of a study's Pareto front from its Optuna trials (`front_trials`:
+the run's printed table and reproduce's ranking). Light: optuna and numpy are imported only when used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from study.errors import UserError
+
+
+def load_study_meta(run_dir: Path) -> dict:
+    """study.json of a run directory (UserError naming the file when missing or unreadable)."""
+    path = Path(run_dir) / "study.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: pass a run directory written by `python -m study run`.")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); restore or rewrite it.") \
+            from e
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object; restore or rewrite it.")
+    return meta
+
+
+def storage_url(run_dir: Path, meta: dict) -> str:
+    """The study's storage URL; a SQLite file that moved with the run directory is found inside it."""
+    run_dir = Path(run_dir)
+    url = meta.get("storage")
+    if not url:
+        url = f"sqlite:///{run_dir / 'optuna.db'}"
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        # Opening a missing SQLite file would silently create an empty study; look beside study.json instead.
+        for candidate in (db, run_dir / db, run_dir / db.name, run_dir / "optuna.db"):
+            if candidate.is_file():
+                return f"sqlite:///{candidate}"
+        raise UserError(f"{run_dir / 'study.json'}: storage file {db} not found (nor {run_dir / 'optuna.db'}); "
+                        "fix the \"storage\" entry or copy the database into the run directory.")
+    return url
+
+
+def open_study(run_dir: Path, meta: dict) -> Any:
+    """Load the Optuna study named in study.json."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(run_dir, meta)
+    name = meta.get("study_name") or meta.get("name")
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except KeyError as e:
+        raise UserError(f"{Path(run_dir) / 'study.json'}: study {name!r} is not in {url}; "
+                        "fix \"study_name\" or \"storage\".") from e
+    except Exception as e:  # noqa: BLE001  an unreachable server or a bad URL: one sentence, not a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{Path(run_dir) / 'study.json'}: cannot open the Optuna storage {url} "
+                        f"({type(e).__name__}: {first}); check that the database is reachable, or fix "
+                        "\"storage\".") from e
+
+
+def front_trials(study: Any) -> list:
+    """The Optuna trials on the study's Pareto front, in trial order: among the trials that finished training (state
+    COMPLETE, search status "complete" where recorded, values set), those no other one dominates (study.dominance).
+
+    Optuna's study.best_trials when every COMPLETE trial finished; computed here so that a trial marked COMPLETE
+    with partial values (status early_stopped) can neither enter the front nor hide others."""
+    import numpy as np
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    from study.dominance import non_dominated_mask
+
+    finished = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("status", "complete") == "complete" and t.values is not None]
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]  # to minimisation
+    loss = [[v * g for v, g in zip(t.values, signs, strict=True)] for t in finished]
+    on_front = non_dominated_mask(np.asarray(loss, dtype=float).reshape(len(finished), len(signs)))
+    return [t for t, keep in zip(finished, on_front, strict=True) if keep]

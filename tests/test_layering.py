@@ -1,0 +1,168 @@
+"""Layering of study/: the engine imports neither the result pipeline (benchmarks), the report (reports) nor the
+developers' benchmarks (devbench); only the application layer (study/app.py) composes them. And study/'s modules
+import one another without a cycle. Imports are read from the source (ast), at module level and inside functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "study"
+APP_LAYER = {"study.app"}  # the one module of study/ that may import benchmarks and reports
+APP_IMPORTERS = {"study.cli"}  # the entry point that runs the app layer (besides `study.__init__`'s lazy name table)
+OUTSIDE_ENGINE = ("benchmarks", "reports", "devbench")
+
+
+def _module_name(path: Path) -> str:
+    return "study" if path.stem == "__init__" else f"study.{path.stem}"
+
+
+MODULES = {_module_name(p): p for p in sorted(STUDY.glob("*.py"))}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module `path` imports, at module level or in a function: `import a.b` -> a.b; `from a import b` -> a.b
+    when a.b is one of study/'s modules, else a; relative imports resolved against study."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x / from .x import y, inside the study package
+                base = "study" + (f".{base}" if base else "")
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+            found.update(subs or [base])
+            if subs and len(subs) < len(node.names):
+                found.add(base)  # `from study import onnx_backend, __version__`: a submodule and the package
+    return found
+
+
+def study_graph() -> dict[str, set[str]]:
+    """study/'s modules -> the study/ modules each imports (itself left out)."""
+    return {m: {d for d in imports_of(p) if d in MODULES and d != m} for m, p in MODULES.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (a -> ... -> a) per strongly connected component of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                components.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for comp in components:  # a concrete path through the component, back to its start
+        start = min(comp)
+        path, seen = [start], {start}
+        while True:
+            nxt = sorted(w for w in graph[path[-1]] if w in comp)
+            back = [w for w in nxt if w == start]
+            if back and len(path) > 1:
+                cycles.append([*path, start])
+                break
+            fresh = [w for w in nxt if w not in seen]
+            if not fresh:  # every edge in the component leads on; close the loop at the first repeat
+                w = nxt[0]
+                cycles.append([*path[path.index(w):], w])
+                break
+            path.append(fresh[0])
+            seen.add(fresh[0])
+    return cycles
+
+
+def test_the_app_layer_module_exists():
+    assert APP_LAYER <= set(MODULES), f"{APP_LAYER - set(MODULES)} missing: update APP_LAYER"
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - APP_LAYER))
+def test_the_engine_imports_neither_benchmarks_reports_nor_devbench(module):
+    bad = sorted(d for d in imports_of(MODULES[module]) if d.split(".")[0] in OUTSIDE_ENGINE)
+    assert not bad, f"{module} imports {bad}: only {sorted(APP_LAYER)} may; move the step there"
+
+
+def test_only_the_entry_point_imports_the_app_layer():
+    importers = {m for m, deps in study_graph().items() if deps & APP_LAYER and m not in APP_LAYER}
+    assert importers <= APP_IMPORTERS, f"{sorted(importers - APP_IMPORTERS)} import {sorted(APP_LAYER)}"
+
+
+def test_no_import_cycle_among_study_modules():
+    cycles = find_cycles(study_graph())
+    assert not cycles, "import cycles in study/: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checks_see_what_they_look_for(tmp_path):
+    """The reader catches function-level and relative imports, and the cycle finder reports a cycle."""
+    src = tmp_path / "mod.py"
+    src.write_text("import os\n\ndef f():\n    from benchmarks.collect import read_results\n"
+                   "    from . import teacher\n    from study import onnx_backend, __version__\n")
+    assert {"os", "benchmarks.collect", "study.teacher", "study.onnx_backend", "study"} <= imports_of(src)
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_app_layer_composes_the_engine_the_results_and_the_report(tmp_path, monkeypatch):
+    """study.app.run_study runs the engine without its own summary, then results.csv / benchmark.json, the Pareto
+    table and report.html; report=False leaves the engine's summary and writes neither."""
+    from study_fixture import make_run_dir
+
+    from study import app, search
+
+    run = make_run_dir(tmp_path)  # a finished study's run folder (no model files: nothing to re-measure)
+    calls = []
+
+    def engine(space_file, **kwargs):
+        calls.append((space_file, kwargs))
+        return run
+
+    monkeypatch.setattr(search, "run_study", engine)
+    lines: list[str] = []
+    assert app.run_study("demo", name="x", trials=3, log=lines.append) == run
+    assert calls[-1][0] == "demo" and calls[-1][1]["summary"] is False and calls[-1][1]["trials"] == 3
+    assert (run / "results.csv").is_file() and (run / "report.html").is_file()
+    assert json.loads((run / "benchmark.json").read_text())["pareto_trials"]
+    assert any(line.startswith("Pareto-optimal trials (") for line in lines)
+    assert lines[-1] == f"report: {run / 'report.html'}"
+
+    (run / "results.csv").unlink()
+    (run / "report.html").unlink()
+    assert app.run_study("demo", report=False, log=lines.append) == run
+    assert calls[-1][1]["summary"] is True
+    assert not (run / "results.csv").exists() and not (run / "report.html").exists()
+
+
+def test_the_python_api_runs_the_app_layer():
+    import study
+    from study import app
+
+    assert study.run_study is app.run_study
