@@ -13,7 +13,16 @@ _API = {
     "TrialConfig": ("study.config", "TrialConfig"),
     "make_config": ("study.config", "make_config"),
     "load_space": ("search_spaces", "load_space"),
-    "run_trial": ("study.trial", "run_trial"),
+    "run_trial": ("study.app", "run_trial"),
+    "TrialResult": ("study.results", "TrialResult"),
+    "StudyResult": ("study.results", "StudyResult"),
+    "SearchSpace": ("search_spaces", "SearchSpace"),
+    "register_model": ("study.models", "register_model"),
+    "register_dataset": ("study.data", "register_dataset"),
+    "register_kd_loss": ("study.losses", "register_kd_loss"),
+    "register_prune_method": ("study.pruning", "register_prune_method"),
+    "register_sampler": ("study.samplers", "register_sampler"),
+    "PruneMethod": ("study.pruning", "PruneMethod"),
     "run_study": ("study.app", "run_study"),  # the search, then results and report
     "UserError": ("study.errors", "UserError"),
 }

@@ -12,20 +12,34 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
+def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Path | None = None,
+              hooks=None, cache_dir: str | Path | None = None):
+    """Run one trial (no Ray): study.trial.run_trial, its metrics returned as a typed TrialResult."""
+    from study.results import TrialResult
+    from study.trial import run_trial as run
+
+    metrics = run(cfg, out_dir=Path(out_dir) if out_dir is not None else None,
+                  teacher_path=Path(teacher_path) if teacher_path is not None else None, hooks=hooks,
+                  cache_dir=Path(cache_dir) if cache_dir is not None else None)
+    return TrialResult(cfg, metrics, out_dir)
+
+
+def run_study(space_file, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
               log=print) -> Path:
     """Run (or resume) a study, then (report=True) write results.csv, pareto.csv and benchmark.json with the
     front's latency re-measured, print the Pareto table with those latencies, and write report.html. report=False
-    (`--no-report`): the search and its Pareto table only. Returns the run directory."""
+    (`--no-report`): the search and its Pareto table only. `space_file`: a path, a shipped space's name or a
+    SearchSpace (load_space's, possibly changed with dataclasses.replace). Returns the StudyResult."""
     from study import search
+    from study.results import StudyResult
 
     run_dir = search.run_study(space_file, name=name, trials=trials, concurrent=concurrent, storage=storage,
                                address=address, runs_dir=runs_dir, gpus_per_trial=gpus_per_trial,
                                cpus_per_trial=cpus_per_trial, summary=not report, log=log)
     if not report:
-        return run_dir
+        return StudyResult(run_dir)
     from study.results import load_study_meta
 
     meta = load_study_meta(run_dir)
@@ -34,7 +48,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
     search.print_summary(run_dir, meta["storage"], meta["study_name"], objectives, log, quiet_latency=quiet)
     write_report(run_dir, log)
-    return run_dir
+    return StudyResult(run_dir)
 
 
 def remeasured_results(run_dir: Path, log=print) -> dict:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from study.errors import DataError, UserError
 from study.registry import Registry
+from study.splits import stratified_holdout as _stratified_holdout
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields elementwise is meaningless here
@@ -83,21 +84,6 @@ def _tensor(a: np.ndarray, dtype: type) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # Stratified splits
 # ---------------------------------------------------------------------------------------------------------------
-
-def _stratified_holdout(y: np.ndarray, n_holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices of `y` into (kept, held out), each sorted, holding out `n_holdout` in class proportion."""
-    classes, counts = np.unique(y, return_counts=True)
-    # Integer largest-remainder allocation: the per-class shares sum to exactly n_holdout, with no float rounding.
-    take = counts * n_holdout // len(y)
-    remainder = counts * n_holdout % len(y)
-    take[np.argsort(-remainder, kind="stable")[: n_holdout - int(take.sum())]] += 1
-    rng = np.random.default_rng(seed)
-    held = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take)]
-    held_idx = np.sort(np.concatenate(held))
-    keep = np.ones(len(y), dtype=bool)
-    keep[held_idx] = False
-    return np.flatnonzero(keep), held_idx
-
 
 def split_train_val(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = count, float = fraction)
                     seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -512,7 +498,7 @@ def prepare_tinyimagenet(root: str | Path) -> Path:
 def _load_imagefolder(root: Path, download: bool, image_size: int = 0, skip_bad_images: bool = False,
                       cache_dir: Path | None = None, log=None, **_: Any) -> Dataset:
     from study.imagefolder import load_folder
-    from study.teacher import default_cache_dir
+    from study.io import default_cache_dir
 
     del download  # the user's own folder
     arrays = load_folder(root, image_size, skip_bad_images, cache_dir or default_cache_dir(), log)

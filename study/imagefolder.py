@@ -174,7 +174,7 @@ def load_folder(root: Path, image_size: int, skip_bad_images: bool, cache_root: 
 
 def _build_cache(root: Path, lists: dict, classes: list[str], image_size: int, skip_bad: bool, cache: Path,
                  log) -> None:
-    from study.data import _stratified_holdout
+    from study.splits import stratified_holdout as _stratified_holdout
 
     n_files = sum(len(v[0]) for v in lists.values())
     if log:

@@ -126,3 +126,9 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
     return str(obj)
 
+
+
+def default_cache_dir() -> Path:
+    """Where teachers, logit caches, latency caches and decoded image folders are kept: $KDSTUDY_CACHE, else
+    .cache/kdstudy under the current folder."""
+    return Path(os.environ.get("KDSTUDY_CACHE", ".cache/kdstudy")).resolve()

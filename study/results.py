@@ -83,3 +83,100 @@ def front_trials(study: Any) -> list:
     loss = [[v * g for v, g in zip(t.values, signs, strict=True)] for t in finished]
     on_front = non_dominated_mask(np.asarray(loss, dtype=float).reshape(len(finished), len(signs)))
     return [t for t, keep in zip(finished, on_front, strict=True) if keep]
+
+
+# ---------------------------------------------------------------------------------------------- typed results
+
+class TrialResult:
+    """What one trial measured: the typed fields most code reads, and every metrics.json key by `result[key]`.
+
+    Accuracies are percent (val_acc: the search objective, on the validation split; test_acc: reported only);
+    params counts every stored weight, nonzero_params the ones unstructured pruning left; latency_ms_bs1 is the
+    median batch-1 latency on the config's latency backend."""
+
+    __slots__ = ("config", "metrics", "out_dir")
+
+    def __init__(self, config: Any, metrics: dict, out_dir: Path | None = None) -> None:
+        self.config = config  # the TrialConfig that ran
+        self.metrics = metrics  # every metric, as written to metrics.json
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+
+    val_acc = property(lambda self: float(self.metrics["val_acc"]))
+    test_acc = property(lambda self: float(self.metrics["test_acc"]))
+    params = property(lambda self: int(self.metrics["params"]))
+    nonzero_params = property(lambda self: int(self.metrics["nonzero_params"]))
+    macs = property(lambda self: int(self.metrics["macs"]))
+    latency_ms_bs1 = property(lambda self: float(self.metrics["latency_ms_bs1"]))
+    size_bytes = property(lambda self: int(self.metrics["size_bytes"]))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.metrics[key]
+
+    def __repr__(self) -> str:
+        return (f"TrialResult(val_acc={self.val_acc:.2f}, params={self.params:,}, "
+                f"latency_ms_bs1={self.latency_ms_bs1:.4g}, out_dir={str(self.out_dir)!r})")
+
+
+class StudyResult:
+    """A finished (or resumed) study read back from its run folder: study.json, results.csv, pareto.csv and
+    benchmark.json as the benchmarks step wrote them (absent files: None / empty)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.meta = load_study_meta(self.run_dir)  # study.json
+        bench = self.run_dir / "benchmark.json"
+        self.benchmark: dict = json.loads(bench.read_text()) if bench.is_file() else {}
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name"))
+
+    @property
+    def results(self) -> Any:
+        """Every trial, baseline and reference as a pandas DataFrame (results.csv), or None before benchmarks."""
+        path = self.run_dir / "results.csv"
+        if not path.is_file():
+            return None
+        import pandas as pd
+
+        return pd.read_csv(path)
+
+    @property
+    def pareto(self) -> list[int]:
+        """Optuna numbers of the Pareto-optimal trials (pareto.csv)."""
+        path = self.run_dir / "pareto.csv"
+        if not path.is_file():
+            return []
+        import pandas as pd
+
+        df = pd.read_csv(path)
+        if "number" not in df.columns:
+            return []
+        trials = df["reference"].isna() if "reference" in df.columns else df["number"].notna()
+        return [int(n) for n in df.loc[trials, "number"].dropna()]
+
+    @property
+    def knee(self) -> int | None:
+        knee = self.benchmark.get("knee")
+        return int(knee["trial"]) if isinstance(knee, dict) and knee.get("trial") is not None else None
+
+    @property
+    def report(self) -> Path | None:
+        path = self.run_dir / "report.html"
+        return path if path.is_file() else None
+
+    def trial(self, number: int) -> TrialResult:
+        """Trial `number`'s TrialResult from its folder (config.yaml, metrics.json)."""
+        from study.config import load_config
+
+        folder = self.run_dir / "trials" / str(number)
+        path = folder / "metrics.json"
+        if not path.is_file():
+            raise UserError(f"{path} not found: trial {number} did not finish; pick one of {self.pareto}.")
+        return TrialResult(load_config(folder / "config.yaml"), json.loads(path.read_text()), folder)
+
+    def __fspath__(self) -> str:
+        return str(self.run_dir)
+
+    def __repr__(self) -> str:
+        return f"StudyResult({str(self.run_dir)!r}, pareto={self.pareto}, knee={self.knee})"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import TrialState
 
 from search_spaces import SearchSpace, load_space, resolve_space_path
@@ -132,6 +133,24 @@ def _init_ray(address: str | None, cpus_needed: float, side_cpus: float = 0.0) -
                  log_to_driver=False, configure_logging=False)
 
 
+def _space_and_text(space) -> tuple[SearchSpace, str, str]:
+    """(space, its file, the YAML text recorded as runs/NAME/space.yaml) for a path, a shipped space's name or
+    a SearchSpace object; an object that differs from its file (dataclasses.replace) is recorded as its own YAML."""
+    if isinstance(space, SearchSpace):
+        on_disk = Path(space.path)
+        if on_disk.is_file() and load_space(str(on_disk)) == space:
+            return space, str(on_disk), on_disk.read_text()
+        raw = dict(space.raw)  # params, objectives and baselines as loaded; trial, search, resources as now
+        raw["name"], raw["trial"] = space.name, dict(space.trial)
+        raw["resources"] = {"cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial}
+        raw["search"] = {**(raw.get("search") or {}), "sampler": space.sampler, "seed": space.seed,
+                         "trials": space.trials, "concurrent": space.concurrent, "scheduler": space.scheduler,
+                         "grace_epochs": space.grace_epochs, "reduction_factor": space.reduction_factor}
+        return space, str(on_disk), yaml.safe_dump(raw, sort_keys=False)
+    path = str(resolve_space_path(space))  # a path, or a shipped space's name
+    return load_space(path), path, Path(path).read_text()
+
+
 def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, summary: bool = True,
@@ -140,8 +159,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     the Pareto table from the search's own values; results.csv, the latency re-measurement and report.html are
     the application layer's (study.app.run_study, what the CLI and `from study import run_study` call)."""
     set_study_environment()  # before anything imports or starts Ray
-    space_file = str(resolve_space_path(space_file))  # a path, or a shipped space's name
-    space = load_space(space_file)
+    space, space_file, space_text = _space_and_text(space_file)
     name = name or space.name
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UserError(f"--name {name!r}: use letters, digits, '-', '_' and '.' only.")
@@ -153,7 +171,6 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if n_trials < 1 or n_conc < 1:
         raise UserError("--trials and --concurrent must be >= 1.")
 
-    space_text = Path(space_file).read_text()
     meta_path = run_dir / "study.json"
     resuming = meta_path.exists()
     if resuming:

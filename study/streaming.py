@@ -16,7 +16,8 @@ import os
 import numpy as np
 import torch
 
-from study.data import Dataset, _stratified_holdout
+from study.data import Dataset
+from study.splits import stratified_holdout as _stratified_holdout
 from study.train import ResidentData, make_resident
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from study.checkpoint import load_model, save_model
 from study.config import TrialConfig
 from study.data import load_dataset_for
 from study.errors import CheckpointError
-from study.io import write_json_atomic
+from study.io import default_cache_dir, write_json_atomic
 from study.measure import count_params
 from study.models import build_model
 from study.streaming import data_for
@@ -27,10 +26,6 @@ TEACHER_CODE_VERSION = 3  # bump when the teacher's training recipe changes, so 
 # Config fields that determine the teacher; anything else (student, KD, pruning) shares the same teacher.
 TEACHER_KEY_FIELDS = ("dataset", "val_size", "seed", "teacher_precision", "teacher_arch", "teacher_width",
                       "teacher_epochs", "teacher_lr", "batch_size", "weight_decay", "label_smoothing")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KDSTUDY_CACHE", ".cache/kdstudy")).resolve()
 
 
 def _resolved_precision(cfg: TrialConfig) -> str:

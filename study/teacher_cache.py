@@ -53,7 +53,7 @@ BUILD_BATCH = 512  # images per teacher forward in the cache pass
 
 
 def default_logits_dir(cache_dir: Path | None = None) -> Path:
-    from study.teacher import default_cache_dir
+    from study.io import default_cache_dir
 
     return (cache_dir or default_cache_dir()) / "teacher_logits"
 

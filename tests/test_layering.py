@@ -147,7 +147,10 @@ def test_the_app_layer_composes_the_engine_the_results_and_the_report(tmp_path, 
 
     monkeypatch.setattr(search, "run_study", engine)
     lines: list[str] = []
-    assert app.run_study("demo", name="x", trials=3, log=lines.append) == run
+    result = app.run_study("demo", name="x", trials=3, log=lines.append)
+    assert result.run_dir == run and result.report == run / "report.html"
+    assert sorted(result.pareto) == sorted(json.loads((run / "benchmark.json").read_text())["pareto_trials"])
+    assert result.knee in result.pareto and result.trial(result.knee).val_acc > 0
     assert calls[-1][0] == "demo" and calls[-1][1]["summary"] is False and calls[-1][1]["trials"] == 3
     assert (run / "results.csv").is_file() and (run / "report.html").is_file()
     assert json.loads((run / "benchmark.json").read_text())["pareto_trials"]
@@ -156,7 +159,7 @@ def test_the_app_layer_composes_the_engine_the_results_and_the_report(tmp_path, 
 
     (run / "results.csv").unlink()
     (run / "report.html").unlink()
-    assert app.run_study("demo", report=False, log=lines.append) == run
+    assert app.run_study("demo", report=False, log=lines.append).run_dir == run
     assert calls[-1][1]["summary"] is True
     assert not (run / "results.csv").exists() and not (run / "report.html").exists()
 

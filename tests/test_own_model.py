@@ -242,7 +242,7 @@ def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder
         "data_root": str(folder), "image_size": 16, "teacher_checkpoint": str(teachers["pt2"]),
         "student_arch": "torchvision:mobilenet_v3_small", "prune_method": "l1_structured", "prune_ratio": 0.3},
         params={"width_mult": {"type": "categorical", "choices": [0.5, 1.0]}})
-    run_dir = run_study(str(space), name="own", runs_dir=str(tmp_path / "runs"), report=True, log=lambda m: None)
+    run_dir = run_study(str(space), name="own", runs_dir=str(tmp_path / "runs"), report=True, log=lambda m: None).run_dir
     meta = json.loads((run_dir / "study.json").read_text())
     assert meta["teacher"]["checkpoint"] == str(teachers["pt2"]) and len(meta["teacher"]["sha256"]) == 64
     assert meta["teacher"]["checkpoint_format"] == "export" and meta["num_classes"] == 3
