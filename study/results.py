@@ -167,13 +167,16 @@ class StudyResult:
 
     def trial(self, number: int) -> TrialResult:
         """Trial `number`'s TrialResult from its folder (config.yaml, metrics.json)."""
-        from study.config import load_config
+        from study.config import CONFIG_FIELDS, load_config, make_config
 
         folder = self.run_dir / "trials" / str(number)
         path = folder / "metrics.json"
         if not path.is_file():
             raise UserError(f"{path} not found: trial {number} did not finish; pick one of {self.pareto}.")
-        return TrialResult(load_config(folder / "config.yaml"), json.loads(path.read_text()), folder)
+        metrics = json.loads(path.read_text())
+        cfg = load_config(folder / "config.yaml") if (folder / "config.yaml").is_file() else \
+            make_config({k: v for k, v in metrics.items() if k in CONFIG_FIELDS}, source=str(path))
+        return TrialResult(cfg, metrics, folder)
 
     def __fspath__(self) -> str:
         return str(self.run_dir)
