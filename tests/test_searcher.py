@@ -242,7 +242,7 @@ def init_ray(*args, **kwargs):
     raise Stop
 search._init_ray = init_ray
 try:
-    search.run_study({str(space)!r}, name="env", runs_dir={str(tmp_path / "runs")!r}, report=False)
+    search.run_study({str(space)!r}, name="env", runs_dir={str(tmp_path / "runs")!r}, summary=False)
 except Stop:
     pass
 """
