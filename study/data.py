@@ -517,11 +517,8 @@ def _load_imagefolder(root: Path, download: bool, image_size: int = 0, skip_bad_
 
 
 def _mapped(a: np.ndarray) -> torch.Tensor:
-    """A tensor over a read-only memory map without reading it: copy-on-write pages (np.load mmap_mode "c"),
-    so torch's warning about non-writable arrays does not apply and nothing is written back."""
-    if isinstance(a, np.memmap) and a.filename:
-        a = np.load(a.filename, mmap_mode="c")
-    return torch.from_numpy(np.ascontiguousarray(a) if not isinstance(a, np.memmap) else a)
+    """A tensor over a (copy-on-write) memory map or an array, without reading or copying it."""
+    return torch.from_numpy(a if isinstance(a, np.memmap) else np.ascontiguousarray(a))
 
 
 def _python_dataset(obj: object, name: str) -> Loader:

@@ -163,8 +163,9 @@ def load_folder(root: Path, image_size: int, skip_bad_images: bool, cache_root: 
     meta = json.loads(meta_path.read_text())
 
     def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
-        # mmap_mode "r": pages are read from disk as rows are indexed, never all at once
-        return np.load(cache / f"{split}_x.npy", mmap_mode="r"), np.load(cache / f"{split}_y.npy")
+        # pages are read from disk as rows are indexed, never all at once; "c" (copy-on-write) so a tensor can
+        # wrap the map without torch's warning about read-only arrays, and nothing is ever written back
+        return np.load(cache / f"{split}_x.npy", mmap_mode="c"), np.load(cache / f"{split}_y.npy")
 
     return FolderArrays(classes=meta["classes"], train=arrays("train"),
                         val=arrays("val") if "val" in meta["splits"] else None, test=arrays("test"),

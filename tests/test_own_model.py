@@ -287,16 +287,24 @@ def test_python_student_from_an_import_string_runs_in_ray_workers(folder, tmp_pa
         "    c = max(4, int(16 * width_mult))\n"
         "    return nn.Sequential(nn.Conv2d(in_channels, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),\n"
         "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))\n")
+    # a plugin module registers a KD loss at import; `imports:` makes every process (Ray's workers) import it
+    (tmp_path / "my_plugins.py").write_text(
+        "from study import register_kd_loss\n"
+        "from study.losses import kd_term\n"
+        "@register_kd_loss('half_kd')\n"
+        "def half_kd(s, t, y, temperature, **kw):\n"
+        "    return 0.5 * kd_term(s, t, y, temperature)\n")
     space = _space(tmp_path / "py.yaml", {
-        "data_root": str(folder), "image_size": 16, "kd_loss": "ce",
-        "student_arch": "python:my_models:build_student", "prune_method": "l1_structured", "prune_ratio": 0.25},
-        trials=1)
+        "data_root": str(folder), "image_size": 16, "imports": "my_plugins", "kd_loss": "half_kd",
+        "teacher_arch": "resnet8", "student_arch": "python:my_models:build_student", "prune_method": "l1_structured",
+        "prune_ratio": 0.25}, trials=1)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "study", "run", str(space), "--runs-dir", "runs", "--no-report"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     m = json.loads(next((tmp_path / "runs" / "py" / "trials").glob("*/metrics.json")).read_text())
     assert m["student_arch"] == "python:my_models:build_student" and m["params_reduction"] > 0
+    assert m["kd_loss"] == "half_kd" and m["teacher_mode"] == "cache"  # the plugin's loss, with a teacher
 
 
 @pytest.mark.parametrize("case,message", [
