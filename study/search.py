@@ -195,13 +195,13 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     base = space.base_config()
     ds = load_dataset_for(base, log)
     input_shape = tuple(ds.train_x.shape[1:])
-    from study.preflight import check_study
-
     # The user's teacher and student families fit the data: checked before anything is written. In a thread that
     # ends: torch ops on the main thread before the teacher thread trains made every teacher epoch of the default
     # study twice as slow (29 epochs: 15-17 s instead of 7.5-9 s, 2 runs each, AMD EPYC Zen 4, 2 cores), an
     # interaction of the two threads' OpenMP pools; a finished worker thread leaves none behind.
     from concurrent.futures import ThreadPoolExecutor
+
+    from study.preflight import check_study
 
     with ThreadPoolExecutor(1, thread_name_prefix="kdstudy-preflight") as pool:
         preflight = pool.submit(check_study, space, ds).result()
