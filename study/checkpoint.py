@@ -146,3 +146,29 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         ) from e
     model.eval()
     return model, meta
+
+
+def read_weights(path: str | os.PathLike, what: str) -> tuple[str, dict]:
+    """("kdstudy", blob) for a model.pt of this tool (load it with load_model), else ("state_dict", tensors) for a
+    plain state_dict (also one held under "state_dict" / "model" / "model_state_dict"); read with weights_only=True.
+    Anything else is a CheckpointError naming `what` and the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: no such file; check the path.")
+    try:
+        blob = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001  pickled code (weights_only refuses it), another format, a truncated file
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CheckpointError(f"{what} {path}: not readable as a state_dict with weights_only=True "
+                              f"({type(e).__name__}: {first}); save model.state_dict() with torch.save.") from None
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        return "kdstudy", blob
+    if isinstance(blob, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(blob.get(key), dict):
+                blob = blob[key]
+                break
+    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise CheckpointError(f"{what} {path}: holds {type(blob).__name__}, not a state_dict of tensors; save "
+                              "model.state_dict() with torch.save.")
+    return "state_dict", blob

@@ -20,22 +20,10 @@ from study.models import adapt_conv_weight, build_dense, build_model, prune_to_w
 
 
 def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path}: no such file; check the path.")
-    try:
-        blob = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001  pickled code, another format, a truncated file
-        raise CheckpointError(f"{what} {path}: not a state_dict readable with weights_only=True ({type(e).__name__});"
-                              " save model.state_dict() with torch.save.") from None
-    if isinstance(blob, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(blob.get(key), dict):
-                blob = blob[key]
-                break
-    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise CheckpointError(f"{what} {path}: holds {type(blob).__name__}, not a state_dict of tensors; save "
-                              "model.state_dict() with torch.save.")
-    return blob
+    from study.checkpoint import read_weights
+
+    kind, blob = read_weights(path, what)
+    return blob["state_dict"] if kind == "kdstudy" else blob
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
@@ -61,17 +49,11 @@ def build_student(cfg, num_classes: int, input_shape: tuple[int, int, int]) -> t
     """(student on the CPU, what it started from) for a trial config."""
     c = input_shape[0]
     if cfg.student_checkpoint:
-        from study.checkpoint import FORMAT, load_model
+        from study.checkpoint import load_model, read_weights
 
         path = Path(cfg.student_checkpoint).expanduser()
-        blob_format = None
-        if path.is_file():
-            try:
-                blob = torch.load(path, weights_only=True, map_location="cpu")
-                blob_format = blob.get("format") if isinstance(blob, dict) else None
-            except Exception:  # noqa: BLE001  reported by the readers below with the fix
-                blob_format = None
-        if blob_format == FORMAT:
+        kind, _ = read_weights(path, "student_checkpoint")
+        if kind == "kdstudy":
             model, meta = load_model(path)
             if meta["arch"] != cfg.student_arch or float(meta["width_mult"]) != cfg.width_mult:
                 raise CheckpointError(f"student_checkpoint {path}: a {meta['arch']} at width_mult "
@@ -82,7 +64,7 @@ def build_student(cfg, num_classes: int, input_shape: tuple[int, int, int]) -> t
                                       f"{meta['in_channels']} channels, but the data set has {num_classes} and {c}; "
                                       "give a student trained on this data.")
             return model.train(), {"student_init": "checkpoint", "student_checkpoint": str(path)}
-        state = _read_state_dict(path, "student_checkpoint")
+        state = read_weights(path, "student_checkpoint")[1]
         model = build_dense(cfg.student_arch, num_classes, c, cfg.width_mult)
         try:
             model.load_state_dict(state, strict=True)

@@ -82,25 +82,12 @@ class FrozenTeacher(nn.Module):
 
 
 def _state_dict_model(path: Path, arch: str, width: float, num_classes: int, in_channels: int) -> nn.Module:
-    from study.checkpoint import FORMAT, load_model
+    from study.checkpoint import load_model, read_weights
     from study.models import build_dense
 
-    try:
-        blob = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001  pickled code (weights_only refuses it) or a corrupt file
-        raise CheckpointError(f"{path}: cannot be read as a state_dict with weights_only=True ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]}); save model.state_dict() or export the teacher "
-                              "with torch.export.save.") from None
-    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+    kind, blob = read_weights(path, "teacher_checkpoint")
+    if kind == "kdstudy":
         return load_model(path)[0]
-    if isinstance(blob, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(blob.get(key), dict):
-                blob = blob[key]
-                break
-    if not isinstance(blob, dict) or not blob or not all(isinstance(v, torch.Tensor) for v in blob.values()):
-        raise CheckpointError(f"{path}: holds {type(blob).__name__}, not a state_dict of tensors; save "
-                              "model.state_dict(), or export the whole model with torch.export.save.")
     model = build_dense(arch, num_classes, in_channels, width)
     own = model.state_dict()
     for k, v in blob.items():  # a classifier of another class count: say so, not "size mismatch"
