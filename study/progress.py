@@ -16,9 +16,11 @@ class Progress(Callback):
     """One line per finished trial with its key metrics: [finished/total, seconds since this driver started];
     a line for a crashed trial process that Tune starts again (once, from its last checkpoint)."""
 
-    def __init__(self, objectives: list[tuple[str, str]], total: int, run_dir: Path | None = None):
+    def __init__(self, objectives: list[tuple[str, str]], total: int, run_dir: Path | None = None,
+                 fixed: dict | None = None):
         self.objectives, self.total, self.done, self.t0 = objectives, total, 0, time.time()
         self.run_dir = run_dir
+        self.fixed = dict(fixed or {})  # the space's trial: values, shown where a parameter is not searched
         self._counted = False
 
     def setup(self, *args, **info):
@@ -51,7 +53,7 @@ class Progress(Callback):
         self.done += 1
         status = r.get("status", "?")
         status = "early_stopped" if status == "running" else status
-        p = trial.config
+        p = {**getattr(self, "fixed", {}), **trial.config}  # a callback pickled by an older version has none
         desc = (f"w={p.get('width_mult', '-')} T={fmt_value(p.get('temperature'))} a={fmt_value(p.get('alpha'))} "
                 f"{p.get('prune_method', 'none')}@{fmt_value(p.get('prune_ratio', 0))}")
         objs = "  ".join(f"{m}={fmt_value(r.get(m))}" for m, _ in self.objectives)

@@ -278,7 +278,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     exp_dir = run_dir / "ray" / "tune"
     run_config = tune.RunConfig(
         name="tune", storage_path=str(run_dir / "ray"), verbose=0,
-        callbacks=[Progress(objectives, n_trials, run_dir)],
+        callbacks=[Progress(objectives, n_trials, run_dir, fixed=dict(space.trial))],
         # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer kept,
         # that one can already be deleted ("does not exist on storage anymore").
         checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
