@@ -347,3 +347,20 @@ def test_bad_inputs_are_one_sentence_exit_2_nothing_written(folder, teachers, tm
     assert message in err and "Traceback" not in err, err
     assert len([ln for ln in err.strip().splitlines() if ln.startswith("error:")]) == 1
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_timm_family_scales_prunes_and_reloads(tmp_path):
+    """timm is optional: where it is installed, timm:NAME families work as torchvision's do."""
+    pytest.importorskip("timm")
+    from study.checkpoint import load_model, save_model
+    from study.models import build_model, model_spec
+    from study.pruning import prune_model
+
+    model = build_model("timm:resnet18", 3, 1, 0.5, (1, 16, 16)).eval()
+    prune_model(model, "l1_structured", 0.3, torch.randn(1, 1, 16, 16))
+    meta = {"arch": "timm:resnet18", "num_classes": 3, "in_channels": 1, "width_mult": 0.5, "input_shape": [1, 16, 16]}
+    save_model(tmp_path / "m.pt", model, meta)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "m.pt")[0](x), model(x), atol=1e-5)
+    assert model_spec("timm:resnet18").width == "prune"
