@@ -145,9 +145,11 @@ def _check_user_teacher(cfg: TrialConfig, record: Path, data: ResidentData, devi
 
 
 def load_teacher(path: Path | str, device: torch.device) -> tuple[nn.Module, dict]:
-    from study import user_teacher
+    rec = None
+    if Path(path).suffix == ".json":  # a user teacher's record (study.user_teacher); a trained teacher is a .pt
+        from study import user_teacher
 
-    rec = user_teacher.read_record(Path(path))
+        rec = user_teacher.read_record(Path(path))
     if rec is not None:
         info = rec["teacher"]
         model, _ = user_teacher.load_checkpoint(Path(rec["checkpoint"]), info["arch"], info["width_mult"],
