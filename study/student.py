@@ -52,7 +52,7 @@ def build_student(cfg, num_classes: int, input_shape: tuple[int, int, int]) -> t
         from study.checkpoint import load_model, read_weights
 
         path = Path(cfg.student_checkpoint).expanduser()
-        kind, _ = read_weights(path, "student_checkpoint")
+        kind, state = read_weights(path, "student_checkpoint")
         if kind == "kdstudy":
             model, meta = load_model(path)
             if meta["arch"] != cfg.student_arch or float(meta["width_mult"]) != cfg.width_mult:
@@ -64,7 +64,6 @@ def build_student(cfg, num_classes: int, input_shape: tuple[int, int, int]) -> t
                                       f"{meta['in_channels']} channels, but the data set has {num_classes} and {c}; "
                                       "give a student trained on this data.")
             return model.train(), {"student_init": "checkpoint", "student_checkpoint": str(path)}
-        state = read_weights(path, "student_checkpoint")[1]
         model = build_dense(cfg.student_arch, num_classes, c, cfg.width_mult)
         try:
             model.load_state_dict(state, strict=True)
