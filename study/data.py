@@ -94,6 +94,19 @@ def split_train_val(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = 
     """
     if ds.val_x is not None:  # the data set's own validation split (imagefolder's val/)
         return ds.train_x, ds.train_y, ds.val_x, ds.val_y
+    keep, held = holdout_indices(ds, val_size, seed)
+    keep_t, held_t = torch.from_numpy(keep), torch.from_numpy(held)
+    return ds.train_x[keep_t], ds.train_y[keep_t], ds.train_x[held_t], ds.train_y[held_t]
+
+
+def holdout_indices(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = count, float = fraction)
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) row indices of ds's training set for split_train_val (and the streamed splits)."""
+    return _stratified_holdout(ds.train_y.numpy(), holdout_count(ds, val_size), seed)
+
+
+def holdout_count(ds: Dataset, val_size: int | float) -> int:  # noqa: PYI041
+    """How many training images val_size holds out (a count, or a fraction); DataError if a split would be empty."""
     n = len(ds.train_y)
     if isinstance(val_size, numbers.Integral) and not isinstance(val_size, bool):
         n_val = int(val_size)
@@ -104,9 +117,7 @@ def split_train_val(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = 
     if not 0 < n_val < n:
         raise DataError(f"val_size={val_size!r} must leave both splits non-empty: the {ds.name} training set has "
                         f"{n} images, so use a count from 1 to {n - 1} or a fraction between 0 and 1.")
-    keep, held = _stratified_holdout(ds.train_y.numpy(), n_val, seed)
-    keep_t, held_t = torch.from_numpy(keep), torch.from_numpy(held)
-    return ds.train_x[keep_t], ds.train_y[keep_t], ds.train_x[held_t], ds.train_y[held_t]
+    return n_val
 
 
 def train_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

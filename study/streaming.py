@@ -16,8 +16,7 @@ import os
 import numpy as np
 import torch
 
-from study.data import Dataset
-from study.splits import stratified_holdout as _stratified_holdout
+from study.data import Dataset, holdout_count
 from study.train import ResidentData, make_resident
 
 
@@ -90,16 +89,12 @@ def resident_mb(ds: Dataset, n_val: int) -> float:
     return (n_train * c * (h + 2 * p) * (w + 2 * p) + 4 * (n_val + ds.test_x.shape[0]) * c * h * w) / 2**20
 
 
-def _n_val(ds: Dataset, val_size: float) -> int:
-    n = len(ds.train_y)
-    return int(val_size) if val_size >= 1 else round(float(val_size) * n)
-
-
 def make_data(ds: Dataset, val_size: float, seed: int, device: torch.device, train_size: int = 0,
               max_resident_mb: float = 0.0, log=None) -> ResidentData:
     """make_resident's splits, in memory when they fit the budget, else streamed from disk (StreamingData)."""
     budget = max_resident_mb or available_mb() / 2
-    need = resident_mb(ds, _n_val(ds, val_size))
+    need = resident_mb(ds, 0 if ds.val_x is not None else holdout_count(ds, int(val_size) if val_size >= 1
+                                                                      else val_size))
     if need <= budget:
         return make_resident(ds, val_size, seed, device, train_size)
     if log:
@@ -116,13 +111,13 @@ def data_for(cfg, ds: Dataset, device: torch.device, log=None) -> ResidentData:
 def split_indices(ds: Dataset, val_size: float, seed: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) row indices into ds.train_x as make_resident draws them (an own val split: all of
     train, and the validation rows index ds.val_x)."""
-    from study.data import train_subset
+    from study.data import holdout_indices, train_subset
 
     y = ds.train_y
     if ds.val_x is not None:
         keep, held = np.arange(len(y)), np.arange(len(ds.val_y))
     else:
-        keep, held = _stratified_holdout(y.numpy(), _n_val(ds, val_size), seed)  # as split_train_val
+        keep, held = holdout_indices(ds, int(val_size) if val_size >= 1 else val_size, seed)  # as make_resident
     if train_size and train_size < len(keep):
         sub_x, _ = train_subset(torch.from_numpy(keep)[:, None], y[torch.from_numpy(keep)], train_size, seed)
         keep = sub_x[:, 0].numpy()
