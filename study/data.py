@@ -6,6 +6,7 @@ broken file ends in a `DataError` that names the file and the fix instead of a l
 
 from __future__ import annotations
 
+import functools
 import gzip
 import numbers
 import os
@@ -138,8 +139,16 @@ DIGITS_TEST_FRACTION = 0.2  # digits has no official test split: a fixed stratif
 DIGITS_SPLIT_SEED = 0  # fixed and separate from trial seeds, so every trial sees the same test images
 
 
+@functools.lru_cache(maxsize=1)  # once per process: a reused Ray actor runs many trials (read-only arrays)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """(1797, 8, 8) float pixels in 0-16 and (1797,) labels."""
+    """(1797, 8, 8) float pixels in 0-16 and (1797,) labels, read-only."""
+    images, y = _read_digits()
+    images.setflags(write=False)
+    y.setflags(write=False)
+    return images, y
+
+
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     # load_digits reads sklearn/datasets/data/digits.csv.gz; reading that file directly skips the ~0.7 s
     # import of sklearn.datasets. Fall back to the public API if the wheel's layout ever changes.
     import importlib.util

@@ -53,7 +53,8 @@ class RayHooks(TrialHooks):
 
     def __init__(self, costs: dict, dense_costs: dict | None = None, trial_dir: Path | None = None,
                  report_epochs: list[int] | tuple[int, ...] = (), report_every_s: float = 0.0):
-        self.costs = costs
+        self.costs = costs  # from architecture_costs, which pruned an untrained copy as the trial will
+        self.architecture_checked = True
         self.trial_dir = trial_dir
         self.report_epochs = set(report_epochs)
         self.report_every_s = report_every_s

@@ -35,6 +35,10 @@ from study.train import ResidentData, TeacherFn, evaluate, live_teacher, resolve
 class TrialHooks:
     """Callbacks a trial runner (CLI, Ray Tune) may override. The defaults do nothing."""
 
+    # True where the runner has already pruned an untrained copy of this trial's student the way the trial will
+    # prune it (architecture_costs, as the search does before every trial): run_trial then skips its own check
+    architecture_checked = False
+
     def wants_checkpoint(self, epoch: int, total_epochs: int) -> bool:
         """Whether to write a resumable checkpoint after this epoch (schedule epoch, 0-based). Writing one costs
         about 8% of a small CPU trial, so only runners that can resume from it ask (the default: never)."""
@@ -178,7 +182,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
     torch.manual_seed(cfg.seed)
     student, student_init = build_student(cfg, data.num_classes, shape)
     student = student.to(device)
-    if is_structured(cfg.prune_method) and cfg.prune_ratio > 0 and resume is None:
+    if is_structured(cfg.prune_method) and cfg.prune_ratio > 0 and resume is None and not hooks.architecture_checked:
         # torch-pruning must be able to follow the family's graph: find out now, not after the training
         prune_model(copy.deepcopy(student).eval(), cfg.prune_method, cfg.prune_ratio, data.val_x[:1],
                     round_to=cfg.round_to)

@@ -233,6 +233,34 @@ def test_untraceable_family_is_one_sentence():
     assert "torch-pruning cannot follow" in str(err.value)
 
 
+
+def test_an_untraceable_trial_fails_before_any_training_epoch(tmp_path):
+    """The search prunes an untrained copy in architecture_costs before every trial (and its hooks say so);
+    run_trial called on its own (CLI, references, reproduce) checks by itself: both before the first epoch."""
+    from study.config import TrialConfig
+    from study.pruning import PruneError
+    from study.search_trial import RayHooks
+    from study.trial import TrialHooks, architecture_costs, run_trial
+
+    cfg = TrialConfig(dataset="digits", student_arch="torchvision:shufflenet_v2_x1_0", width_mult=1.0,
+                      prune_method="l1_structured", prune_ratio=0.3, kd_loss="ce", epochs=1, finetune_epochs=0,
+                      threads=1, latency_backend="torch")
+    with pytest.raises(PruneError, match="torch-pruning cannot follow"):
+        architecture_costs(cfg, 10, (1, 8, 8), latency=False)
+    assert RayHooks({"params": 1, "nonzero_params": 1, "macs": 1, "latency_ms_bs1": 1.0}).architecture_checked
+    assert not TrialHooks.architecture_checked
+
+    class Epochs(TrialHooks):
+        seen: list = []
+
+        def on_epoch(self, epoch, total_epochs, val_acc, log, checkpoint_dir):
+            self.seen.append(epoch)
+
+    hooks = Epochs()
+    with pytest.raises(PruneError, match="torch-pruning cannot follow"):
+        run_trial(cfg, out_dir=tmp_path / "t", hooks=hooks)
+    assert hooks.seen == []
+
 # ------------------------------------------------------------------------------------------------- the study
 
 def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder, teachers, tmp_path, ray_session):
