@@ -233,7 +233,12 @@ def study_result(run_dir: Path) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{run_dir / 'optuna.db'}")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return {"complete": len(done), "trials": len(study.trials),
+    # epochs the trials trained: MO-ASHA's stops depend on the order results arrive in, so two runs of one study
+    # do different amounts of work (5 to 8 complete trials seen); CPU time per epoch compares like with like
+    epochs = sum(int((t.user_attrs.get("metrics") or {}).get("epochs_done") or 0) for t in done)
+    epochs += sum(int(t.user_attrs.get("early_stopped_at_epoch") or 0) for t in study.trials
+                  if t.state == optuna.trial.TrialState.PRUNED)
+    return {"complete": len(done), "trials": len(study.trials), "epochs_trained": epochs,
             "best_val_acc": max((t.values[0] for t in done), default=None)}
 
 
@@ -272,6 +277,10 @@ def time_studies(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
             out[s]["cores_busy"] = round(statistics.median(r["cpu_s"] / r["wall_s"] for r in rows[s]), 2)
         out["cpu_ratio"] = round(out["baseline"]["cpu_s"] / out["head"]["cpu_s"], 2)
     for s in sides:
+        if all(r["cpu_by_role"] and r["epochs_trained"] for r in rows[s]):
+            out[s]["actor_cpu_per_epoch_s"] = round(statistics.median(
+                r["cpu_by_role"]["trial actors"] / r["epochs_trained"] for r in rows[s]), 4)
+            out[s]["epochs_trained"] = [r["epochs_trained"] for r in rows[s]]
         if all(r["cpu_by_role"] for r in rows[s]):
             out[s]["cpu_by_role"] = {k: statistics.median(r["cpu_by_role"][k] for r in rows[s]) for k in ROLES}
         if all(r["teacher_train_s"] is not None for r in rows[s]):
@@ -320,6 +329,11 @@ def format_table(res: dict) -> str:
                     note = (f"of which training the teacher (wall time): {b['teacher_train_s']:.1f} s "
                             f"-> {h['teacher_train_s']:.1f} s")
                 lines.append(f"| default study: CPU time, {role} | {x:.1f} s | {y:.1f} s | {ratio} | {note} |")
+        if "actor_cpu_per_epoch_s" in b and "actor_cpu_per_epoch_s" in h:
+            x, y = b["actor_cpu_per_epoch_s"], h["actor_cpu_per_epoch_s"]
+            lines.append(f"| default study: trial actors' CPU per trained epoch | {x * 1000:.0f} ms | "
+                         f"{y * 1000:.0f} ms | {x / y:.2f}x | epochs trained per run: {b['epochs_trained']} -> "
+                         f"{h['epochs_trained']} |")
     return "\n".join(lines)
 
 

@@ -101,8 +101,55 @@ def _resize(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> Non
                 module._buffers[k] = new
 
 
+class Frozen(nn.Module):
+    """Wraps a loaded program (torch.export or TorchScript): always in inference mode (an exported program
+    refuses .train()/.eval())."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def train(self, mode: bool = True) -> Frozen:  # noqa: ARG002  frozen on purpose
+        self.training = False
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def load_program(path: str | os.PathLike, fmt: str) -> Frozen:
+    """A model that needs no code of its own: a torch.export program (fmt "export", a .pt2) or a TorchScript file
+    ("torchscript"), on the CPU. Neither reader unpickles Python objects."""
+    if fmt == "export":
+        return Frozen(torch.export.load(str(path)).module())
+    if fmt == "torchscript":
+        return Frozen(torch.jit.load(str(path), map_location="cpu").eval())
+    raise ValueError(f"program format must be export or torchscript, not {fmt!r}")
+
+
+def _saved_program(path: Path, meta: dict) -> nn.Module:
+    """The model a model.pt stands for when it records the program it was measured from (the teacher reference
+    of a .pt2 / TorchScript teacher: its weights are the program's, its code is in the program file)."""
+    from study.io import sha256_file
+
+    prog = meta["program"]
+    src = Path(prog.get("path", ""))
+    if not src.is_file():
+        raise CheckpointError(f"{path}: it was measured from {src}, which no longer exists; put that file back or "
+                              "run the study again.")
+    if sha256_file(src) != prog.get("sha256"):
+        raise CheckpointError(f"{path}: {src} has changed since it was measured (sha256 differs); restore that "
+                              "file or run the study again.")
+    try:
+        return load_program(src, str(prog.get("format")))
+    except Exception as e:  # noqa: BLE001  a damaged archive fails inside torch's readers
+        raise CheckpointError(f"{path}: cannot load the program it names, {src} ({type(e).__name__}); restore "
+                              "that file or run the study again.") from None
+
+
 def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild a model saved by `save_model` (pruned shapes included); returns (model on CPU in eval mode, meta)."""
+    """Rebuild a model saved by `save_model` (pruned shapes included); returns (model on CPU in eval mode, meta).
+    A model.pt whose meta names a `program` (path, format, sha256) is that program, loaded from its file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path or re-run the step that writes it.")
@@ -122,6 +169,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise CheckpointError(
             f"{path}: checkpoint lacks meta keys {list(REQUIRED_META)} or its state_dict; re-save the model."
         )
+    if isinstance(meta.get("program"), dict):
+        return _saved_program(path, meta), meta
     try:
         # dense: a family scaled by pruning is resized below to its saved shapes, like a pruned model
         model = build_dense(meta["arch"], int(meta["num_classes"]), int(meta["in_channels"]), float(meta["width_mult"]))

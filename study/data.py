@@ -532,7 +532,8 @@ def _load_imagefolder(root: Path, download: bool, image_size: int = 0, skip_bad_
         val_x=_mapped(val[0]) if val else None, val_y=_tensor(val[1], np.int64) if val else None,
         classes=tuple(arrays.classes),
         info={"cache_dir": str(arrays.cache_dir), "skipped_images": len(arrays.skipped),
-              "test_split": "held out of train/ (no test/ folder)" if arrays.test_from_train else "test/"},
+              "test_split": "held out of train/ (no test/ folder)" if arrays.test_from_train else "test/",
+              **({"sha256": arrays.sha256} if arrays.sha256 else {})},
     )
 
 

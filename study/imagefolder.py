@@ -46,6 +46,7 @@ class FolderArrays:
     skipped: list[str]  # images that could not be decoded (skip_bad_images: true)
     cache_dir: Path
     test_from_train: bool  # no test/ folder: the test split was held out of train/
+    sha256: str | None = None  # study.reproduce.dataset_sha256 of these arrays, taken when they were decoded
 
 
 def _list_split(split_dir: Path, classes: list[str] | None, root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -170,11 +171,12 @@ def load_folder(root: Path, image_size: int, skip_bad_images: bool, cache_root: 
     return FolderArrays(classes=meta["classes"], train=arrays("train"),
                         val=arrays("val") if "val" in meta["splits"] else None, test=arrays("test"),
                         mean=tuple(meta["mean"]), std=tuple(meta["std"]), skipped=meta["skipped"], cache_dir=cache,
-                        test_from_train=meta["test_from_train"])
+                        test_from_train=meta["test_from_train"], sha256=meta.get("sha256"))
 
 
 def _build_cache(root: Path, lists: dict, classes: list[str], image_size: int, skip_bad: bool, cache: Path,
                  log) -> None:
+    from study.io import arrays_sha256
     from study.splits import stratified_holdout as _stratified_holdout
 
     n_files = sum(len(v[0]) for v in lists.values())
@@ -206,10 +208,14 @@ def _build_cache(root: Path, lists: dict, classes: list[str], image_size: int, s
             np.save(tmp / f"{split}_x.npy", x)
             np.save(tmp / f"{split}_y.npy", y)
         mean, std = _stats(decoded["train"][0])
+        # dataset_sha256's value, taken now that the arrays are in memory: a study start does not read them again
+        order = ["train", "test", *(["val"] if "val" in decoded else [])]
+        sha = arrays_sha256([a for split in order for a in decoded[split]])
         (tmp / "meta.json").write_text(json.dumps({
             "version": CACHE_VERSION, "root": str(root), "classes": classes, "splits": sorted(decoded),
             "image_size": int(decoded["train"][0].shape[2]), "mean": mean, "std": std, "skipped": skipped,
             "test_from_train": test_from_train, "counts": {k: int(len(v[1])) for k, v in decoded.items()},
+            "sha256": sha,
         }, indent=1))
         try:
             os.replace(tmp, cache)  # the whole folder appears at once: no half-written cache

@@ -111,6 +111,18 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
+def arrays_sha256(arrays) -> str:
+    """sha256 (16 hex digits) over each array's shape and bytes, in order: numpy arrays or CPU tensors (a tensor
+    is read through .numpy(), without a copy), so a data set hashed when it is decoded and when it is loaded
+    agrees."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = a.contiguous().numpy() if hasattr(a, "contiguous") else a
+        h.update(str(tuple(a.shape)).encode())
+        h.update(memoryview(a if a.flags.c_contiguous else a.copy(order="C")).cast("B"))
+    return h.hexdigest()[:16]
+
+
 def write_text_atomic(path: Path | str, text: str, durable: bool = True) -> None:
     write_atomic(path, lambda fh: fh.write(text), durable=durable)
 

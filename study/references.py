@@ -60,13 +60,16 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     cfg = _config(trial, {}, gpu, "config")
     device = resolve_device(cfg.device)
     model, info = load_teacher(teacher_path, device)
-    if info.get("checkpoint_format") == "state_dict":  # the user's teacher of a named family: saved as that family
+    fmt, extra = info.get("checkpoint_format"), {}
+    if fmt == "state_dict":  # the user's teacher of a named family: saved as that family
         model = model.inner
+    elif fmt in ("export", "torchscript"):  # no family to rebuild: model.pt names the program (load_model reads it)
+        extra = {"program": {"path": info["checkpoint"], "format": fmt, "sha256": info["sha256"]}}
     ds = load_dataset_for(cfg)
     data = data_for(cfg, ds, device)
     prune_info = prune_model(model, "none", 0.0, data.val_x[:1])
     tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
-    metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out)
+    metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out, meta=extra)
     metrics.update(tcfg.to_dict())
     return _record(out, metrics, {"reference": kind})
 

@@ -246,7 +246,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
-        "data_fingerprint": dataset_sha256(ds),
+        "data_fingerprint": dataset_sha256(ds), "data_info": ds.info,
         "teacher": teacher_info, "checks": preflight, "base_config": base.to_dict(),
         "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),

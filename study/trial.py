@@ -257,8 +257,10 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
 
 
 def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, teacher_info: dict,
-                    prune_info: dict, out_dir: Path | None, cache_dir: Path | None = None) -> dict:
+                    prune_info: dict, out_dir: Path | None, cache_dir: Path | None = None,
+                    meta: dict | None = None) -> dict:
     """Accuracy (val: the search objective; test: reported only), size, MACs, latency and throughput.
+    `meta`: more for model.pt's meta (the teacher reference's `program`, see checkpoint.load_model).
 
     With latency_backend onnxruntime the model is also exported to ONNX (model.onnx, and model_int8.onnx when
     quantize is int8) and latency_ms_bs1 / throughput_ips are ONNX Runtime's; the eager PyTorch numbers stay in
@@ -266,14 +268,15 @@ def measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, te
     ONNX Runtime, with the fp32 model's in val_acc_fp32 / test_acc_fp32."""
     with tempfile.TemporaryDirectory(prefix="kdstudy-measure-") as tmp:
         return _measure_student(student, data, cfg, teacher_info, prune_info,
-                                Path(out_dir) if out_dir is not None else Path(tmp), cache_dir or default_cache_dir())
+                                Path(out_dir) if out_dir is not None else Path(tmp), cache_dir or default_cache_dir(),
+                                meta or {})
 
 
 def _measure_student(student: nn.Module, data: ResidentData, cfg: TrialConfig, teacher_info: dict,
-                     prune_info: dict, folder: Path, cache: Path) -> dict:
+                     prune_info: dict, folder: Path, cache: Path, extra_meta: dict) -> dict:
     shape = data.input_shape
     params, nonzero = count_params(student), count_nonzero_params(student)
-    meta = model_meta(cfg.student_arch, data.num_classes, shape, cfg.width_mult, prune=prune_info)
+    meta = model_meta(cfg.student_arch, data.num_classes, shape, cfg.width_mult, prune=prune_info, **extra_meta)
     save_model(folder / "model.pt", student, meta)
     checkpoint_bytes = (folder / "model.pt").stat().st_size
     timed = copy.deepcopy(student)  # moved to the latency device; the student stays where it is

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from study.checkpoint import Frozen, load_program
 from study.errors import CheckpointError, UserError
 
 RECORD_FORMAT = "kdstudy-user-teacher-v1"
@@ -66,19 +67,7 @@ def detect_format(path: Path) -> str:
                           "torch.export.save, torch.jit.save or torch.save(model.state_dict()).")
 
 
-class FrozenTeacher(nn.Module):
-    """Wraps a loaded teacher: always in inference mode (an exported program refuses .train()/.eval())."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def train(self, mode: bool = True) -> FrozenTeacher:  # noqa: ARG002  frozen on purpose
-        self.training = False
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+FrozenTeacher = Frozen  # a loaded teacher: always in inference mode
 
 
 def _state_dict_model(path: Path, arch: str, width: float, num_classes: int, in_channels: int) -> nn.Module:
@@ -110,20 +99,15 @@ def load_checkpoint(path: Path, arch: str, width: float, num_classes: int, input
     """(teacher in inference mode on `device`, format); checked to give one score per class for the data."""
     fmt = detect_format(path)
     try:
-        if fmt == "export":
-            inner = torch.export.load(str(path)).module()
-        elif fmt == "torchscript":
-            inner = torch.jit.load(str(path), map_location="cpu")
+        if fmt in ("export", "torchscript"):
+            model = load_program(path, fmt)
         else:
-            inner = _state_dict_model(path, arch, width, num_classes, input_shape[0])
+            model = FrozenTeacher(_state_dict_model(path, arch, width, num_classes, input_shape[0]).eval())
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001  a damaged archive fails inside torch's readers
         raise CheckpointError(f"{path}: cannot load this {fmt} file ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160] if str(e) else ''}); save the teacher again.") from None
-    if fmt != "export":  # an exported program's module stays in the mode it was exported in
-        inner.eval()
-    model = FrozenTeacher(inner)
     try:
         model = model.to(device)
     except Exception:  # noqa: BLE001  exported programs may refuse a move; they then run where they were saved

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -127,6 +128,16 @@ def test_imagefolder_val_folder_is_the_validation_split(tmp_path):
     ds = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
     tr_x, _, va_x, va_y = split_train_val(ds, 0.5, 0)
     assert len(tr_x) == 12 and va_y.tolist() == [0, 1, 2] and int(va_x.sum()) == 0
+    # study.json's data_fingerprint: hashed once when decoded (stored with the cache), equal to hashing what was
+    # loaded, val/ included (a changed val/ image is another data set)
+    from study.io import arrays_sha256
+    from study.reproduce import dataset_arrays, dataset_sha256
+
+    assert ds.info["sha256"] == dataset_sha256(ds) == arrays_sha256(dataset_arrays(ds))
+    time.sleep(0.01)
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(root / "val" / CLASSES[0] / "a.png")
+    again = load_dataset("imagefolder", root, cache_dir=tmp_path / "cache")
+    assert dataset_sha256(again) == arrays_sha256(dataset_arrays(again)) != dataset_sha256(ds)
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -282,6 +293,20 @@ def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder
     assert (run_dir / "report.html").is_file() and (run_dir / "benchmark.json").is_file()
     assert json.loads((run_dir / "references" / "teacher" / "metrics.json").read_text())["val_acc"] == \
         meta["teacher"]["val_acc"]
+    # the teacher reference of a .pt2 teacher: its model.pt names the program, so it loads (and is re-timed)
+    from benchmarks.collect import run_benchmarks
+    from study.checkpoint import load_model
+
+    ref, ref_meta = load_model(run_dir / "references" / "teacher" / "model.pt")
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(ref(x), torch.export.load(str(teachers["pt2"])).module()(x))
+    assert ref_meta["program"]["format"] == "export"
+    for backend in ("onnxruntime", "torch"):
+        run_benchmarks(run_dir, backend=backend, log=lambda m: None,
+                       remeasure_kwargs={"rounds": 1, "repeats": 3, "throughput_batch": 8})
+        rows = pd.read_csv(run_dir / "results.csv")
+        assert rows.loc[rows["reference"] == "teacher", "latency_ms_bs1_remeasured"].notna().all(), backend
 
     assert main(["reproduce", str(run_dir), "--rank", "1", "--seeds", "2"]) == 0
     export = next((run_dir / "reproduce").glob("*/export"))
@@ -290,6 +315,28 @@ def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder
                           text=True, timeout=300)
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr
 
+
+
+def test_a_program_model_pt_refuses_a_changed_or_missing_program(teachers, tmp_path):
+    import shutil
+
+    from study.checkpoint import load_model, load_program, save_model
+    from study.errors import CheckpointError
+    from study.io import sha256_file
+
+    prog = tmp_path / "teacher.pt2"
+    shutil.copy(teachers["pt2"], prog)
+    meta = {"arch": "export", "num_classes": 3, "in_channels": 3, "width_mult": 1.0, "input_shape": [3, 16, 16],
+            "program": {"path": str(prog), "format": "export", "sha256": sha256_file(prog)}}
+    save_model(tmp_path / "model.pt", load_program(prog, "export"), meta)
+    assert load_model(tmp_path / "model.pt")[1]["program"]["path"] == str(prog)
+    with open(prog, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(CheckpointError, match="has changed since it was measured"):
+        load_model(tmp_path / "model.pt")
+    prog.unlink()
+    with pytest.raises(CheckpointError, match="no longer exists"):
+        load_model(tmp_path / "model.pt")
 
 def test_state_dict_teacher_and_student_checkpoint_with_no_distillation_epochs(folder, teachers, tmp_path):
     space = _space(tmp_path / "sd.yaml", {
