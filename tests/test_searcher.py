@@ -226,19 +226,28 @@ def test_importing_study_search_changes_no_environment():
 
 
 def test_run_study_sets_the_environment_before_ray_starts(tmp_path):
-    """run_study calls set_study_environment before Ray is imported or started (a user's own value wins)."""
+    """run_study calls set_study_environment before Ray is imported or started (a user's own value wins): the
+    environment is checked at the moment `ray` is first imported, and again when Ray would start."""
     space = write_space(tmp_path / "s.yaml", trial={"dataset": "digits", "kd_loss": "ce", "epochs": 1,
                                                     "finetune_epochs": 0, "device": "cpu"},
                         params={"width_mult": {"type": "categorical", "choices": [0.25, 0.5]}})
     code = f"""
 import json, os, sys
+names = ["RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS", "RAY_CHDIR_TO_TRIAL_DIR", "RAY_AIR_NEW_OUTPUT",
+         "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"]
+at_import = {{}}
+class Watch:  # records the environment when `ray` is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" and not at_import:
+            at_import.update({{n: os.environ.get(n) for n in names}})
+        return None
+sys.meta_path.insert(0, Watch())
 import study.search as search
+assert "ray" not in sys.modules
 class Stop(Exception):
     pass
 def init_ray(*args, **kwargs):
-    names = ["RAY_USAGE_STATS_ENABLED", "RAY_DEDUP_LOGS", "RAY_CHDIR_TO_TRIAL_DIR", "RAY_AIR_NEW_OUTPUT",
-             "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"]
-    print(json.dumps({{"env": {{n: os.environ.get(n) for n in names}}, "ray": "ray" in sys.modules}}))
+    print(json.dumps({{"env": {{n: os.environ.get(n) for n in names}}, "at_import": at_import}}))
     raise Stop
 search._init_ray = init_ray
 try:
@@ -254,4 +263,4 @@ except Stop:
     assert seen["env"] == {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1", "RAY_CHDIR_TO_TRIAL_DIR": "0",
                            "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
                            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-    assert not seen["ray"]
+    assert seen["at_import"] == seen["env"]
