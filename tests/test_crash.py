@@ -18,7 +18,8 @@ from study.crash import ATTEMPT_MARK, crash_reason
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _die_in_capture(trial_dir: Path, body: str, env: dict | None = None, after: str = "") -> subprocess.CompletedProcess:
+def _die_in_capture(trial_dir: Path, body: str, env: dict | None = None, after: str = "",
+                    timeout: float = 240) -> subprocess.CompletedProcess:
     """Run `body` inside capture_stderr(trial_dir) in a fresh process, then `after` outside it."""
     code = textwrap.dedent(f"""
         import os, sys
@@ -27,7 +28,7 @@ def _die_in_capture(trial_dir: Path, body: str, env: dict | None = None, after: 
         with capture_stderr(Path({str(trial_dir)!r})):
             print("a Python warning on stderr", file=sys.stderr)
         """) + textwrap.indent(textwrap.dedent(body), "    ") + "\n" + textwrap.dedent(after)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=240,
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
@@ -65,14 +66,17 @@ def test_a_trial_that_never_wrote_says_so(tmp_path):
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="oneDNN #6035 is an x86 kernel bug")
 def test_the_real_onednn_crash_is_explained(tmp_path):
     """The unguarded oneDNN #6035 pattern on the AVX2 paths (skipped where this torch no longer crashes)."""
-    r = _die_in_capture(tmp_path, """
-        import torch
-        torch.set_num_threads(1)
-        x = torch.randn(128, 6, 8, 8).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(6, 6, 1, 1, requires_grad=True)
-        for i in range(400):
-            torch.nn.functional.conv2d(x, w, stride=2).sum().backward()
-        """, env={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    try:  # 400 healthy steps take about a second; the corrupted heap can also hang instead of aborting
+        r = _die_in_capture(tmp_path, """
+            import torch
+            torch.set_num_threads(1)
+            x = torch.randn(128, 6, 8, 8).contiguous(memory_format=torch.channels_last)
+            w = torch.randn(6, 6, 1, 1, requires_grad=True)
+            for i in range(400):
+                torch.nn.functional.conv2d(x, w, stride=2).sum().backward()
+            """, env={"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.skip("oneDNN #6035 hung this run instead of crashing: no signal to explain")
     if r.returncode == 0:
         pytest.skip("oneDNN #6035 did not crash this run")
     reason = crash_reason(tmp_path)

@@ -11,6 +11,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -157,9 +158,27 @@ def test_training_a_narrow_and_a_pruned_student_survives_on_the_avx2_paths():
 @pytest.mark.slow
 def test_upstream_bug_still_present():
     """Not a check of our code: whether this torch build still has oneDNN #6035. The raw pattern, unguarded,
-    under the AVX2 caps; when it no longer crashes in 3 runs, the skip says the guard may be removable."""
+    under the AVX2 caps; when it neither crashes nor hangs in 3 runs, the skip says the guard may be removable.
+
+    The heap corruption does not always abort: on one CI machine the process hung (glibc's allocator spinning on a
+    corrupted list) until a 240 s timeout. A hang counts as the bug showing; its limit is scaled from the guarded
+    pattern timed just before, on the same machine (a healthy run is that fast), not a fixed time."""
+    setup = "from study.kernels import ConvKernelGuard\nguard = ConvKernelGuard(conv, 'cpu')"
+    start = time.perf_counter()
+    healthy = _run(PATTERN.format(setup=setup, forward="with guard:\n        out = conv(x)"), env=AVX2)
+    limit = max(30.0, 20 * (time.perf_counter() - start))
+    assert healthy.returncode == 0, healthy.stderr[-2000:]
+
     code = PATTERN.format(setup="", forward="out = conv(x)")
-    crashed = [r for r in (_run(code, env=AVX2) for _ in range(3)) if r.returncode != 0]
-    if not crashed:
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append(_run(code, env=AVX2, timeout=limit).returncode)
+        except subprocess.TimeoutExpired:
+            outcomes.append("hung")
+        if outcomes[-1] != 0:
+            break  # one sighting is enough
+    if outcomes[-1] == 0:
         pytest.skip(f"oneDNN #6035 not reproduced with torch {torch.__version__}: study/kernels.py may be removable")
-    assert crashed[0].returncode < 0 or crashed[0].returncode > 128  # killed by a signal (SIGABRT / SIGSEGV)
+    # killed by a signal (SIGABRT / SIGSEGV; > 128 where a shell reports it) or hung: not a Python error
+    assert outcomes[-1] == "hung" or outcomes[-1] < 0 or outcomes[-1] > 128, outcomes
