@@ -272,7 +272,7 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
         opt.load_state_dict(resume_opt["opt"])
         sched.load_state_dict(resume_opt["sched"])
     logs = []
-    guard = ConvKernelGuard(model, device)  # oneDNN #6035: see study.kernels
+    guard = ConvKernelGuard(model, device, bf16=dtype == "bf16")  # oneDNN defects: see study.kernels
     try:
         for e in range(skip_epochs, epochs):
             epoch = first_epoch + e
@@ -298,6 +298,12 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
             loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
             if not math.isfinite(loss_m):
                 raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
+            # a finite loss can hide a non-finite weight (its last step, or a kernel writing garbage gradients:
+            # study.kernels); such a model scores chance accuracy and must not pass as a result
+            bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+            if bad is not None:
+                raise FloatingPointError(f"parameter {bad} became non-finite in epoch {epoch} (mean loss {loss_m:.4g});"
+                                         " lower the learning rate, or train with precision: fp32.")
             # in the training precision: the per-epoch curve and the scheduler's rungs; final metrics are fp32
             val_acc = evaluate(model, data.val_x, data.val_y, dtype=dtype, channels_last=channels_last)
             log = {"epoch": epoch, "loss": loss_m, "ce": ce_m, "kd": kd_m, "val_acc": val_acc,

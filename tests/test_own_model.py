@@ -309,6 +309,8 @@ def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder
         assert rows.loc[rows["reference"] == "teacher", "latency_ms_bs1_remeasured"].notna().all(), backend
 
     assert main(["reproduce", str(run_dir), "--rank", "1", "--seeds", "2"]) == 0
+    summary = json.loads(next((run_dir / "reproduce").glob("*/summary.json")).read_text())
+    assert "error" not in summary["export"], summary["export"]
     export = next((run_dir / "reproduce").glob("*/export"))
     # the export needs torch alone: a fresh, isolated interpreter outside the repository runs predict.py
     done = subprocess.run([sys.executable, "-I", str(export / "predict.py")], cwd=tmp_path, capture_output=True,

@@ -172,3 +172,25 @@ def test_run_trial_gives_the_caller_its_thread_count_back(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_non_finite_weight_behind_a_finite_loss_stops_training(one_thread):
+    """The loss of an epoch can be finite while a step left a weight nan (the last step, or a kernel writing
+    garbage gradients: study.kernels); train_phase names the parameter instead of handing back a chance model."""
+    from study.data import load_dataset
+    from study.models import build_model
+    from study.train import make_resident, train_phase
+
+    data = make_resident(load_dataset("digits", "data"), 0.2, 0, torch.device("cpu"))
+    model = build_model("resnet8", 10, 1, 0.25)
+    steps = []
+
+    def poison() -> None:  # after the epoch's last step, as the bf16 defect did
+        steps.append(1)
+        if len(steps) == -(-data.train_x.shape[0] // 128):
+            with torch.no_grad():
+                model.layers[2][0].conv1.weight[0, 0, 0, 0] = float("nan")
+
+    with pytest.raises(FloatingPointError, match=r"parameter layers\.2\.0\.conv1\.weight became non-finite in epoch 0"):
+        train_phase(model, data, epochs=2, first_epoch=0, seed=0, lr=0.1, batch_size=128, weight_decay=5e-4,
+                    teacher=None, temperature=1.0, alpha=1.0, after_step=poison)
