@@ -56,7 +56,8 @@ def step_fn(arch: str, width: float, shape: tuple, dtype: str, channels_last: bo
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt, _ = make_optimizer(model, 0.05, 5e-4, total=1, warm=1)
-    rewrite = ConvKernelGuard(model, device) if guard else contextlib.nullcontext()  # as train_phase: oneDNN #6035
+    rewrite = (ConvKernelGuard(model, device, bf16=dtype == "bf16") if guard  # as train_phase: study.kernels
+               else contextlib.nullcontext())
     x = torch.randn(128, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (128,), device=device)
     t = torch.randn(128, 10, device=device)
