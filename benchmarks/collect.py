@@ -142,7 +142,8 @@ def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
     if wall is None and t.datetime_start is not None and t.datetime_complete is not None:
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
     row = {
-        "number": t.number, "reference": None, "baseline": None, "state": state, "prune_kind": kind,
+        # an enqueued baseline is a search trial labelled with its name (study.search.enqueue_baselines)
+        "number": t.number, "reference": None, "baseline": attrs.get("baseline"), "state": state, "prune_kind": kind,
         "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": error, "wall_s": wall,
     }
     row.update({f"param_{k}": _scalar(v) for k, v in t.params.items()})
@@ -329,7 +330,42 @@ def row_label(row: Any) -> str:
         return f"reference {row['reference']}"
     if row.get("state") == "BASELINE":
         return f"baseline {row['baseline']}"
+    if isinstance(row.get("baseline"), str):
+        return f"trial {row['number']} (baseline {row['baseline']})"
     return f"trial {row['number']}"
+
+
+def is_baseline(df: pd.DataFrame) -> np.ndarray:
+    """Rows that are baselines: trained beside the search (state BASELINE) or enqueued as a search trial."""
+    return df["baseline"].notna().to_numpy() & (df["baseline"].astype(str) != "")
+
+
+def searched_front(df: pd.DataFrame, objectives: list[dict], values: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the front of the *searched* trials: COMPLETE trials the sampler proposed (enqueued baselines
+    excluded), non-dominated among themselves. `values`: the objective values to use (default: the table's)."""
+    names, dirs = [o["name"] for o in objectives], [o["direction"] for o in objectives]
+    if values is None:
+        values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    searched = np.flatnonzero((df["state"] == "COMPLETE").to_numpy() & ~is_baseline(df))
+    mask = np.zeros(len(df), dtype=bool)
+    if len(searched):
+        mask[searched] = pareto.pareto_mask(values[searched], dirs)
+    return mask
+
+
+def objective_values(df: pd.DataFrame, objectives: list[dict]) -> tuple[np.ndarray, list[str]]:
+    """The objectives' values with the quiet re-measured latency where it exists (the search's elsewhere), and
+    the names of the objectives that were swapped that way."""
+    names = [o["name"] for o in objectives]
+    values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, copy=True)
+    swapped = []
+    if "latency_ms_bs1" in names and latency.LATENCY_COL in df.columns:
+        quiet = pd.to_numeric(df[latency.LATENCY_COL], errors="coerce").to_numpy(dtype=float)
+        j = names.index("latency_ms_bs1")
+        values[:, j] = np.where(np.isfinite(quiet), quiet, values[:, j])
+        if np.isfinite(quiet).any():
+            swapped.append("latency_ms_bs1")
+    return values, swapped
 
 
 def _fmt(v: float) -> str:
@@ -337,28 +373,31 @@ def _fmt(v: float) -> str:
 
 
 def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
-    """Each baseline against the front (df must carry `on_front`), on the study's objectives as the search measured
-    them. `dominated_by`: front trials that dominate it; `gain`: of the COMPLETE trials at no more than its value in
-    every minimised objective, the one with the highest value of the first maximised objective, and by how much it
-    beats the baseline there (negative: none reaches it); `dominates`: front trials the baseline dominates."""
+    """Each baseline (beside the search, or enqueued as a trial) against the *searched* trials' front (enqueued
+    baselines excluded: the question is whether the search found something better than the hand-picked
+    configurations), with the quiet re-measured latency where the table has it (`objective_values`).
+    `dominated_by`: searched front trials that dominate it; `gain`: of the searched front trials at no more than
+    its value in every minimised objective, the one with the highest value of the first maximised objective, and
+    by how much it beats the baseline there (negative: none reaches it); `dominates`: searched front trials the
+    baseline dominates."""
     from study.dominance import dominates
 
     names = [o["name"] for o in objectives]
     dirs = [o["direction"] for o in objectives]
     gain_obj = next((o["name"] for o in objectives if o["direction"] == "maximize"), None)
     costs = [o["name"] for o in objectives if o["direction"] == "minimize"]
-    values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    values, swapped = objective_values(df, objectives)
     loss = pareto.to_minimization(values, dirs)
-    front = np.flatnonzero(df["on_front"].to_numpy(dtype=bool))
-    complete = np.flatnonzero((df["state"] == "COMPLETE").to_numpy())
+    front = np.flatnonzero(searched_front(df, objectives, values))
     out = []
-    for b in np.flatnonzero((df["state"] == "BASELINE").to_numpy()):
+    for b in np.flatnonzero(is_baseline(df)):
         row = df.iloc[b]
-        entry: dict[str, Any] = {"name": row["baseline"], "values": {n: _num_or_none(values[b, k])
-                                                                     for k, n in enumerate(names)}}
-        if not np.all(np.isfinite(loss[b])):
+        entry: dict[str, Any] = {"name": row["baseline"], "trial": None if row["state"] == "BASELINE"
+                                 else int(row["number"]), "latency": "re-measured" if swapped else "search",
+                                 "values": {n: _num_or_none(values[b, k]) for k, n in enumerate(names)}}
+        if row["state"] not in ("BASELINE", "COMPLETE") or not np.all(np.isfinite(loss[b])):
             entry.update(dominated_by=[], dominates=[], gain=None,
-                         line=f"{row['baseline']}: not compared (an objective is missing from its metrics)")
+                         line=f"{row['baseline']}: not compared (it did not finish, or an objective is missing)")
             out.append(entry)
             continue
         by = [int(df.iloc[i]["number"]) for i in front if dominates(loss[i], loss[b])]
@@ -366,7 +405,7 @@ def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
         gain = None
         if gain_obj is not None:
             j, c = names.index(gain_obj), [names.index(n) for n in costs]
-            cheap = [i for i in complete if np.all(np.isfinite(values[i])) and np.all(values[i, c] <= values[b, c])]
+            cheap = [i for i in front if np.all(np.isfinite(values[i])) and np.all(values[i, c] <= values[b, c])]
             if cheap:
                 best = max(cheap, key=lambda i: (values[i, j], -int(df.iloc[i]["number"])))
                 gain = {"objective": gain_obj, "trial": int(df.iloc[best]["number"]),
@@ -383,19 +422,188 @@ def _num_or_none(v: float) -> float | None:
 
 
 def _baseline_line(name: str, by: list[int], mine: list[int], gain: dict | None, costs: list[str]) -> str:
-    parts = [f"dominated by front trial(s) {', '.join(map(str, by))}" if by else "not dominated by any front trial"]
+    parts = [f"dominated by searched trial(s) {', '.join(map(str, by))}" if by
+             else "not dominated by any searched trial"]
     if not costs:
         parts.append("the study has no cost objective to compare at")
     elif gain is None:
         parts.append(f"no trial finished at no more than its {' and '.join(costs)}")
     else:
         unit = " points" if pareto.is_accuracy(gain["objective"]) else ""
-        parts.append(f"at no more than its {' and '.join(costs)} the best trial ({gain['trial']}) reaches "
+        parts.append(f"at no more than its {' and '.join(costs)} the best searched trial ({gain['trial']}) reaches "
                      f"{gain['objective']} {_fmt(gain['value'])} against {_fmt(gain['baseline_value'])} "
                      f"({gain['difference']:+.2f}{unit})")
-    parts.append(f"it dominates front trial(s) {', '.join(map(str, mine))}" if mine
-                 else "it dominates no front trial")
+    parts.append(f"it dominates searched front trial(s) {', '.join(map(str, mine))}" if mine
+                 else "it dominates no searched front trial")
     return f"{name}: " + "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------ confirmation seeds and compute
+
+def outside_baselines(meta: dict) -> list[str]:
+    """Names of the baselines trained beside the search (under baselines/): those not enqueued as a trial."""
+    entries = meta.get("baselines") or {}
+    return [n for n, e in entries.items() if not (isinstance(e, dict) and e.get("trial") is not None)]
+
+
+def read_confirm_plan(run_dir: Path) -> dict:
+    """confirm/plan.json ({} when the study confirmed nothing, or ran before confirmation seeds existed)."""
+    try:
+        plan = json.loads((Path(run_dir) / "confirm" / "plan.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+def confirm_candidates(df: pd.DataFrame, objectives: list[dict], knee_trial: int | None,
+                       baselines: list[dict]) -> list[dict]:
+    """The models a user would pick, to be re-trained with more seeds: the knee of the front, the most accurate
+    searched trial, for each baseline the searched trial that beats it by the most at no more cost (its `gain`
+    trial) and the first searched trial that dominates it, and every baseline itself. Chosen on the search's own
+    values; each as {"label", "trial" or "baseline", "why": [...]}, without repeats."""
+    out: dict[str, dict] = {}
+
+    def add(label: str, why: str, **ident: Any) -> None:
+        out.setdefault(label, {"label": label, "trial": None, "baseline": None, "why": [], **ident})["why"].append(why)
+
+    acc = next((o["name"] for o in objectives if o["direction"] == "maximize"), None)
+    by_number = {int(r["number"]): r for _, r in df[df["number"].notna()].iterrows()}
+
+    def add_trial(n: int, why: str) -> None:
+        row = by_number.get(int(n))
+        name = row["baseline"] if row is not None and isinstance(row.get("baseline"), str) else None
+        add(f"trial {int(n)}" + (f" (baseline {name})" if name else ""), why, trial=int(n), baseline=name)
+
+    if knee_trial is not None:
+        add_trial(knee_trial, "knee")
+    searched = df[(df["state"] == "COMPLETE") & ~is_baseline(df)]
+    if acc is not None and len(searched):
+        best = searched.sort_values([acc, "number"], ascending=[False, True]).iloc[0]
+        add_trial(int(best["number"]), "most accurate searched trial")
+    for b in baselines:
+        if b.get("gain") and b["gain"]["difference"] is not None:
+            add_trial(b["gain"]["trial"], f"best at no more cost than {b['name']}")
+        if b.get("dominated_by"):
+            add_trial(b["dominated_by"][0], f"dominates {b['name']}")
+        if b.get("trial") is not None:
+            add_trial(b["trial"], "baseline")
+        else:
+            add(f"baseline {b['name']}", "baseline", baseline=b["name"])
+    return list(out.values())
+
+
+def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> dict:
+    """What the study spent: epochs trained by the search trials (a complete trial all its epochs, an early-stopped
+    one up to its stop, infeasible and failed ones 0), by the baselines and references beside it, and by the
+    confirmation seeds; the study's wall time; and the search's epochs as a multiple of one baseline training."""
+    def total(row: Any) -> int:
+        e, f = pd.to_numeric(row.get("epochs"), errors="coerce"), pd.to_numeric(row.get("finetune_epochs"),
+                                                                               errors="coerce")
+        return int((0 if pd.isna(e) else e) + (0 if pd.isna(f) else f))
+
+    trial_epochs = 0
+    for _, row in df[~df["state"].isin(MEASURED)].iterrows():
+        if row["state"] == "COMPLETE":
+            trial_epochs += total(row)
+        elif row["state"] == "PRUNED":
+            stopped = pd.to_numeric(row.get("epoch"), errors="coerce")
+            trial_epochs += 0 if pd.isna(stopped) else int(stopped)
+    side = int(sum(total(r) for _, r in df[df["state"].isin(MEASURED)].iterrows() if r.get("reference") != "teacher"))
+    base = meta.get("base_config") or {}
+    entries = meta.get("baselines") or {}
+    ref_cfg = (entries.get("seed_recipe") or next(iter(entries.values()), {}) or {}).get("config") or base
+    one = int(ref_cfg.get("epochs", 0)) + int(ref_cfg.get("finetune_epochs", 0))
+    done = {}
+    try:
+        done = json.loads((Path(run_dir) / "confirm" / "done.json").read_text())
+    except (OSError, ValueError):
+        pass
+    wall = None
+    try:
+        fmt = "%Y-%m-%d %H:%M:%S"
+        wall = (datetime.strptime(meta["finished"], fmt) - datetime.strptime(meta["started"], fmt)).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        pass
+    out = {"trial_epochs": trial_epochs, "side_epochs": side, "confirm_epochs": int(done.get("epochs") or 0),
+           "one_baseline_epochs": one, "search_wall_s": wall, "confirm_wall_s": done.get("wall_s"),
+           "trials": int((~df["state"].isin(MEASURED)).sum())}
+    out["trial_epochs_in_baselines"] = round(trial_epochs / one, 1) if one else None
+    out["line"] = (f"search compute: {trial_epochs} trial-epochs over {out['trials']} trials "
+                   f"= {out['trial_epochs_in_baselines']}x one baseline training ({one} epochs)"
+                   + (f", search wall {wall:.0f} s" if wall is not None else "")
+                   + (f"; confirmation {out['confirm_epochs']} epochs, {done['wall_s']:.0f} s" if done else "")
+                   + (f"; baselines and references beside it {side} epochs" if side else ""))
+    return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [float(x) for x in xs if x is not None and np.isfinite(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run_dir: Path,
+                       compute: dict) -> dict:
+    """The confirmed candidates on seed means (the search's own run plus the confirmation seeds): test and
+    validation accuracy mean +- sample std, costs with the quiet re-measured latency; and for each baseline,
+    whether a confirmed searched trial dominates it on the means (test accuracy no lower, no cost higher, one of
+    them strictly better) and the best confirmed searched trial at no more than its cost."""
+    from study.confirm import read_seed_metrics
+    from study.dominance import dominates
+
+    names = [o["name"] for o in objectives]
+    costs = [o["name"] for o in objectives if o["direction"] == "minimize"]
+    values, _ = objective_values(df, objectives)
+    rows = []
+    for cand in plan.get("candidates", []):
+        if cand.get("trial") is not None:
+            idx = df.index[(df["number"] == cand["trial"]) & ~df["state"].isin(MEASURED)]
+        else:
+            idx = df.index[(df["state"] == "BASELINE") & (df["baseline"] == cand["baseline"])]
+        if not len(idx):
+            continue
+        i = df.index.get_loc(idx[0])
+        own = df.iloc[i]
+        seeds = [{"seed": int(own.get("seed")) if pd.notna(own.get("seed")) else None,
+                  "val_acc": own.get("val_acc"), "test_acc": own.get("test_acc")}]
+        seeds += [{k: m.get(k) for k in ("seed", "val_acc", "test_acc")}
+                  for m in read_seed_metrics(run_dir, cand, plan.get("seeds", []))]
+        tm, ts = _mean_std([pd.to_numeric(s["test_acc"], errors="coerce") for s in seeds])
+        vm, vs = _mean_std([pd.to_numeric(s["val_acc"], errors="coerce") for s in seeds])
+        rows.append({**cand, "n_seeds": len(seeds), "seeds": seeds, "test_acc_mean": tm, "test_acc_std": ts,
+                     "val_acc_mean": vm, "val_acc_std": vs,
+                     "costs": {n: _num_or_none(values[i, names.index(n)]) for n in costs}})
+    verdicts = []
+    searched = [r for r in rows if r.get("trial") is not None and not r.get("baseline")]
+    for b in [r for r in rows if r.get("baseline")]:
+        if not np.isfinite(b["test_acc_mean"]) or any(b["costs"][c] is None for c in costs):
+            continue
+
+        def point(r: dict) -> np.ndarray:
+            return np.array([-r["test_acc_mean"], *[r["costs"][c] for c in costs]], dtype=float)
+
+        by = [r for r in searched if np.all(np.isfinite(point(r))) and dominates(point(r), point(b))]
+        cheap = [r for r in searched if all(r["costs"][c] is not None and r["costs"][c] <= b["costs"][c]
+                                            for c in costs) and np.isfinite(r["test_acc_mean"])]
+        best = max(cheap, key=lambda r: r["test_acc_mean"]) if cheap else None
+        line = (f"{b['baseline']} ({b['n_seeds']} seeds: test {b['test_acc_mean']:.2f} +- {b['test_acc_std']:.2f} %): "
+                + (f"dominated on seed means by searched trial(s) {', '.join(str(r['trial']) for r in by)} "
+                   f"(trial {by[0]['trial']}: test {by[0]['test_acc_mean']:.2f} +- {by[0]['test_acc_std']:.2f} %)"
+                   if by else "not dominated on seed means by a confirmed searched trial")
+                + (f"; at no more than its {' and '.join(costs)} the best confirmed searched trial "
+                   f"({best['trial']}) tests {best['test_acc_mean']:.2f} +- {best['test_acc_std']:.2f} % "
+                   f"({best['test_acc_mean'] - b['test_acc_mean']:+.2f} points)" if best else
+                   f"; no confirmed searched trial at no more than its {' and '.join(costs)}")
+                + (f" (search: {compute['trial_epochs']} trial-epochs = {compute['trial_epochs_in_baselines']}x "
+                   f"one baseline training)" if compute.get("trial_epochs_in_baselines") else ""))
+        verdicts.append({"baseline": b["baseline"], "dominated_by": [r["trial"] for r in by],
+                         "best_at_no_more_cost": best["trial"] if best else None,
+                         "difference": (best["test_acc_mean"] - b["test_acc_mean"]) if best else None,
+                         "line": line})
+    return {"seeds": plan.get("seeds", []), "accuracy": "test_acc, mean +- sample std over seeds",
+            "latency": "re-measured" if latency.LATENCY_COL in df.columns else "search",
+            "candidates": rows, "baselines": verdicts}
 
 
 # ---------------------------------------------------------------------------------------------------- orchestration
@@ -450,9 +658,8 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     meta = load_study_meta(run_dir)
     study = open_study(run_dir, meta)
     objectives = objectives_of(meta, study)
-    df = collect_results(run_dir, study, objectives, log, baselines=list(meta.get("baselines") or {}))
+    df = collect_results(run_dir, study, objectives, log, baselines=outside_baselines(meta))
     df, summary = analyse(df, objectives)
-    summary["baselines"] = compare_baselines(df, objectives)
     summary["knee"] = knee(df, objectives)
 
     best = []
@@ -467,10 +674,15 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
             f"excluded here): front {sorted(summary['pareto_trials'])}, optuna {best}")
 
     summary["remeasure"] = None
+    on_searched_front = searched_front(df, objectives)
+    baseline_rows = is_baseline(df)
+    plan = read_confirm_plan(run_dir)
+    confirmed = {c["trial"] for c in plan.get("candidates", []) if c.get("trial") is not None}
     if remeasure:
         keys = {}
         for i, row in df.iterrows():
-            if row["on_front"] or row["state"] in MEASURED:
+            if row["on_front"] or row["state"] in MEASURED or on_searched_front[i] or baseline_rows[i] \
+                    or row["number"] in confirmed:
                 label = row_label(row)
                 keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
         kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
@@ -495,6 +707,9 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
                 df.loc[keys[key][0], col] = v
         summary["remeasure"] = info
 
+    summary["baselines"] = compare_baselines(df, objectives)
+    summary["compute"] = study_compute(df, meta, plan, run_dir)
+    summary["confirmed"] = confirmed_verdicts(df, objectives, plan, run_dir, summary["compute"]) if plan else None
     summary["importances"], summary["importances_note"] = param_importances(study, objectives)
     summary = {
         "study_name": meta.get("study_name") or meta.get("name"),

@@ -9,7 +9,7 @@ A space file (YAML) has these top-level keys (see demo.yaml for a commented exam
   objectives   {METRIC: maximize|minimize}; computed on the validation split, never on test
   constraints  {max_params, max_nonzero_params, max_macs, max_latency_ms}: checked before training
   search       {sampler: tpe|nsga2|nsga3|gp|random, seed, trials, concurrent,
-                scheduler: none|asha|mo_asha, grace_epochs, reduction_factor, report_every_s}
+                scheduler: none|asha|mo_asha, grace_epochs, reduction_factor, report_every_s, confirm_seeds}
   resources    {cpus_per_trial, gpus_per_trial}
   baselines    configurations a user would pick by hand, trained once per study with the study's protocol and
                compared with the front: a list of built-in names (seed_recipe, no_kd) and/or mappings
@@ -35,7 +35,7 @@ TOP_KEYS = ("name", "description", "trial", "params", "objectives", "constraints
             "baselines")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 SEARCH_KEYS = ("sampler", "seed", "trials", "concurrent", "scheduler", "grace_epochs", "reduction_factor",
-               "report_every_s")
+               "report_every_s", "confirm_seeds")
 RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")
 SCHEDULERS = ("none", "asha", "mo_asha")
 # Metrics a trial reports, with the direction that makes sense for each.
@@ -78,6 +78,24 @@ class ParamSpec:
     choices: tuple = ()  # categorical values
     when: dict = field(default_factory=dict)  # {other_param: {"in": [...]} or {"not": [...]}}
 
+    def contains(self, value: Any) -> bool:
+        """Can a trial of this parameter take `value` (a choice; within the bounds, on the step)?"""
+        if self.type == "categorical":  # 1 == 1.0 is a match, True == 1 is not
+            return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.type == "int" and value != int(value):
+            return False
+        step = self.step if self.step else (1 if self.type == "int" else None)
+        return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
+
+    def describe(self) -> str:
+        if self.type == "categorical":
+            return "choices " + ", ".join(map(str, self.choices))
+        return f"{self.low:g} .. {self.high:g}" + (f" step {self.step:g}" if self.step else "")
+
     def active(self, values: dict[str, Any]) -> bool:
         for other, rule in self.when.items():
             v = values.get(other)
@@ -100,7 +118,7 @@ class SearchSpace:
     seed: int = 0
     trials: int = 16
     concurrent: int = 2
-    scheduler: str = "mo_asha"
+    scheduler: str = "none"
     grace_epochs: int = 1  # first early-stopping rung, in epochs
     reduction_factor: int = 3  # keep the best 1/reduction_factor at each rung
     # A trial reports to Ray Tune (with a resumable checkpoint) at the scheduler's rung epochs, and otherwise
@@ -110,6 +128,9 @@ class SearchSpace:
     gpus_per_trial: float = 0.0  # fraction of a GPU per trial; ignored (CPU is used) on a machine without GPUs
     raw: dict = field(default_factory=dict)  # the file's content, as loaded
     baselines: tuple[tuple[str, dict], ...] = ()  # (name, values over `trial`), in the file's order
+    # after the search, the front models a user would pick and the baselines are re-trained with this many more
+    # seeds (study.confirm), and the baseline verdicts are stated on seed means; 0 turns it off
+    confirm_seeds: int = 2
 
     def baseline_config(self, name: str) -> TrialConfig:
         return make_config(self.trial, dict(self.baselines)[name], source=f"{self.path}: baselines.{name}")
@@ -132,6 +153,28 @@ class SearchSpace:
 
     def define_by_run(self) -> DefineByRun:
         return DefineByRun(self.params)
+
+    def baseline_params(self, name: str) -> tuple[dict[str, Any] | None, str]:
+        """(the searched parameters that make baseline `name`'s exact configuration, "") when the baseline lies
+        in the space, else (None, why not). Such a baseline is enqueued as a search trial (study.search), so the
+        search starts from what the user would pick; one outside the space is trained beside the search."""
+        values = dict(self.baselines)[name]
+        target = self.baseline_config(name)
+        params: dict[str, Any] = {}
+        for p in self.params:
+            if not p.active(params):
+                continue
+            v = getattr(target, p.name)
+            if not p.contains(v):
+                return None, f"{p.name} {v!r} is outside params.{p.name} ({p.describe()})"
+            params[p.name] = v
+        got = self.config_for(params).to_dict()
+        differ = [k for k, v in target.to_dict().items() if got.get(k) != v]
+        if differ:
+            k = differ[0]
+            where = "fixed under trial:" if k in self.trial else "the default (not searched)"
+            return None, f"{k} {values.get(k, target.to_dict()[k])!r} differs from the study's {got[k]!r} ({where})"
+        return params, ""
 
 
 class DefineByRun:
@@ -305,7 +348,7 @@ def load_space(path: str | Path) -> SearchSpace:
         SAMPLERS.check(str(sampler))
     except UserError as exc:
         raise _err(p, "search.sampler", str(exc)) from None
-    scheduler = search.get("scheduler", "mo_asha")
+    scheduler = search.get("scheduler", "none")
     if scheduler not in SCHEDULERS:
         raise _err(p, "search.scheduler", f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
     ints = {k: search.get(k, d) for k, d in (("seed", 0), ("trials", 16), ("concurrent", 2), ("grace_epochs", 1),
@@ -313,6 +356,9 @@ def load_space(path: str | Path) -> SearchSpace:
     for k, v in ints.items():
         if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and k != "seed") or v < 0:
             raise _err(p, f"search.{k}", f"must be a positive integer (got {v!r}).")
+    confirm_seeds = search.get("confirm_seeds", 2)
+    if not isinstance(confirm_seeds, int) or isinstance(confirm_seeds, bool) or confirm_seeds < 0:
+        raise _err(p, "search.confirm_seeds", f"must be an integer >= 0 (got {confirm_seeds!r}).")
     if ints["reduction_factor"] < 2:
         raise _err(p, "search.reduction_factor", "must be >= 2.")
     report_every_s = search.get("report_every_s", 30.0)
@@ -336,7 +382,8 @@ def load_space(path: str | Path) -> SearchSpace:
     name = str(raw.get("name") or Path(path).stem)
     return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
                        sampler, ints["seed"], ints["trials"], ints["concurrent"], scheduler, ints["grace_epochs"],
-                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw, baselines)
+                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw, baselines,
+                       confirm_seeds)
 
 
 def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, dict], ...]:

@@ -43,12 +43,48 @@ def run_study(space_file, *, name: str | None = None, trials: int | None = None,
     from study.results import load_study_meta
 
     meta = load_study_meta(run_dir)
+    confirm_front(run_dir, meta, log)
     # the front's latency measured again now that no trial trains (the search's values can carry a busy moment)
     quiet = remeasured_results(run_dir, log)
     objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
     search.print_summary(run_dir, meta["storage"], meta["study_name"], objectives, log, quiet_latency=quiet)
     write_report(run_dir, log)
     return StudyResult(run_dir)
+
+
+def confirm_front(run_dir: Path, meta: dict, log=print) -> None:
+    """Re-train the models a user would pick (knee, most accurate, those that beat a baseline) and the baselines
+    with `confirm_seeds` more seeds (study.confirm). The choice is made once, from the search's own values, and
+    kept in confirm/plan.json, so a resumed study finishes the same plan."""
+    from benchmarks.collect import (
+        analyse,
+        collect_results,
+        compare_baselines,
+        confirm_candidates,
+        knee,
+        objectives_of,
+        outside_baselines,
+        read_confirm_plan,
+    )
+    from study.confirm import extra_seeds, run_confirmation
+    from study.io import write_json_atomic
+    from study.results import open_study
+
+    n = int(meta.get("confirm_seeds") or 0)
+    if n < 1:
+        return
+    plan = read_confirm_plan(run_dir)
+    if not plan:
+        study = open_study(run_dir, meta)
+        objectives = objectives_of(meta, study)
+        df, _ = analyse(collect_results(run_dir, study, objectives, lambda m: None,
+                                        baselines=outside_baselines(meta)), objectives)
+        k = knee(df, objectives)
+        cands = confirm_candidates(df, objectives, k["trial"] if k else None, compare_baselines(df, objectives))
+        plan = {"seeds": extra_seeds(int((meta.get("base_config") or {}).get("seed", 0)), n),
+                "candidates": cands, "chosen_on": "the search's own values (one seed, search latency)"}
+        write_json_atomic(run_dir / "confirm" / "plan.json", plan)
+    run_confirmation(run_dir, plan, meta, log)
 
 
 def remeasured_results(run_dir: Path, log=print) -> dict:

@@ -145,7 +145,8 @@ def _space_and_text(space) -> tuple[SearchSpace, str, str]:
         raw["resources"] = {"cpus_per_trial": space.cpus_per_trial, "gpus_per_trial": space.gpus_per_trial}
         raw["search"] = {**(raw.get("search") or {}), "sampler": space.sampler, "seed": space.seed,
                          "trials": space.trials, "concurrent": space.concurrent, "scheduler": space.scheduler,
-                         "grace_epochs": space.grace_epochs, "reduction_factor": space.reduction_factor}
+                         "grace_epochs": space.grace_epochs, "reduction_factor": space.reduction_factor,
+                         "confirm_seeds": space.confirm_seeds}
         return space, str(on_disk), yaml.safe_dump(raw, sort_keys=False)
     path = str(resolve_space_path(space))  # a path, or a shipped space's name
     return load_space(path), path, Path(path).read_text()
@@ -221,7 +222,11 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
                or any(space.baseline_config(n).kd_loss != "ce" for n, _ in space.baselines))
 
     ref_kinds = missing_references(run_dir / "references", has_teacher=uses_kd)
-    baselines = missing_baselines(run_dir / "baselines", dict(space.baselines))
+    # A baseline that lies in the space is a search trial (enqueued first, below); only the others are trained
+    # beside the search.
+    placed = {n: space.baseline_params(n) for n, _ in space.baselines}
+    outside = {n: v for n, v in space.baselines if placed[n][0] is None}
+    baselines = missing_baselines(run_dir / "baselines", outside)
     # The teacher (trained once, or loaded) and its logit cache are prepared in a thread while Ray starts: the
     # overlap saved about 1.5 s of the default study (5-6 s teacher, 3 s Ray start) on the 2-core CPU.
     # (If Ray fails to start, the error stops the study at once; the daemon thread dies with the process and
@@ -247,12 +252,15 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "name": name, "study_name": study_name, "storage": storage_url, "space_file": str(space_file),
         "objectives": [{"name": m, "direction": d} for m, d in objectives], "constraints": space.constraints,
         "sampler": space.sampler, "seed": space.seed, "scheduler": space.scheduler, "trials": n_trials,
+        "confirm_seeds": space.confirm_seeds,
         "concurrent": n_conc, "resources": resources, "dataset": base.dataset, "input_shape": list(input_shape),
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
         "data_fingerprint": dataset_sha256(ds), "data_info": ds.info,
         "teacher": teacher_info, "checks": preflight, "base_config": base.to_dict(),
-        "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
+        "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict(),
+                          **({"trial": None} if placed[n][0] is not None else {"outside_space": placed[n][1]})}
+                      for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
     }
     if resuming:
@@ -276,7 +284,14 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     searcher = AskTellSearcher(space.define_by_run(), objectives=objectives, storage_url=storage_url,
                                study_name=study_name, sampler=make_sampler(space), run_dir=run_dir)
     # created (or checked: directions) and its objectives named now, also when Tune restores its own searcher
-    searcher.optuna_study()
+    enqueued = enqueue_baselines(searcher.optuna_study(), {n: p for n, (p, _) in placed.items() if p is not None})
+    for n, (p, why) in placed.items():
+        if p is None:
+            log(f"baseline {n}: outside the space ({why}); trained beside the search, not as a trial")
+        meta["baselines"][n]["trial"] = enqueued.get(n) if p is not None else None
+    if enqueued:
+        log("baselines enqueued as the first trials: " + ", ".join(f"{n} = trial {k}" for n, k in enqueued.items()))
+    write_json_atomic(meta_path, meta)
     scheduler = _make_scheduler(space, objectives)
     exp_dir = run_dir / "ray" / "tune"
     run_config = tune.RunConfig(
@@ -313,6 +328,23 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if summary:
         print_summary(run_dir, storage_url, study_name, objectives, log)
     return run_dir
+
+
+def enqueue_baselines(study: optuna.Study, params: dict[str, dict]) -> dict[str, int]:
+    """Enqueue each baseline (name -> its searched parameters) as a trial labelled `baseline: NAME`, unless the
+    study already holds it (a resumed study); returns name -> Optuna trial number. Enqueued trials are asked
+    before any sampled one, so the search starts from the configurations a user would pick and its front
+    can never be worse than them."""
+    def labelled() -> dict[str, int]:
+        return {t.user_attrs["baseline"]: t.number for t in study.get_trials(deepcopy=False)
+                if "baseline" in t.user_attrs}
+
+    have = labelled()
+    if not have and not study.get_trials(deepcopy=False):  # only a study that has not begun: never mid-way
+        for name, values in params.items():
+            study.enqueue_trial(values, user_attrs={"baseline": name}, skip_if_exists=False)
+        have = labelled()
+    return {n: have[n] for n in params if n in have}
 
 
 def report_epochs(space: SearchSpace) -> list[int]:
@@ -406,7 +438,8 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     for t in front:
         m = t.user_attrs.get("metrics", {})
         values = [quiet.get(t.number, v) if sw else v for v, sw in zip(t.values, swap, strict=True)]
-        rows.append([str(t.number), *[fmt_value(v) for v in values], fmt_value(m.get("test_acc")),
+        label = str(t.number) + (f" ({t.user_attrs['baseline']})" if "baseline" in t.user_attrs else "")
+        rows.append([label, *[fmt_value(v) for v in values], fmt_value(m.get("test_acc")),
                      *[fmt_value(t.params.get(k, m.get(k))) for k in cols[len(objectives) + 2:]]])
     base_rows = _baseline_rows(run_dir, objectives, swap, quiet, cols)
     widths = [max(len(c), *(len(r[i]) for r in rows + base_rows)) if rows + base_rows else len(c)
@@ -416,7 +449,8 @@ def print_summary(run_dir: Path, storage_url: str, study_name: str, objectives: 
     for r in rows:
         log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
     if base_rows:
-        log("baselines (configurations picked by hand, trained with the same protocol; not search trials):")
+        log("baselines (configurations picked by hand, trained by the trial rules; those in the space are "
+            "enqueued search trials):")
         for r in base_rows:
             log("  ".join(v.rjust(w) for v, w in zip(r, widths)))
     if any(swap):
@@ -431,18 +465,21 @@ def _baseline_rows(run_dir: Path, objectives: list[tuple[str, str]], swap: list[
                    cols: list[str]) -> list[list[str]]:
     """The baselines as rows of the Pareto table (from their metrics.json), labelled by name."""
     try:
-        names = list(json.loads((run_dir / "study.json").read_text()).get("baselines") or {})
+        entries = json.loads((run_dir / "study.json").read_text()).get("baselines") or {}
     except (OSError, ValueError):
         return []
     rows = []
-    for name in names:
+    for name, entry in entries.items():
+        number = entry.get("trial") if isinstance(entry, dict) else None
+        folder = run_dir / "trials" / str(number) if number is not None else run_dir / "baselines" / name
         try:
-            m = json.loads((run_dir / "baselines" / name / "metrics.json").read_text())
+            m = json.loads((folder / "metrics.json").read_text())
         except (OSError, ValueError):
             continue
-        values = [quiet.get(f"baseline {name}", m.get(k)) if sw else m.get(k)
-                  for (k, _), sw in zip(objectives, swap, strict=True)]
-        rows.append([name, *[fmt_value(v) for v in values], fmt_value(m.get("test_acc")),
+        key = number if number is not None else f"baseline {name}"
+        values = [quiet.get(key, m.get(k)) if sw else m.get(k) for (k, _), sw in zip(objectives, swap, strict=True)]
+        label = f"{name} (trial {number})" if number is not None else name
+        rows.append([label, *[fmt_value(v) for v in values], fmt_value(m.get("test_acc")),
                      *[fmt_value(m.get(k)) for k in cols[len(objectives) + 2:]]])
     return rows
 
@@ -454,6 +491,14 @@ def _print_baselines(run_dir: Path, log) -> None:
     except (OSError, ValueError):
         return
     for b in bench.get("baselines") or []:
-        log(f"baseline {b['line']}")
+        log(f"baseline {b['line']}" + (f" [{b['latency']} latency]" if b.get("latency") else ""))
+    confirmed = bench.get("confirmed") or {}
+    if confirmed.get("baselines"):
+        log(f"confirmed with seeds {confirmed['seeds']} beside the search's own run ({confirmed['accuracy']}, "
+            f"{confirmed['latency']} latency):")
+        for v in confirmed["baselines"]:
+            log(f"  {v['line']}")
+    if bench.get("compute"):
+        log(bench["compute"]["line"])
     if bench.get("knee"):
         log(f"knee of the front: trial {bench['knee']['trial']} ({bench['knee']['rule']})")

@@ -11,6 +11,7 @@ from study_fixture import OBJECTIVES, make_run_dir
 from benchmarks.collect import analyse, compare_baselines, knee
 from search_spaces import BUILTIN_BASELINES, load_space
 from study.errors import SpaceError
+from study.reproduce import REPO
 
 
 def test_absent_baselines_give_both_built_ins_and_an_empty_list_none(tmp_path):
@@ -76,15 +77,49 @@ def test_baseline_comparison_both_ways(tmp_path):
     got = {b["name"]: b for b in compare_baselines(df, OBJECTIVES)}
     assert got["worse"]["dominated_by"] == [1] and got["worse"]["dominates"] == []
     assert got["worse"]["gain"]["trial"] == 1 and got["worse"]["gain"]["difference"] == pytest.approx(2.0)
-    assert "dominated by front trial(s) 1" in got["worse"]["line"] and "+2.00 points" in got["worse"]["line"]
+    assert "dominated by searched trial(s) 1" in got["worse"]["line"] and "+2.00 points" in got["worse"]["line"]
     assert got["strong"]["dominated_by"] == [] and got["strong"]["dominates"] == [1]
     assert got["strong"]["gain"]["trial"] == 2 and got["strong"]["gain"]["difference"] == pytest.approx(-4.0)
-    assert "not dominated by any front trial" in got["strong"]["line"]
-    assert "it dominates front trial(s) 1" in got["strong"]["line"]
+    assert "not dominated by any searched trial" in got["strong"]["line"]
+    assert "it dominates searched front trial(s) 1" in got["strong"]["line"]
     assert got["tiny"]["gain"] is None and "no trial finished at no more than its params and latency_ms_bs1" \
         in got["tiny"]["line"]
     # baselines never join the front and do not change it
     assert sorted(df.loc[df["on_front"], "number"].astype(int)) == [0, 1, 2, 5]
+
+
+def test_an_enqueued_baseline_is_judged_against_the_searched_trials_only(tmp_path):
+    # trial 1 relabelled as an enqueued baseline: it stays on the study's front, but it is no longer a searched
+    # trial, so it neither dominates itself nor counts as the search's answer to the other baselines
+    df = _table(tmp_path, {"worse": (86.0, 60_000, 1.5)})
+    df.loc[df["number"] == 1, "baseline"] = "recipe"
+    got = {b["name"]: b for b in compare_baselines(df, OBJECTIVES)}
+    assert got["recipe"]["trial"] == 1 and got["recipe"]["dominated_by"] == []
+    assert got["worse"]["dominated_by"] == [] and got["worse"]["gain"]["trial"] == 2  # 1 was the searched one
+    assert 1 in df.loc[df["on_front"], "number"].astype(int).tolist()
+
+
+def test_baselines_in_the_space_are_found_with_their_parameters(tmp_path):
+    from search_spaces import load_space
+
+    demo = load_space("demo")
+    params, why = demo.baseline_params("seed_recipe")
+    assert why == "" and params == {"kd_loss": "kd", "temperature": 4.0, "alpha": 0.3, "width_mult": 1.0,
+                                    "prune_method": "l1_structured", "prune_ratio": 0.3, "quantize": "none"}
+    assert demo.config_for(params).to_dict() == demo.baseline_config("seed_recipe").to_dict()
+    params, _ = demo.baseline_params("no_kd")  # temperature and alpha do not exist for kd_loss ce
+    assert params == {"kd_loss": "ce", "width_mult": 1.0, "prune_method": "none", "quantize": "none"}
+    text = (REPO / "search_spaces" / "demo.yaml").read_text()
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(text.replace("finetune_epochs: 5", "finetune_epochs: 3")
+                      .replace("prune_ratio: {type: float, low: 0.1,", "prune_ratio: {type: float, low: 0.35,"))
+    space = load_space(narrow)
+    params, why = space.baseline_params("seed_recipe")
+    assert params is None and "prune_ratio 0.3 is outside params.prune_ratio (0.35 .. 0.7)" in why
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(text.replace("finetune_epochs: 5", "finetune_epochs: 3"))
+    params, why = load_space(wide).baseline_params("seed_recipe")
+    assert params is None and why.startswith("finetune_epochs 5 differs from the study's 3")
 
 
 def test_knee_is_the_front_point_nearest_the_ideal(tmp_path):

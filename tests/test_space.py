@@ -24,7 +24,7 @@ def test_demo_space_defaults():
     s = load_space(REPO / "search_spaces" / "demo.yaml")
     assert s.dataset if hasattr(s, "dataset") else True
     assert s.base_config().dataset == "digits"
-    assert s.scheduler == "mo_asha" and s.trials >= 16 and s.concurrent == 2
+    assert s.scheduler == "none" and s.trials >= 16 and s.concurrent == 2 and s.confirm_seeds == 2
     assert len(s.objectives) == 3
 
 
