@@ -56,9 +56,9 @@ def _train_seed(cfg_dict: dict, seed_dir: str, teacher_path: str | None, teacher
     from study.reproduce import run_seed
 
     cfg = make_config(cfg_dict, source=f"{seed_dir}/config.yaml")
-    metrics, _ = run_seed(cfg, Path(seed_dir), Path(teacher_path) if teacher_path else None, teacher_sha,
-                          log=lambda msg: None)
-    return {k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "finetune_epochs")}
+    metrics, reused = run_seed(cfg, Path(seed_dir), Path(teacher_path) if teacher_path else None, teacher_sha,
+                               log=lambda msg: None)
+    return {**{k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "finetune_epochs")}, "reused": reused}
 
 
 def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
@@ -76,7 +76,7 @@ def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
         for s in plan["seeds"]:
             jobs.append((cand, s, seed_config(cfg, s)))
     if not jobs:
-        return {"seeds_trained": 0, "epochs": 0, "wall_s": 0.0}
+        return {"seeds": 0, "seeds_trained_now": 0, "epochs": 0, "wall_s": 0.0, "errors": []}
     res = meta.get("resources") or {}
     task = ray.remote(num_cpus=res.get("cpu", 1.0), num_gpus=res.get("gpu", 0.0), max_retries=0)(_train_seed)
     t0 = time.time()
@@ -84,7 +84,7 @@ def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
         f"(seeds {plan['seeds']}): {len(jobs)} trainings, {int(meta.get('concurrent') or 1)} at a time")
     pending: dict[Any, tuple[dict, int]] = {}
     queue = list(jobs)
-    done, epochs, errors = 0, 0, []
+    done, trained, epochs, errors = 0, 0, 0, []
     limit = max(1, int(meta.get("concurrent") or 1))
     while queue or pending:
         while queue and len(pending) < limit:
@@ -101,10 +101,20 @@ def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
             log(f"  confirm {cand['label']} seed {s} failed: {errors[-1]}")
             continue
         done += 1
+        trained += not m["reused"]
         epochs += int(m.get("epochs") or 0) + int(m.get("finetune_epochs") or 0)
-        log(f"  confirm {cand['label']} seed {s} ({done}/{len(jobs)}): val_acc {m['val_acc']:.2f}%  "
-            f"test_acc {m['test_acc']:.2f}%")
-    out = {"seeds_trained": done, "epochs": epochs, "wall_s": round(time.time() - t0, 1), "errors": errors}
+        log(f"  confirm {cand['label']} seed {s} ({done}/{len(jobs)}{', kept from before' if m['reused'] else ''}): "
+            f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%")
+    wall = round(time.time() - t0, 1)
+    try:  # a resumed confirmation adds its time to the earlier part's
+        before = json.loads((run_dir / "confirm" / "done.json").read_text())
+        wall += float(before.get("wall_s") or 0.0) if trained else 0.0
+        wall = wall if trained else float(before.get("wall_s") or wall)
+    except (OSError, ValueError):
+        pass
+    # epochs: every confirmation seed's training, including seeds kept from an interrupted earlier run
+    out = {"seeds": done, "seeds_trained_now": trained, "epochs": epochs, "wall_s": round(wall, 1),
+           "errors": errors}
     write_json_atomic(run_dir / "confirm" / "done.json", out)
     return out
 

@@ -340,7 +340,8 @@ def enqueue_baselines(study: optuna.Study, params: dict[str, dict]) -> dict[str,
                 if "baseline" in t.user_attrs}
 
     have = labelled()
-    if not have and not study.get_trials(deepcopy=False):  # only a study that has not begun: never mid-way
+    begun = any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    if not have and not begun:  # only a study that has not begun (trials the user enqueued go first): never mid-way
         for name, values in params.items():
             study.enqueue_trial(values, user_attrs={"baseline": name}, skip_if_exists=False)
         have = labelled()

@@ -51,7 +51,7 @@ def write_space(path: Path, **sections) -> Path:
             "prune_ratio": {"type": "float", "low": 0.2, "high": 0.6, "when": {"prune_method": {"not": ["none"]}}},
         },
         "objectives": {"val_acc": "maximize", "nonzero_params": "minimize", "latency_ms_bs1": "minimize"},
-        "search": {"sampler": "tpe", "seed": 0, "trials": 4, "concurrent": 2, "scheduler": "none"},
+        "search": {"sampler": "tpe", "seed": 0, "trials": 4, "concurrent": 2, "scheduler": "none", "confirm_seeds": 0},
         "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
         "baselines": [],  # fast by default; baselines=None keeps the two built-ins (test_search's small study)
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from conftest import TINY_TRIAL, write_space
 from optuna.trial import TrialState
 
@@ -30,7 +31,11 @@ def small_study(tmp_path_factory, ray_session):
     from study.search import run_study
 
     tmp = tmp_path_factory.mktemp("study")
-    space = write_space(tmp / "tiny.yaml", baselines=None)  # no baselines: key, so both built-ins are trained
+    # both built-ins (width 1.0: outside this space's widths, so trained beside the search) and one of the user's
+    # that lies in the space (enqueued as the first trial)
+    search = {"sampler": "tpe", "seed": 0, "trials": 4, "concurrent": 2, "scheduler": "none", "confirm_seeds": 1}
+    space = write_space(tmp / "tiny.yaml", search=search, baselines=[
+        "seed_recipe", "no_kd", {"name": "mine", "width_mult": 0.5, "prune_method": "none"}])
     run_dir = run_study(str(space), name="small", runs_dir=str(tmp / "runs"))  # the engine: no results.csv yet
     return run_dir
 
@@ -60,7 +65,8 @@ def test_built_in_baselines_are_trained_labelled_and_compared(small_study):
     from benchmarks.collect import read_results, run_benchmarks
 
     meta = json.loads((small_study / "study.json").read_text())
-    assert list(meta["baselines"]) == ["seed_recipe", "no_kd"]
+    assert list(meta["baselines"]) == ["seed_recipe", "no_kd", "mine"]
+    assert "width_mult 1.0 is outside params.width_mult" in meta["baselines"]["seed_recipe"]["outside_space"]
     recipe = json.loads((small_study / "baselines" / "seed_recipe" / "metrics.json").read_text())
     assert (recipe["kd_loss"], recipe["temperature"], recipe["alpha"], recipe["width_mult"]) == ("kd", 4.0, 0.3, 1.0)
     assert (recipe["prune_method"], recipe["prune_ratio"], recipe["finetune_epochs"]) == ("l1_structured", 0.3, 5)
@@ -79,15 +85,66 @@ def test_built_in_baselines_are_trained_labelled_and_compared(small_study):
     print_summary(small_study, meta["storage"], meta["study_name"],
                   [(o["name"], o["direction"]) for o in meta["objectives"]], log=printed.append)
     at = printed.index(next(p for p in printed if p.startswith("baselines (")))
-    assert [p.split()[0] for p in printed[at + 1:at + 3]] == ["seed_recipe", "no_kd"]  # labelled rows of the table
+    assert [p.split()[0] for p in printed[at + 1:at + 4]] == ["seed_recipe", "no_kd", "mine"]  # labelled rows
+    assert "mine (trial 0)" in printed[at + 3]
     assert any(p.startswith("baseline seed_recipe: ") for p in printed)  # the comparison line (benchmark.json)
     lines = {b["name"]: b for b in json.loads((small_study / "benchmark.json").read_text())["baselines"]}
-    assert lines.keys() == {"seed_recipe", "no_kd"} and bench["knee"]["trial"] in bench["pareto_trials"]
+    assert lines.keys() == {"seed_recipe", "no_kd", "mine"} and bench["knee"]["trial"] in bench["pareto_trials"]
+    assert lines["mine"]["trial"] == 0 and lines["seed_recipe"]["trial"] is None
+    searched = {int(n) for n in df.loc[(df["state"] == "COMPLETE") & df["baseline"].isna(), "number"]}
     for b in lines.values():
-        assert b["line"].startswith(f"{b['name']}: ") and ("dominated by front trial" in b["line"]
-                                                           or "not dominated by any front trial" in b["line"])
-        assert set(b["dominated_by"]) <= set(bench["pareto_trials"]) and set(b["dominates"]) <= set(
-            bench["pareto_trials"])
+        assert b["line"].startswith(f"{b['name']}: ") and ("dominated by searched trial" in b["line"]
+                                                           or "not dominated by any searched trial" in b["line"])
+        assert set(b["dominated_by"]) <= searched and set(b["dominates"]) <= searched
+
+
+def test_a_baseline_in_the_space_is_the_first_trial_and_never_trained_twice(small_study):
+    meta = json.loads((small_study / "study.json").read_text())
+    assert meta["baselines"]["mine"]["trial"] == 0 and "outside_space" not in meta["baselines"]["mine"]
+    first = load(small_study).trials[0]
+    assert first.user_attrs["baseline"] == "mine" and first.params["width_mult"] == 0.5
+    assert first.params["prune_method"] == "none" and "prune_ratio" not in first.params
+    cfg = yaml.safe_load((small_study / "trials" / "0" / "config.yaml").read_text())
+    assert cfg == meta["baselines"]["mine"]["config"]  # exactly the baseline, by the trial rules
+    assert not (small_study / "baselines" / "mine").exists()  # trained once: as the trial
+    assert (small_study / "baselines" / "seed_recipe" / "metrics.json").is_file()  # outside: trained beside
+
+
+def test_confirmation_seeds_and_verdicts_on_seed_means(small_study):
+    from benchmarks.collect import run_benchmarks
+    from study.app import confirm_front
+
+    meta = json.loads((small_study / "study.json").read_text())
+    printed: list[str] = []
+    confirm_front(small_study, meta, log=printed.append)
+    plan = json.loads((small_study / "confirm" / "plan.json").read_text())
+    assert plan["seeds"] == [1]
+    labels = [c["label"] for c in plan["candidates"]]
+    assert {"trial 0 (baseline mine)", "baseline seed_recipe", "baseline no_kd"} <= set(labels)
+    assert len(labels) == len(set(labels))
+    for c in plan["candidates"]:
+        key = f"trial-{c['trial']}" if c["trial"] is not None else f"baseline-{c['baseline']}"
+        m = json.loads((small_study / "confirm" / key / "seed_1" / "metrics.json").read_text())
+        assert m["seed"] == 1 and m["split_seed"] == 0  # another seed, the study's validation split
+    done = json.loads((small_study / "confirm" / "done.json").read_text())
+    assert done["seeds"] == done["seeds_trained_now"] == len(labels) and not done["errors"]
+    confirm_front(small_study, meta, log=printed.append)  # a rerun keeps every finished seed
+    again = json.loads((small_study / "confirm" / "done.json").read_text())
+    assert again["seeds_trained_now"] == 0 and again["epochs"] == done["epochs"]
+    bench = run_benchmarks(small_study, remeasure=False, log=lambda _: None)
+    conf = bench["confirmed"]
+    assert {v["baseline"] for v in conf["baselines"]} == {"seed_recipe", "no_kd", "mine"}
+    for v in conf["baselines"]:
+        assert "(2 seeds: test " in v["line"] and "trial-epochs" in v["line"], v["line"]
+    rows = {r["label"]: r for r in conf["candidates"]}
+    recipe = rows["baseline seed_recipe"]
+    assert recipe["n_seeds"] == 2 and recipe["test_acc_std"] >= 0
+    assert recipe["test_acc_mean"] == pytest.approx(sum(s["test_acc"] for s in recipe["seeds"]) / 2)
+    compute = bench["compute"]
+    complete = [t for t in load(small_study).trials if t.user_attrs.get("status") == "complete"]
+    assert compute["trial_epochs"] == len(complete) * (TINY_TRIAL["epochs"] + TINY_TRIAL["finetune_epochs"])
+    assert compute["one_baseline_epochs"] == TINY_TRIAL["epochs"] + 5  # seed_recipe fine-tunes 5 epochs
+    assert compute["confirm_epochs"] == done["epochs"] > 0
 
 
 def test_conditional_parameter_absent_when_off(small_study):
