@@ -165,17 +165,28 @@ def _reference_trace(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..
     )]
 
 
+def _is_baseline(df: pd.DataFrame) -> pd.Series:
+    """Baseline rows: trained beside the search (state BASELINE) or enqueued as a search trial (labelled)."""
+    if "baseline" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["baseline"].notna() & (df["baseline"].astype(str) != "")
+
+
+def _baseline_label(r: Any) -> str:
+    return f"{r['baseline']} (trial {int(r['number'])})" if pd.notna(r.get("number")) else str(r["baseline"])
+
+
 def _baseline_trace(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., Any]) -> list[Any]:
     """The baselines (configurations picked by hand), labelled by name."""
     if "baseline" not in df.columns:
         return []
-    rows = df[(df["state"] == "BASELINE") & _finite(df, cols)]
+    rows = df[_is_baseline(df) & _finite(df, cols)]
     if rows.empty:
         return []
     extra = [c for c in (ACC, "params", "nonzero_params", "macs", "latency_ms_bs1", LATENCY_RE) if c in rows.columns]
     return [scatter(
         **{axis: _num(rows, c).tolist() for axis, c in zip(("x", "y", "z"), cols, strict=False)},
-        mode="markers+text", name="baselines", text=[esc(str(r)) for r in rows["baseline"]],
+        mode="markers+text", name="baselines", text=[esc(_baseline_label(r)) for _, r in rows.iterrows()],
         textposition="bottom center",
         marker={"symbol": "diamond-wide" if len(cols) == 2 else "diamond", "size": 14 if len(cols) == 2 else 7,
                 "color": "#9467bd", "line": {"width": 1, "color": "#000000"}},
@@ -320,7 +331,7 @@ def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label:
 
 def baselines_table(df: pd.DataFrame, compared: Sequence[dict], objectives: Sequence[dict]) -> str:
     """One row per baseline: its objectives, its config (what differs from the space), and the verdict line."""
-    rows_df = df[df["state"] == "BASELINE"]
+    rows_df = df[_is_baseline(df)]
     lines = {b.get("name"): b.get("line", "") for b in compared}
     names = [o["name"] for o in objectives]
     extra = [c for c in ("test_acc", "params", "macs") if c in rows_df.columns and c not in names]
@@ -329,9 +340,31 @@ def baselines_table(df: pd.DataFrame, compared: Sequence[dict], objectives: Sequ
     rows = []
     for _, r in rows_df.iterrows():
         recipe = "; ".join(f"{c}={fmt(r[c])}" for c in cfg if fmt(r[c]) != "")
-        rows.append([r["baseline"], *(r[n] for n in names), *(r[c] for c in extra), recipe,
+        rows.append([_baseline_label(r), *(r[n] for n in names), *(r[c] for c in extra), recipe,
                      lines.get(r["baseline"], "")])
-    return html_table(rows, ["baseline", *names, *extra, "configuration", "against the front"], "table-baselines")
+    return html_table(rows, ["baseline", *names, *extra, "configuration", "against the searched trials"],
+                      "table-baselines")
+
+
+def verdict_html(benchmark: dict) -> str:
+    """The search against the baselines, in words: on seed means where the study confirmed them (the search's
+    own run plus the confirmation seeds, test accuracy, re-measured latency), else on the search's values; and
+    the compute it took."""
+    confirmed = benchmark.get("confirmed") or {}
+    items = []
+    if confirmed.get("baselines"):
+        items = [v["line"] for v in confirmed["baselines"]]
+        head = (f"Confirmed on seed means (the search's own run and seeds {', '.join(map(str, confirmed['seeds']))}; "
+                f"{confirmed['accuracy']}; {confirmed['latency']} latency):")
+    elif benchmark.get("baselines"):
+        items = [b["line"] for b in benchmark["baselines"]]
+        head = "On the search's own values (one run each; no confirmation seeds):"
+    else:
+        return ""
+    out = [f"<p>{esc(head)}</p><ul id=\"verdicts\">"] + [f"<li>{esc(x)}</li>" for x in items] + ["</ul>"]
+    if benchmark.get("compute"):
+        out.append(f'<p class="note" id="compute">{esc(benchmark["compute"]["line"])}</p>')
+    return "".join(out)
 
 
 def references_table(df: pd.DataFrame) -> str:
@@ -419,6 +452,10 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
     parts.append(f'<p class="note">{esc(UNSTRUCTURED_NOTE)} {esc(KD_CONVENTION)} "Early stopped" (state PRUNED '
                  'in Optuna) means the trial scheduler stopped the trial; "pruning" always means weights.</p>')
 
+    verdict = verdict_html(benchmark)
+    if verdict:
+        parts.append("<h2>The search against the configurations picked by hand</h2>")
+        parts.append(verdict)
     parts.append("<h2>Pareto plots</h2>")
     plots = 0
     for col, label in COSTS:
@@ -440,7 +477,7 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
                  else '<p class="note">No complete trial: the front is empty.</p>')
     parts.append("<h2>Baselines: the configurations picked by hand</h2>")
     parts.append(baselines_table(results, benchmark.get("baselines") or [], objectives)
-                 if "baseline" in results.columns and (results["state"] == "BASELINE").any()
+                 if _is_baseline(results).any()
                  else '<p class="note">No baseline results in this run directory: its space lists '
                       '<code>baselines: []</code>, the baselines failed or have not finished (see the study\'s '
                       'output), or the study was run before baselines existed.</p>')
