@@ -88,7 +88,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     ray_auth_env(args.address)
     from study.app import run_study
 
-    run_study(args.space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
+    space = args.space
+    if args.seed is not None:  # the space with another study seed, recorded as the run's space.yaml
+        import dataclasses
+
+        from search_spaces import load_space
+
+        space = dataclasses.replace(load_space(args.space), seed=args.seed)
+    run_study(space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
               address=args.address, runs_dir=args.runs_dir, gpus_per_trial=args.gpus_per_trial,
               cpus_per_trial=args.cpus_per_trial, report=not args.no_report)
     return 0
@@ -138,6 +145,8 @@ def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
     r.add_argument("space", help="search space YAML, or a shipped space's name (demo, fashion_mnist, cifar10, ...)")
     r.add_argument("--name", help="run name (default: the space's name); an existing run is resumed")
     r.add_argument("--trials", type=int, help="number of trials (overrides search.trials)")
+    r.add_argument("--seed", type=int, help="study seed: the sampler's (overrides search.seed; the trials' own "
+                   "training seed stays trial.seed)")
     r.add_argument("--concurrent", type=int, help="trials at once (overrides search.concurrent)")
     r.add_argument("--storage", help="Optuna RDB URL, e.g. postgresql://user@host/db (default runs/NAME/optuna.db)")
     r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or HOST:6379; default $RAY_ADDRESS, "
