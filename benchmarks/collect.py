@@ -571,7 +571,8 @@ def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run
                   for m in read_seed_metrics(run_dir, cand, plan.get("seeds", []))]
         tm, ts = _mean_std([pd.to_numeric(s["test_acc"], errors="coerce") for s in seeds])
         vm, vs = _mean_std([pd.to_numeric(s["val_acc"], errors="coerce") for s in seeds])
-        rows.append({**cand, "n_seeds": len(seeds), "seeds": seeds, "test_acc_mean": tm, "test_acc_std": ts,
+        n = sum(1 for x in seeds if np.isfinite(pd.to_numeric(x["test_acc"], errors="coerce")))
+        rows.append({**cand, "n_seeds": n, "seeds": seeds, "test_acc_mean": tm, "test_acc_std": ts,
                      "val_acc_mean": vm, "val_acc_std": vs,
                      "costs": {n: _num_or_none(values[i, names.index(n)]) for n in costs}})
     verdicts = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -120,6 +122,38 @@ def test_baselines_in_the_space_are_found_with_their_parameters(tmp_path):
     wide.write_text(text.replace("finetune_epochs: 5", "finetune_epochs: 3"))
     params, why = load_space(wide).baseline_params("seed_recipe")
     assert params is None and why.startswith("finetune_epochs 5 differs from the study's 3")
+
+
+def _confirm_seed(run, key: str, seed: int, test_acc: float) -> None:
+    folder = run / "confirm" / key / f"seed_{seed}"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"seed": seed, "val_acc": test_acc, "test_acc": test_acc}))
+    (folder / "reproduce.json").write_text("{}")  # marks the seed finished
+
+
+@pytest.mark.parametrize("recipe_seeds, dominated", [((85.0, 88.0), True), ((88.0, 89.0), False)])
+def test_confirmed_verdicts_are_on_seed_means(tmp_path, recipe_seeds, dominated):
+    from benchmarks.collect import confirmed_verdicts
+
+    df = _table(tmp_path, {"recipe": (86.0, 60_000, 1.5)})  # trial 1: 88 %, 50k, 1.2 ms (test_acc 87.5)
+    run = tmp_path / "run"
+    plan = {"seeds": [1, 2], "candidates": [{"label": "trial 1", "trial": 1, "baseline": None, "why": ["knee"]},
+                                            {"label": "baseline recipe", "trial": None, "baseline": "recipe",
+                                             "why": ["baseline"]}]}
+    for seed, acc in zip((1, 2), (86.0, 86.5), strict=True):
+        _confirm_seed(run, "trial-1", seed, acc)
+    for seed, acc in zip((1, 2), recipe_seeds, strict=True):
+        _confirm_seed(run, "baseline-recipe", seed, acc)
+    got = confirmed_verdicts(df, OBJECTIVES, plan, run, {"trial_epochs": 90, "trial_epochs_in_baselines": 9.0})
+    rows = {r["label"]: r for r in got["candidates"]}
+    assert rows["trial 1"]["n_seeds"] == 3 and rows["trial 1"]["test_acc_mean"] == pytest.approx((87.5 + 86 + 86.5) / 3)
+    assert rows["baseline recipe"]["n_seeds"] == 2  # its table row has no test_acc: only the two seeds count
+    (verdict,) = got["baselines"]
+    assert (verdict["dominated_by"] == [1]) == dominated
+    assert verdict["best_at_no_more_cost"] == 1
+    assert verdict["difference"] == pytest.approx(86.6667 - sum(recipe_seeds) / 2, abs=1e-3)
+    assert ("dominated on seed means by searched trial(s) 1" in verdict["line"]) == dominated
+    assert "90 trial-epochs = 9.0x one baseline training" in verdict["line"]
 
 
 def test_knee_is_the_front_point_nearest_the_ideal(tmp_path):
