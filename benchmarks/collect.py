@@ -396,7 +396,7 @@ def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
                                  else int(row["number"]), "latency": "re-measured" if swapped else "search",
                                  "values": {n: _num_or_none(values[b, k]) for k, n in enumerate(names)}}
         if row["state"] not in ("BASELINE", "COMPLETE") or not np.all(np.isfinite(loss[b])):
-            entry.update(dominated_by=[], dominates=[], gain=None,
+            entry.update(dominated_by=[], dominates=[], gain=None, compared=False,
                          line=f"{row['baseline']}: not compared (it did not finish, or an objective is missing)")
             out.append(entry)
             continue
@@ -411,8 +411,8 @@ def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
                 gain = {"objective": gain_obj, "trial": int(df.iloc[best]["number"]),
                         "value": float(values[best, j]), "baseline_value": float(values[b, j]),
                         "difference": float(values[best, j] - values[b, j]), "at_no_more": costs}
-        entry.update(dominated_by=by, dominates=mine, gain=gain, line=_baseline_line(row["baseline"], by, mine,
-                                                                                     gain, costs))
+        entry.update(dominated_by=by, dominates=mine, gain=gain, compared=True,
+                     line=_baseline_line(row["baseline"], by, mine, gain, costs))
         out.append(entry)
     return out
 
@@ -481,6 +481,8 @@ def confirm_candidates(df: pd.DataFrame, objectives: list[dict], knee_trial: int
         best = searched.sort_values([acc, "number"], ascending=[False, True]).iloc[0]
         add_trial(int(best["number"]), "most accurate searched trial")
     for b in baselines:
+        if not b.get("compared", True):  # it did not finish: nothing to confirm
+            continue
         if b.get("gain") and b["gain"]["difference"] is not None:
             add_trial(b["gain"]["trial"], f"best at no more cost than {b['name']}")
         if b.get("dominated_by"):

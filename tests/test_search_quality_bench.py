@@ -11,7 +11,8 @@ DIRS = ["maximize", "minimize", "minimize"]
 
 
 def test_variants_change_only_the_search_and_the_baselines(tmp_path):
-    paths = {v: write_variant("search_spaces/demo.yaml", v, 3, tmp_path) for v in ("default", "random", "mo_asha")}
+    paths = {v: write_variant("search_spaces/demo.yaml", v, 3, tmp_path)
+             for v in ("default", "random", "mo_asha", "gp")}
     raw = {v: yaml.safe_load(p.read_text()) for v, p in paths.items()}
     shipped = yaml.safe_load(open("search_spaces/demo.yaml").read())
     for r in raw.values():
@@ -20,6 +21,7 @@ def test_variants_change_only_the_search_and_the_baselines(tmp_path):
     assert "baselines" not in raw["default"] and raw["default"]["search"]["scheduler"] == shipped["search"]["scheduler"]
     assert raw["random"]["search"]["sampler"] == "random" and raw["random"]["baselines"] == []
     assert raw["mo_asha"]["search"]["scheduler"] == "mo_asha" and raw["mo_asha"]["baselines"] == []
+    assert raw["gp"]["search"]["sampler"] == "gp" and "baselines" not in raw["gp"]  # the default, another sampler
     assert write_variant("search_spaces/demo.yaml", "random", 3, tmp_path).read_text() == paths["random"].read_text()
 
 
