@@ -37,7 +37,7 @@ import pandas as pd
 
 from benchmarks import latency, pareto
 from study.errors import UserError
-from study.io import write_json_atomic, write_text_atomic
+from study.io import portable_path, write_json_atomic, write_text_atomic
 from study.references import REFERENCES
 from study.results import load_study_meta, open_study
 
@@ -716,7 +716,7 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     summary["importances"], summary["importances_note"] = param_importances(study, objectives)
     summary = {
         "study_name": meta.get("study_name") or meta.get("name"),
-        "run_dir": str(run_dir),
+        "run_dir": portable_path(run_dir),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "optuna_version": optuna.__version__,
         **summary,

@@ -144,3 +144,13 @@ def default_cache_dir() -> Path:
     """Where teachers, logit caches, latency caches and decoded image folders are kept: $KDSTUDY_CACHE, else
     .cache/kdstudy under the current folder."""
     return Path(os.environ.get("KDSTUDY_CACHE", ".cache/kdstudy")).resolve()
+
+
+def portable_path(path: Path | str) -> str:
+    """`path` relative to the working directory when it lies inside it (a run folder committed from one machine
+    names no other machine's absolute path), else absolute."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

@@ -43,7 +43,7 @@ import torch
 
 from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
 from study.errors import UserError
-from study.io import replace_dir_atomic, sha256_file, write_json_atomic, write_text_atomic
+from study.io import portable_path, replace_dir_atomic, sha256_file, write_json_atomic, write_text_atomic
 from study.results import front_trials, load_study_meta, open_study
 from study.trial import TrialHooks
 
@@ -404,7 +404,7 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
                + (f" --max-params {max_params:g}" if max_params is not None else "")
                + f" --seeds {seeds}" + (f" --epochs {epochs}" if epochs is not None else ""))
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir), "run_name": meta.get("name", run_dir.name), "trial": chosen.number,
+        "run_dir": portable_path(run_dir), "run_name": meta.get("name", run_dir.name), "trial": chosen.number,
         "rank": rank, "max_latency_ms": max_latency_ms, "max_params": max_params, "rank_rule": RANK_RULE,
         "front": [t.number for t in front],
         "seeds": seed_list, "n_seeds": len(seed_list), "seeds_vary": SEEDS_VARY, "per_seed": per_seed,
