@@ -620,8 +620,12 @@ def dataset_options(cfg: Any) -> dict[str, Any]:
 
 
 def load_dataset_for(cfg: Any, log=None) -> Dataset:
-    """The data set a trial config names, with its options."""
-    return load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, log=log, **dataset_options(cfg))
+    """The data set a trial config names, with its options, normalised as cfg.normalize says (auto: the data's
+    own statistics; callers with a teacher checkpoint resolve auto first: study.normalization.resolve)."""
+    from study.normalization import normalized
+
+    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, log=log, **dataset_options(cfg))
+    return normalized(ds, cfg.normalize)
 
 
 def load_dataset(name: str, root: str | Path, download: bool = False, **options: Any) -> Dataset:
