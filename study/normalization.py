@@ -23,18 +23,19 @@ teacher, so the teacher-logit cache stays exact; its key holds the mean and std.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from typing import Any
 
 import torch
 
+from study.data import IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_NAMES, normalized, own_stats, stats
 from study.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / timm pretrained weights (0-1 scale)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NAMES = ("auto", "dataset", "imagenet", "none")
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "canonical", "normalized", "own_stats", "resolve", "stats",
+           "teacher_warnings"]
+
+NAMES = NORMALIZE_NAMES
 CANDIDATES = ("dataset", "imagenet", "none")  # auto's candidates, in tie-break order (dataset: the old behaviour)
 DISAGREE_POINTS = 3.0  # candidates further apart than this (validation accuracy, points): said loudly
 NEAR_CHANCE_POINTS = 10.0  # a teacher within this many points of chance (100 / classes %) looks wrong
@@ -86,46 +87,6 @@ def canonical(value: Any, source: str = "config") -> str:
     if any(s <= 0 or not math.isfinite(s) for s in std) or not all(math.isfinite(m) for m in mean):
         raise UserError(f"{source}: 'normalize' std values must be > 0 (got {list(std)}); {hint}.")
     return format_explicit(mean, std)
-
-
-def explicit_values(normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) of an explicit normalize text, None for a name."""
-    if normalize in NAMES:
-        return None
-    mean, std = normalize.split("/")
-    return tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
-
-
-def own_stats(ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The data set's own statistics, also after `normalized` replaced its mean and std."""
-    own = ds.info.get("data_stats")
-    return (tuple(own["mean"]), tuple(own["std"])) if own else (tuple(ds.mean), tuple(ds.std))
-
-
-def stats(normalize: str, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) that `normalize` means for data set ds; UserError when they do not fit its channels."""
-    channels = int(ds.train_x.shape[1])
-    if normalize in ("auto", "dataset"):
-        return own_stats(ds)
-    if normalize == "none":
-        return (0.0,) * channels, (1.0,) * channels
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else explicit_values(normalize)
-    if len(mean) != channels:
-        what = "imagenet has 3 values" if normalize == "imagenet" else f"normalize gives {len(mean)} values"
-        raise UserError(f"normalize: {what} per statistic, but the {ds.name} images have {channels} channel(s); "
-                        "use dataset, none, or one mean and std per channel.")
-    return tuple(mean), tuple(std)
-
-
-def normalized(ds, normalize: str):
-    """ds with the mean and std `normalize` names (ds itself for dataset / auto); the data's own statistics stay
-    in info["data_stats"]."""
-    if normalize in ("auto", "dataset"):
-        return ds
-    mean, std = stats(normalize, ds)
-    own_mean, own_std = own_stats(ds)
-    info = {**ds.info, "data_stats": {"mean": list(own_mean), "std": list(own_std)}}
-    return dataclasses.replace(ds, mean=mean, std=std, info=info)
 
 
 def _val_split(cfg, ds) -> tuple[torch.Tensor, torch.Tensor]:
