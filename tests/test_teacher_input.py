@@ -291,3 +291,21 @@ def test_teacher_below_the_plain_student_is_warned_about():
     assert "below the plain student" in w and "70.0 %" in w and "image_size 16" in w and "boot, coat" in w
     html = teacher_note({"teacher": {**info, "arch": "torchvision:resnet18", "warnings": [w]}})
     assert "val_acc 60 %" in html and "below the plain student" in html and "imagenet" in html
+
+
+def test_a_resumed_study_keeps_the_normalisation_it_started_with(folder, teacher, tmp_path):
+    from study.config import make_config
+    from study.data import load_dataset_for
+    from study.search import _resolve_normalization
+
+    trial = yaml.safe_load(_space(tmp_path / "r.yaml", folder, teacher).read_text())["trial"]
+    base = make_config(trial)
+    assert base.normalize == "auto"
+    ds = load_dataset_for(base)
+    logs: list[str] = []
+    # started before normalize existed: its trials saw the data's own statistics, and the rest will too
+    cfg, data, record = _resolve_normalization(base, ds, {}, logs.append)
+    assert cfg.normalize == "dataset" and data.mean == ds.mean and record["chosen_by"].startswith("kept")
+    cfg, data, record = _resolve_normalization(base, ds, {"normalization": {"normalize": "imagenet"}}, logs.append)
+    assert cfg.normalize == "imagenet" and data.mean == IMAGENET_MEAN and record["chosen_by"].startswith("kept")
+    assert not any(m.startswith("teacher normalisation: ") for m in logs)  # no re-scoring on resume
