@@ -295,10 +295,11 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         "num_classes": ds.num_classes, "device": "cuda" if gpus > 0 else "cpu",
         "threads": base.threads or torch.get_num_threads(), "versions": {**_versions(), **code},
         "data_fingerprint": dataset_sha256(ds), "data_info": ds.info,
-        "teacher": teacher_info, "normalization": normalization, "checks": preflight, "base_config": base.to_dict(),
+        "teacher": teacher_info, "checks": preflight, "base_config": base.to_dict(),
         "baselines": {n: {"values": v, "config": space.baseline_config(n).to_dict()} for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
     }
+    meta["normalization"] = normalization  # the teacher's input normalisation: what, values, how it was chosen
     if resuming:
         meta["started"] = old.get("started", meta["started"])
         meta["resumed"] = time.strftime("%Y-%m-%d %H:%M:%S")
