@@ -35,7 +35,6 @@ from study.errors import UserError
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "canonical", "normalized", "own_stats", "resolve", "stats",
            "teacher_warnings"]
 
-NAMES = NORMALIZE_NAMES
 CANDIDATES = ("dataset", "imagenet", "none")  # auto's candidates, in tie-break order (dataset: the old behaviour)
 DISAGREE_POINTS = 3.0  # candidates further apart than this (validation accuracy, points): said loudly
 # a teacher below chance (100 / classes %) plus this share of the way from chance to 100 % looks wrong: 32.5 % for
@@ -74,7 +73,7 @@ def canonical(value: Any, source: str = "config") -> str:
         mean, std = _floats(value["mean"], "mean", source), _floats(value["std"], "std", source)
     elif isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (list, tuple)) for v in value):
         mean, std = _floats(value[0], "mean", source), _floats(value[1], "std", source)
-    elif isinstance(value, str) and value.strip().lower() in NAMES:
+    elif isinstance(value, str) and value.strip().lower() in NORMALIZE_NAMES:
         return value.strip().lower()
     elif isinstance(value, str) and value.count("/") == 1:
         try:
@@ -152,8 +151,9 @@ def resolve(cfg, ds, device: torch.device, log=print, teacher=None):
 
 def describe(record: dict) -> str:
     """One line: the normalisation and its values."""
+    how = f"; {record['chosen_by']}" if record.get("chosen_by") else ""
     return (f"{record.get('normalize')} (mean {[round(v, 4) for v in record.get('mean', [])]}, std "
-            f"{[round(v, 4) for v in record.get('std', [])]}; {record.get('chosen_by', 'chosen before')})")
+            f"{[round(v, 4) for v in record.get('std', [])]}{how})")
 
 
 def teacher_warnings(teacher: dict, *, classes: tuple[str, ...] | list[str] = (), image_size: int = 0,
