@@ -256,6 +256,13 @@ def test_normalisation_that_does_not_fit_the_channels_is_one_sentence(tmp_path, 
     assert main(["trial", str(space), "--set", "normalize=imagenet", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert "1 channel(s)" in err and "Traceback" not in err, err
+    # a study stops before it writes anything
+    trial = yaml.safe_load(space.read_text())["trial"]
+    study = write_space(tmp_path / "study.yaml", trial={**trial, "normalize": "imagenet"})
+    runs = tmp_path / "runs"
+    assert main(["run", str(study), "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "1 channel(s)" in err and err.count("error:") == 1 and not (runs.exists() and any(runs.iterdir())), err
 
 
 def test_normalisation_keys_the_teacher_and_its_logit_cache(folder, teacher):
