@@ -234,6 +234,17 @@ def test_teacher_command_prints_the_accuracy_under_the_stated_normalisation(fold
     assert "input normalisation: none" in out and "WARNING: the teacher scores" in out and "near chance" in out
 
 
+def test_a_trial_run_alone_finds_the_normalisation_and_saves_it(folder, teacher, tmp_path, capsys):
+    space = _space(tmp_path / "t.yaml", folder, teacher)
+    assert main(["trial", str(space), "--out", str(tmp_path / "trial")]) == 0
+    out = capsys.readouterr().out
+    assert "teacher normalisation: imagenet (val " in out, out
+    assert yaml.safe_load((tmp_path / "trial" / "config.yaml").read_text())["normalize"] == "imagenet"
+    m = json.loads((tmp_path / "trial" / "metrics.json").read_text())
+    assert m["input_std"] == pytest.approx(IMAGENET_STD) and _within_one_image(m["teacher_test_acc"],
+                                                                               teacher["test_acc"])
+
+
 @pytest.mark.parametrize("value,message", [
     ("imagenet_ish", "is not a normalisation"),
     ("{mean: [0.5, 0.5, 0.5]}", "needs exactly the keys mean and std"),
