@@ -376,6 +376,20 @@ def references_table(df: pd.DataFrame) -> str:
     return html_table(rows, ["reference", *cols], "table-references")
 
 
+def teacher_note(meta: dict) -> str:
+    """The teacher's accuracy with its input normalisation, and the warnings of a teacher that looks wrong."""
+    t = meta.get("teacher") or {}
+    if not t:
+        return ""
+    norm = meta.get("normalization") or t.get("normalization") or {}
+    how = (f"; input normalisation <code>{esc(str(norm.get('normalize')))}</code> (mean {esc(str(norm.get('mean')))}, "
+           f"std {esc(str(norm.get('std')))}; {esc(str(norm.get('chosen_by', '')))})" if norm else "")
+    out = [f'<p id="teacher-note">Teacher {esc(str(t.get("arch", "")))}: val_acc {fmt(t.get("val_acc"))} %, '
+           f'test_acc {fmt(t.get("test_acc"))} %{how}.</p>']
+    out += [f'<p class="warning"><strong>{esc(w)}</strong></p>' for w in t.get("warnings") or []]
+    return "\n".join(out)
+
+
 def problems_table(df: pd.DataFrame) -> str:
     bad = df[df["state"].isin(PROBLEM_STATES)].sort_values("number")
     default = {"PRUNED": "early stopped by the scheduler", "FAIL": "failed (no reason recorded)",
@@ -435,7 +449,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; } code { font-size: 0.95em; } .note { color: #555; font-style: italic; }
-.plot { margin-bottom: 1em; }
+.plot { margin-bottom: 1em; } .warning { color: #a00; }
 """
 
 
@@ -482,6 +496,7 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
                       '<code>baselines: []</code>, the baselines failed or have not finished (see the study\'s '
                       'output), or the study was run before baselines existed.</p>')
     parts.append("<h2>Reference models</h2>")
+    parts.append(teacher_note(meta))
     parts.append(references_table(results) if (results["state"] == "REFERENCE").any()
                  else '<p class="note">No reference models found under RUN_DIR/references/.</p>')
 

@@ -47,9 +47,9 @@ OBJECTIVE_METRICS = {
 # Objectives that are known before training (architecture only): early stopping may use them at every rung.
 COST_METRICS = ("params", "nonzero_params", "macs", "latency_ms_bs1", "size_bytes")
 # Fields that define the study's data split and teacher: one value per study, never searched.
-STUDY_FIXED = ("imports", "dataset", "data_root", "download", "image_size", "skip_bad_images", "teacher_checkpoint",
-               "val_size", "seed", "split_seed", "train_size", "teacher_arch", "teacher_width", "teacher_epochs",
-               "teacher_lr", "teacher_precision", "teacher_cache", "device")
+STUDY_FIXED = ("imports", "dataset", "data_root", "download", "image_size", "skip_bad_images", "normalize",
+               "teacher_checkpoint", "val_size", "seed", "split_seed", "train_size", "teacher_arch", "teacher_width",
+               "teacher_epochs", "teacher_lr", "teacher_precision", "teacher_cache", "device")
 # How costs are measured: a baseline that changed these would be compared with the front on another scale.
 MEASUREMENT_FIELDS = ("latency_backend", "latency_device", "threads", "latency_repeats", "throughput_batch",
                       "eval_batch_size")

@@ -47,13 +47,24 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
+    from study.data import load_dataset_for
     from study.device import resolve_device
+    from study.normalization import describe, resolve, teacher_warnings
+    from study.streaming import data_for
     from study.teacher import get_teacher
 
     _, cfg = _space_config(args.space, args.set)
-    _, info = get_teacher(cfg, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    ds = load_dataset_for(cfg)
+    cfg, ds, record = resolve(cfg, ds, device)  # auto with a checkpoint: scored under each candidate, said
+    _, info = get_teacher(cfg, device, data=data_for(cfg, ds, device))
     print(f"teacher {info['arch']} (width {info['width_mult']:g}) on {info['dataset']}: "
           f"val_acc {info['val_acc']:.2f}%  test_acc {info['test_acc']:.2f}%  params {info['params']:,}")
+    print(f"input normalisation: {describe(record)}")
+    if cfg.teacher_checkpoint:
+        for w in teacher_warnings(info, classes=ds.classes, image_size=cfg.image_size,
+                                  input_shape=tuple(ds.train_x.shape[1:])):
+            print(w)
     print(info["path"])
     return 0
 

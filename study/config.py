@@ -26,6 +26,11 @@ class TrialConfig:
     data_root: str = "data"  # folder holding the data set files (relative paths resolve against the CWD)
     image_size: int = 0  # imagefolder: resize every image to image_size x image_size on decode (0: keep; one size)
     skip_bad_images: bool = False  # imagefolder: skip (and count) unreadable images instead of stopping
+    # the input normalisation every network sees, x = (pixels/255 - mean) / std: the teacher's (study/normalization.py).
+    # auto: with teacher_checkpoint the best of dataset / imagenet / none for the teacher on the validation split,
+    # else dataset; dataset: the data's own statistics; imagenet; none (0-1 values); or "m1,m2,m3/s1,s2,s3" (in
+    # YAML also {mean: [...], std: [...]}, 0-1 scale). A trial's saved config holds the resolved value, never auto
+    normalize: str = "auto"
     # training data kept in memory up to this many MB; above it batches stream from the decoded cache on disk
     # (study/streaming.py). 0: half of the memory available when the trial starts
     max_resident_mb: float = 0.0
@@ -106,12 +111,18 @@ class TrialConfig:
 
 
 CONFIG_FIELDS = {f.name: f for f in fields(TrialConfig)}
+# what a config written before a field existed used (its default differs now): such files read as they ran
+LEGACY_DEFAULTS = {"normalize": "dataset"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert a value (from YAML or the command line) to the field's type, or explain what is wrong."""
     default = CONFIG_FIELDS[name].default
     kind = type(default)
+    if name == "normalize":  # a name, "means/stds", or a {mean, std} mapping: stored as one text
+        from study.normalization import canonical
+
+        return canonical(value, source)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -258,4 +269,4 @@ def load_config(path: Path) -> TrialConfig:
                         "trial.") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: not a trial config (expected a mapping); point to a config.yaml written by a trial.")
-    return make_config(data, source=str(path))
+    return make_config({**LEGACY_DEFAULTS, **data}, source=str(path))

@@ -6,6 +6,7 @@ broken file ends in a `DataError` that names the file and the fix instead of a l
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import numbers
@@ -512,6 +513,55 @@ def prepare_tinyimagenet(root: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Input normalisation (the `normalize` config field; chosen by study.normalization)
+# ---------------------------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / timm pretrained weights (0-1 scale)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZE_NAMES = ("auto", "dataset", "imagenet", "none")  # else explicit statistics, "m1,m2,m3/s1,s2,s3"
+
+
+def explicit_values(normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) of an explicit normalize text, None for a name."""
+    if normalize in NORMALIZE_NAMES:
+        return None
+    mean, std = normalize.split("/")
+    return tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
+
+
+def own_stats(ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The data set's own statistics, also after `normalized` replaced its mean and std."""
+    own = ds.info.get("data_stats")
+    return (tuple(own["mean"]), tuple(own["std"])) if own else (tuple(ds.mean), tuple(ds.std))
+
+
+def stats(normalize: str, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) that `normalize` means for data set ds; UserError when they do not fit its channels."""
+    channels = int(ds.train_x.shape[1])
+    if normalize in ("auto", "dataset"):
+        return own_stats(ds)
+    if normalize == "none":
+        return (0.0,) * channels, (1.0,) * channels
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else explicit_values(normalize)
+    if len(mean) != channels:
+        what = "imagenet has 3 values" if normalize == "imagenet" else f"normalize gives {len(mean)} values"
+        raise UserError(f"normalize: {what} per statistic, but the {ds.name} images have {channels} channel(s); "
+                        "use dataset, none, or one mean and std per channel.")
+    return tuple(mean), tuple(std)
+
+
+def normalized(ds, normalize: str):
+    """ds with the mean and std `normalize` names (ds itself for dataset / auto); the data's own statistics stay
+    in info["data_stats"]."""
+    if normalize in ("auto", "dataset"):
+        return ds
+    mean, std = stats(normalize, ds)
+    own_mean, own_std = own_stats(ds)
+    info = {**ds.info, "data_stats": {"mean": list(own_mean), "std": list(own_std)}}
+    return dataclasses.replace(ds, mean=mean, std=std, info=info)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -620,8 +670,10 @@ def dataset_options(cfg: Any) -> dict[str, Any]:
 
 
 def load_dataset_for(cfg: Any, log=None) -> Dataset:
-    """The data set a trial config names, with its options."""
-    return load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, log=log, **dataset_options(cfg))
+    """The data set a trial config names, with its options, normalised as cfg.normalize says (auto: the data's
+    own statistics; callers with a teacher checkpoint resolve auto first: study.normalization.resolve)."""
+    ds = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download, log=log, **dataset_options(cfg))
+    return normalized(ds, cfg.normalize)
 
 
 def load_dataset(name: str, root: str | Path, download: bool = False, **options: Any) -> Dataset:

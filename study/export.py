@@ -84,13 +84,15 @@ def export_model(model: nn.Module, out_dir: Path, *, meta: dict, example_images:
     write_path_atomic(out_dir / "example_images.pt", lambda p: torch.save(example_images.clone(), p))
     write_path_atomic(out_dir / "example_logits.pt", lambda p: torch.save(expected, p))
     write_json_atomic(out_dir / "meta.json", meta)
-    write_text_atomic(out_dir / "predict.py", PREDICT_PY)
-    info["onnx"] = _export_onnx(net, out_dir, x, expected, example_images, int8_file, threads)
+    write_text_atomic(out_dir / "predict.py", PREDICT_PY.replace(NORMALIZATION_MARK, normalization_line(meta)))
+    info["onnx"] = _export_onnx(net, out_dir, x, expected, example_images, int8_file, threads,
+                                normalization_line(meta))
     return info
 
 
 def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch.Tensor,
-                 example_images: torch.Tensor, int8_file: Path | None, threads: int | None) -> dict:
+                 example_images: torch.Tensor, int8_file: Path | None, threads: int | None,
+                 normalization: str = "") -> dict:
     """model.onnx (+ model_int8.onnx), example images and logits as .npy, predict_onnx.py; checked and timed."""
     import shutil
 
@@ -116,8 +118,18 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
         info["int8_argmax_equal_fp32"] = float((q_logits.argmax(1) == expected.numpy().argmax(1)).mean())
         info["latency_ms_bs1"]["onnxruntime-int8"] = onnx_backend.measure_latency(qsess, shape,
                                                                                    repeats=200)["median_ms"]
-    write_text_atomic(out_dir / "predict_onnx.py", PREDICT_ONNX_PY)
+    write_text_atomic(out_dir / "predict_onnx.py", PREDICT_ONNX_PY.replace(NORMALIZATION_MARK, normalization))
     return info
+
+
+NORMALIZATION_MARK = "@NORMALIZATION@"
+
+
+def normalization_line(meta: dict) -> str:
+    """The input normalisation, as the predict scripts' docstrings state it."""
+    name = meta.get("normalize") or "dataset"
+    return (f"Input normalisation: {name} (the teacher's; meta.json \"normalize\"): x = (pixels / 255 - mean) / std, "
+            f"mean {[round(float(v), 6) for v in meta['mean']]}, std {[round(float(v), 6) for v in meta['std']]}.")
 
 
 PREDICT_PY = '''"""Run the exported model with torch alone (no other package, nothing from the project that made it).
@@ -125,6 +137,8 @@ PREDICT_PY = '''"""Run the exported model with torch alone (no other package, no
     python predict.py               check: run the bundled example images, compare with the recorded logits
     python predict.py IMAGES.pt     classify a tensor saved with torch.save: uint8 (N, C, H, W) pixels 0-255,
                                     or float (N, C, H, W) already scaled to 0-1; prints one class index a line
+
+@NORMALIZATION@
 """
 
 import json
@@ -179,6 +193,8 @@ PREDICT_ONNX_PY = '''"""Run the exported model with ONNX Runtime and numpy alone
 
 The fp32 check allows |logit - recorded| <= 1e-4 + 1e-3 * |recorded|. int8 kernels differ between CPUs (with
 and without VNNI, for one), so the int8 check asks only that 90 % of the example predictions agree.
+
+@NORMALIZATION@
 """
 
 import json
@@ -303,8 +319,8 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "",
         f"- Data set: `{meta['dataset']}`, {meta['num_classes']} classes (index = the data set's label index), "
         f"input (C, H, W) = {tuple(meta['input_shape'])}.",
-        f"- Input normalisation: x = (pixels / 255 - mean) / std per channel, mean {list(meta['mean'])}, "
-        f"std {list(meta['std'])}.",
+        f"- Input normalisation: {meta.get('normalize') or 'dataset'} (the teacher's, which the student was trained "
+        f"with): x = (pixels / 255 - mean) / std per channel, mean {list(meta['mean'])}, std {list(meta['std'])}.",
         f"- Validation split: {c['val_size']:g} of the training set, held out by seed (search objective); "
         "test split: the data set's test set, used only for reporting."
         + (f" Trained on a seeded, stratified subset of {c['train_size']:,} of the remaining training images "

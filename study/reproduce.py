@@ -460,6 +460,7 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
     metrics = json.loads((seed_dir / "metrics.json").read_text())
     meta = {"dataset": ds.name, "num_classes": ds.num_classes, "input_shape": list(ds.input_shape),
             "mean": list(ds.mean), "std": list(ds.std), "input": "float32 (N, C, H, W), (pixels/255 - mean) / std",
+            "normalize": base.normalize,  # the teacher's input normalisation, which the student was trained with
             "run": summary["run_name"], "trial": summary["trial"], "seed": seed,
             "test_acc": metrics["test_acc"], "val_acc": metrics["val_acc"],
             "test_acc_mean": summary["test_acc_mean"], "test_acc_std": summary["test_acc_std"],

@@ -6,6 +6,7 @@ Running the same command again resumes the study (Tuner.restore), also after the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -110,6 +111,42 @@ def _prepare_teacher(base, epochs: int, log) -> tuple[str, dict]:
     return path, info
 
 
+def _resolve_normalization(base, ds, old_meta: dict | None, log):
+    """(base with normalize resolved, ds normalised so, the record for study.json). A resumed study keeps the
+    normalisation it started with (one started before normalize existed: the data's own statistics)."""
+    from study.device import resolve_device
+    from study.normalization import describe, resolve
+
+    if old_meta is not None and base.normalize == "auto":
+        before = (old_meta.get("normalization") or {}).get("normalize", "dataset")
+        base, ds, record = resolve(base.replace(normalize=before), ds, resolve_device(base.device), log)
+        record["chosen_by"] = "kept from the study's start (resumed)"
+    else:
+        base, ds, record = resolve(base, ds, resolve_device(base.device), log)
+    if not record.get("val_acc_by_candidate"):  # resolve says its own line when it scored the teacher
+        log(f"input normalisation: {describe(record)}")
+    return base, ds, record
+
+
+def _teacher_warnings(info: dict, base, ds, run_dir: Path | None, log, said: list[str] = ()) -> list[str]:
+    """The teacher-looks-wrong warnings (study.normalization.teacher_warnings), each printed once; with run_dir,
+    also against the plain student reference (references/student_ce) once it is trained."""
+    from study.normalization import teacher_warnings
+
+    ref = None
+    if run_dir is not None:
+        try:
+            ref = json.loads((run_dir / "references" / "student_ce" / "metrics.json").read_text()).get("val_acc")
+        except (OSError, ValueError):
+            ref = None
+    found = teacher_warnings(info, classes=ds.classes, image_size=base.image_size,
+                             input_shape=tuple(ds.train_x.shape[1:]), reference_val_acc=ref)
+    for w in found:
+        if w not in said:
+            log(w)
+    return found
+
+
 def _init_ray(address: str | None, cpus_needed: float, side_cpus: float = 0.0) -> None:
     """Join `address`, or start a local Ray with enough logical CPUs for the concurrent trials (at least the
     machine's cores) plus `side_cpus` for the reference task. That one runs beside the trials instead of holding
@@ -206,6 +243,11 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     with ThreadPoolExecutor(1, thread_name_prefix="kdstudy-preflight") as pool:
         preflight = pool.submit(check_study, space, ds).result()
+        # the teacher's input normalisation, found (normalize: auto with a checkpoint: the teacher is scored on the
+        # validation split) or as stated; every trial, reference and baseline gets the resolved value
+        base, ds, normalization = pool.submit(_resolve_normalization, base, ds, old if resuming else None,
+                                              log).result()
+    space = dataclasses.replace(space, trial={**space.trial, "normalize": base.normalize})
     run_dir.mkdir(parents=True, exist_ok=True)
     storage_url = storage or f"sqlite:///{run_dir / 'optuna.db'}"
 
@@ -240,6 +282,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     teacher = _TeacherJob(base, space.total_epochs, log) if uses_kd else None
     _init_ray(address, cpus * n_conc, side_cpus=cpus if ref_kinds or baselines else 0.0)
     teacher_path, teacher_info = teacher.result() if teacher else (None, {})
+    if teacher_info and base.teacher_checkpoint:  # a user's teacher that looks wrong is said out loud
+        teacher_info["warnings"] = _teacher_warnings(teacher_info, base, ds, None, log)
 
     has_gpu = ray.cluster_resources().get("GPU", 0) > 0
     if gpus > 0 and not has_gpu:
@@ -263,6 +307,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
                       for n, v in space.baselines},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
     }
+    meta["normalization"] = normalization  # the teacher's input normalisation: what, values, how it was chosen
     if resuming:
         meta["started"] = old.get("started", meta["started"])
         meta["resumed"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -319,6 +364,9 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         f"{space.scheduler}, objectives {', '.join(f'{d} {m}' for m, d in objectives)}; results in {run_dir}")
     tuner.fit()
     _finish_references(refs, log)
+    if teacher_info and base.teacher_checkpoint:  # now also against the plain student reference
+        teacher_info["warnings"] = _teacher_warnings(teacher_info, base, ds, run_dir, log,
+                                                     said=teacher_info.get("warnings") or [])
     orphans = close_orphans(storage_url, study_name)
     if orphans:
         log(f"{orphans} Optuna trial(s) left RUNNING by an interrupted driver were marked FAIL")

@@ -113,10 +113,10 @@ def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    from study.config import CONFIG_FIELDS
+    from study.config import CONFIG_FIELDS, LEGACY_DEFAULTS
 
-    # a field added after the trial ran is absent from its metrics: its default is what the trial used
-    same = all(metrics.get(k, CONFIG_FIELDS[k].default) == v for k, v in cfg.to_dict().items())
+    # a field added after the trial ran is absent from its metrics: its default then is what the trial used
+    same = all(metrics.get(k, LEGACY_DEFAULTS.get(k, CONFIG_FIELDS[k].default)) == v for k, v in cfg.to_dict().items())
     return metrics if metrics.get("status") == "complete" and same else None
 
 

@@ -52,6 +52,8 @@ def _data_parts(cfg: TrialConfig) -> dict:
     if cfg.dataset not in NAMED_DATASETS:
         parts.update(data_root=str(Path(cfg.data_root).expanduser().resolve()), image_size=cfg.image_size,
                      skip_bad_images=cfg.skip_bad_images)
+    if cfg.normalize not in ("auto", "dataset"):  # absent for the data's own statistics: older keys stay valid
+        parts["normalize"] = cfg.normalize
     return parts
 
 
@@ -96,7 +98,13 @@ def train_teacher(cfg: TrialConfig, data: ResidentData, log=print) -> nn.Module:
 
 def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None = None,
                 data: ResidentData | None = None, log=print) -> tuple[nn.Module, dict]:
-    """Load the cached teacher for cfg, training (and caching) it first if needed. Returns (model, info)."""
+    """Load the cached teacher for cfg, training (and caching) it first if needed. Returns (model, info).
+    normalize: auto is resolved first (study.normalization.resolve; callers that resolved it pass data)."""
+    if cfg.normalize == "auto" and data is None:
+        from study.normalization import resolve
+
+        cfg, ds, _ = resolve(cfg, load_dataset_for(cfg, log), device, log)
+        data = data_for(cfg, ds, device, log)
     path = teacher_path(cfg, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # concurrent trials wait for one training run
@@ -115,6 +123,7 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
             "dataset": cfg.dataset, "val_acc": evaluate(model, data.val_x, data.val_y),
             "test_acc": evaluate(model, data.test_x, data.test_y), "params": count_params(model),
             "train_s": round(time.time() - t0, 2), **{k: getattr(cfg, k) for k in TEACHER_KEY_FIELDS},
+            "normalization": _normalization(cfg, data),
         }
         meta = {"arch": cfg.teacher_arch, "num_classes": data.num_classes, "in_channels": data.input_shape[0],
                 "width_mult": cfg.teacher_width, "input_shape": list(data.input_shape), "teacher": info}
@@ -123,9 +132,16 @@ def get_teacher(cfg: TrialConfig, device: torch.device, cache_dir: Path | None =
         return model, info
 
 
+def _normalization(cfg: TrialConfig, data: ResidentData) -> dict:
+    """The input normalisation the teacher was scored (or trained) with."""
+    return {"normalize": "dataset" if cfg.normalize == "auto" else cfg.normalize,
+            "mean": [float(v) for v in data.mean.view(-1)], "std": [float(v) for v in data.std.view(-1)]}
+
+
 def _check_user_teacher(cfg: TrialConfig, record: Path, data: ResidentData, device: torch.device,
                         log) -> tuple[nn.Module, dict]:
-    """Load the user's teacher, check it fits the data, score it on the study's splits, write its record."""
+    """Load the user's teacher, check it fits the data, score it on the study's splits (with the normalisation
+    the data carries), write its record."""
     from study import user_teacher
 
     ckpt = user_teacher.checkpoint_file(cfg.teacher_checkpoint)
@@ -139,6 +155,7 @@ def _check_user_teacher(cfg: TrialConfig, record: Path, data: ResidentData, devi
         "input_shape": list(data.input_shape),
         "val_acc": evaluate(model, data.val_x, data.val_y), "test_acc": evaluate(model, data.test_x, data.test_y),
         "params": count_params(model), "train_s": 0.0,
+        "normalization": _normalization(cfg, data),
     }
     user_teacher.write_record(record, ckpt, fmt, info)
     return model, info

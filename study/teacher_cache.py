@@ -10,9 +10,10 @@ computed once per (teacher checkpoint, data split, schedule) and stored as one r
 that every trial memory-maps read-only (np.load(mmap_mode="r")): concurrent trials on one machine share the
 page cache, one copy in memory. Raw logits are stored, so temperature and alpha (applied in the loss) do not
 matter and one cache serves every trial. The key covers the teacher file's content hash, the data set, split
-(val_size, seed) and normalised pixels, the schedule (seed, padding, flips; fingerprinted from the schedule code's
-own output) and the format version; the number of epochs is in the manifest, so a longer cache serves shorter
-trials and a longer trial extends it. Views the cache does not hold (epochs beyond it) go to the live teacher.
+(val_size, seed), the training pixels, the input normalisation (mean, std), the schedule (seed, padding, flips;
+fingerprinted from the schedule code's own output) and the format version; the number of epochs is in the
+manifest, so a longer cache serves shorter trials and a longer trial extends it. Views the cache does not hold
+(epochs beyond it) go to the live teacher.
 
 Exactness: the cache pass runs the teacher in fp32 (eval, inference_mode, batches of 512); channels_last on CPU,
 where it was 1.3x faster for a ResNet-34 and equal within 1e-4. Logits are stored as fp16 when every |logit| is
@@ -93,6 +94,9 @@ def cache_identity(teacher_path: Path | str, data: ResidentData, *, dataset: str
     return {"format": FORMAT_VERSION, "teacher_sha256": sha256_file(teacher_path), "dataset": dataset,
             "val_size": val_size, "seed": seed, "n_images": n, "num_classes": data.num_classes,
             "padded_shape": list(data.train_x.shape[1:]), "pad": data.pad, "hflip": data.hflip,
+            # the input normalisation (study.normalization): a cache made under one is never read under another
+            "input_mean": [round(float(v), 6) for v in data.mean.view(-1)],
+            "input_std": [round(float(v), 6) for v in data.std.view(-1)],
             "data_sha256": train_sample_fingerprint(data), "schedule_sha256": schedule_fingerprint(n, seed, data.pad,
                                                                                             data.hflip)}
 

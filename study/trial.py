@@ -162,6 +162,10 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
     t_start = time.time()
     device = resolve_device(cfg.device)
     ds = load_dataset_for(cfg)  # missing data: fail before writing
+    if cfg.normalize == "auto":  # a study's trials get it resolved; a trial run alone finds it here, and says so
+        from study.normalization import resolve
+
+        cfg, ds, _ = resolve(cfg, ds, device, hooks.log)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +254,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         metrics.update(teacher_cache_batches=teacher_fn.cached_batches, teacher_live_batches=teacher_fn.live_batches)
     metrics.update({f"teacher_{k}": teacher_info[k] for k in ("val_acc", "test_acc", "path") if k in teacher_info})
     metrics.update(cfg.to_dict())
+    metrics.update(input_mean=[float(v) for v in data.mean.view(-1)], input_std=[float(v) for v in data.std.view(-1)])
     if out_dir is not None:
         write_json_atomic(out_dir / "metrics.json", metrics)
         write_epochs_csv(out_dir / "epochs.csv", epoch_rows)
