@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from study.cli import main
-from study.normalization import IMAGENET_MEAN, IMAGENET_STD
+from study.normalization import IMAGENET_MEAN, IMAGENET_STD, NEAR_CHANCE_SHARE
 
 CLASSES = ("boot", "coat", "sandal", "shirt")
 LEVELS = (30, 70, 110, 150)  # each class's mean grey level: dark photos, far from ImageNet's mean (0.485)
@@ -228,10 +228,16 @@ def test_teacher_command_prints_the_accuracy_under_the_stated_normalisation(fold
     test_acc = float(out.split("test_acc ")[1].split("%")[0])
     assert _within_one_image(test_acc, teacher["test_acc"]), out
     assert "input normalisation: imagenet (mean [0.485, 0.456, 0.406]" in out and "WARNING" not in out
-    # raw 0-1 values: this teacher is near chance, and the command says so with the likely causes
+    # raw 0-1 values: this teacher loses most of its accuracy, and where that puts it near chance the command says
+    # so with the likely causes. How far it falls depends on the kernels that trained it: near chance (25-37.5 %
+    # of 4 classes) natively, 50 % under the AVX2 caps here, so the warning is checked against the rule.
     assert main(["teacher", str(space), "--set", "normalize=none"]) == 0
     out = capsys.readouterr().out
-    assert "input normalisation: none" in out and "WARNING: the teacher scores" in out and "near chance" in out
+    assert "input normalisation: none" in out, out
+    val = float(out.split("val_acc ")[1].split("%")[0])
+    assert val <= teacher["test_acc"] - 25, out
+    near = val < 25.0 + NEAR_CHANCE_SHARE * 75.0
+    assert ("WARNING: the teacher scores" in out and "near chance" in out) == near, out
 
 
 def test_a_trial_run_alone_finds_the_normalisation_and_saves_it(folder, teacher, tmp_path, capsys):
