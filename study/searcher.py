@@ -292,6 +292,10 @@ class AskTellSearcher(Searcher):
         self._live = {str(tid) for tid, (_, live) in tune_trials.items() if live}
         run_by_tune = {int(n) for n, live in tune_trials.values() if live}
         self._backlog = sorted(unfinished - run_by_tune)
+        if self._backlog:
+            print(f"trial(s) {self._backlog} were asked before the interruption and are not run by the restored Tune "
+                  "run: run again (same numbers and parameters, from their kept checkpoints where they have one) "
+                  "before any new trial is asked", flush=True)
 
     def save(self, checkpoint_path: str) -> None:
         """Write the searcher's state into Tune's experiment snapshot: only what `restore` checks (the format and
@@ -333,12 +337,19 @@ def read_tune_trials(experiment_dir: Path) -> dict[str, tuple[int, bool]]:
     """Tune trial id -> (Optuna trial number, whether the restored Tune runs it) for the trials in the newest
     experiment state under `experiment_dir` (Ray's public `ExperimentAnalysis`); {} where there is none.
     ERROR trials count as run: run_study restores with resume_errored=True."""
+    import logging
+
     from ray.tune import ExperimentAnalysis
 
+    quiet = logging.getLogger(ExperimentAnalysis.__module__)  # it also reads every trial's results: not needed here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         analysis = ExperimentAnalysis(str(experiment_dir))
     except (ValueError, FileNotFoundError):
         return {}
+    finally:
+        quiet.setLevel(level)
     return {t.trial_id: (int(t.config["trial_number"]), t.status != "TERMINATED") for t in analysis.trials
             if t.config.get("trial_number") is not None}
 
