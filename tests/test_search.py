@@ -404,6 +404,29 @@ def test_killed_at_moments_of_its_own_progress_ends_with_exactly_the_trials_aske
     assert not list(run_dir.glob("trials/*/checkpoint"))  # kept checkpoints go once their trial is trained
 
 
+def test_a_trial_asked_but_never_asked_for_again_by_the_restored_tune_is_run_after_it(tmp_path, ray_session):
+    """The rare leftover: Tune's restored search is finished (its saved search newer than its saved trials, a kill
+    while it copied them) while Optuna holds an asked, unfinished trial. Made here by asking one more trial in a
+    finished study's storage; the resumed study runs it (in ray/tune-rest when the restored Tune does not ask),
+    under its own number and parameters, and closes nothing as an orphan."""
+    from search_spaces import load_space
+    from study.search import make_searcher, run_study
+
+    space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "seed": 0, "trials": 2, "concurrent": 1,
+                                                    "scheduler": "none"})
+    run_dir = run_study(str(space), name="left", runs_dir=str(tmp_path / "runs"), summary=False)
+    meta = json.loads((run_dir / "study.json").read_text())
+    extra = make_searcher(load_space(str(space)), objectives=[(o["name"], o["direction"]) for o in meta["objectives"]],
+                          storage_url=meta["storage"], study_name=meta["study_name"], run_dir=run_dir, trials=None)
+    asked = extra.suggest("by-a-killed-driver")
+    assert asked["trial_number"] == 2
+    run_study(str(space), name="left", runs_dir=str(tmp_path / "runs"), summary=False)
+    trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, [(t.number, t.user_attrs) for t in trials]
+    assert trials[2].params == {k: v for k, v in asked.items() if k != "trial_number"}
+    assert (run_dir / "trials" / "2" / "told.json").is_file()
+
+
 def test_postgresql_storage(tmp_path, ray_session):
     """--storage with a PostgreSQL URL keeps the Optuna study there (for multi-node studies)."""
     url = os.environ.get("KDSTUDY_TEST_POSTGRES_URL")
