@@ -30,8 +30,8 @@ class Progress(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         if not self._counted:
-            self.done = self._told() if self._told() is not None else \
-                sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            told = self._told()
+            self.done = told if told is not None else sum(t.status in ("TERMINATED", "ERROR") for t in trials)
             self._counted = True
 
     def _told(self) -> int | None:

@@ -18,7 +18,7 @@ from search_spaces import CONSTRAINTS
 from study.config import make_config, save_config
 from study.crash import capture_stderr, inject_crash_for_tests
 from study.io import write_json_atomic
-from study.told import read_told
+from study.told import KEPT, drop_kept_checkpoint, read_told
 from study.trial import TrialHooks, architecture_costs, run_trial
 
 
@@ -114,9 +114,6 @@ class RayHooks(TrialHooks):
         print(msg, flush=True)
 
 
-KEPT = "checkpoint"  # trials/<n>/checkpoint/<epoch>/: the newest reported checkpoint, until the trial ends
-
-
 def keep_checkpoint(trial_dir: Path, checkpoint_dir: Path, epoch: int) -> None:
     """Copy a reported checkpoint to trials/<n>/checkpoint/<epoch, 5 digits>/ (under a temp name, then renamed,
     so a kill mid-copy leaves the previous one whole) and drop the older ones."""
@@ -203,10 +200,10 @@ def _search_trial(config: dict[str, Any], ctx: dict[str, Any], number: int, tria
                 shutil.rmtree(hooks._resume_tmp, ignore_errors=True)
         metrics["status"] = "complete"
         write_json_atomic(trial_dir / "metrics.json", metrics)
-        shutil.rmtree(trial_dir / KEPT, ignore_errors=True)  # trained: metrics.json is what a rerun reuses
+        drop_kept_checkpoint(trial_dir)  # trained: metrics.json is what a rerun reuses
         tune.report({**base, **reportable(metrics), "status": "complete", "epoch": total})
     except Exception as exc:  # noqa: BLE001  a failing trial (pruning error, NaN loss) must not stop the study
         text = f"{type(exc).__name__}: {exc}"
         (trial_dir / "error.txt").write_text(traceback.format_exc())
-        shutil.rmtree(trial_dir / KEPT, ignore_errors=True)
+        drop_kept_checkpoint(trial_dir)
         tune.report({**base, "status": "failed", "error": text[:2000]})

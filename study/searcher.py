@@ -38,7 +38,7 @@ from ray.tune.search import Searcher
 from search_spaces import COST_METRICS
 from study.crash import crash_reason
 from study.errors import UserError
-from study.told import read_told, write_told
+from study.told import drop_kept_checkpoint, read_told, write_told
 
 # Bumped when the state `save` writes changes shape; `restore` refuses other versions with one sentence. Format 1
 # (the searcher before storage-first resume) is read too: only its study name is used.
@@ -237,6 +237,8 @@ class AskTellSearcher(Searcher):
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, state=TrialState.PRUNED)
+        if self.run_dir is not None:  # ended for good (an early-stopped trial's process was stopped mid-way)
+            drop_kept_checkpoint(Path(self.run_dir) / "trials" / str(number))
 
     def _values(self, result: dict) -> tuple[list[float] | None, str | None]:
         """The objectives' values in the study's order, or why they cannot be told (missing or NaN)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from study.io import write_json_atomic
 
 TOLD_FILE = "told.json"
+KEPT = "checkpoint"  # trials/<n>/checkpoint/<epoch>/: the trial's newest reported checkpoint, until it has ended
 
 
 def write_told(trial_dir: Path, status: str, result: dict, error: bool) -> None:
@@ -18,6 +19,13 @@ def write_told(trial_dir: Path, status: str, result: dict, error: bool) -> None:
     process died)."""
     scalars = {k: v for k, v in result.items() if v is None or isinstance(v, (int, float, str, bool))}
     write_json_atomic(Path(trial_dir) / TOLD_FILE, {"status": status, "error": bool(error), "result": scalars})
+
+
+def drop_kept_checkpoint(trial_dir: Path) -> None:
+    """Remove the trial's kept checkpoint (it has ended: nothing will resume from it)."""
+    import shutil
+
+    shutil.rmtree(Path(trial_dir) / KEPT, ignore_errors=True)
 
 
 def read_told(trial_dir: Path) -> dict | None:
