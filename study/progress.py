@@ -30,10 +30,19 @@ class Progress(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         if not self._counted:
-            self.done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            told = self._told()
+            self.done = told if told is not None else sum(t.status in ("TERMINATED", "ERROR") for t in trials)
             self._counted = True
 
+    def _told(self) -> int | None:
+        """Trials Optuna knows finished (trials/*/told.json, which the searcher writes before this callback
+        runs): the count on resume includes trials Tune's restored snapshot never named."""
+        run_dir = getattr(self, "run_dir", None)
+        return None if run_dir is None else sum(1 for _ in Path(run_dir).glob("trials/*/told.json"))
+
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if (trial.last_result or {}).get("replayed"):  # finished before a driver kill: counted, not shown again
+            return
         self._line(trial, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -50,7 +59,8 @@ class Progress(Callback):
         return crash_reason(self.run_dir / "trials" / str(number))
 
     def _line(self, trial, r: dict) -> None:
-        self.done += 1
+        told = self._told()
+        self.done = self.done + 1 if told is None else max(self.done, told)
         status = r.get("status", "?")
         status = "early_stopped" if status == "running" else status
         p = {**getattr(self, "fixed", {}), **trial.config}  # a callback pickled by an older version has none

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -51,6 +52,20 @@ def make_sampler(space: SearchSpace):
     from study.samplers import make_sampler as build
 
     return build(space.sampler, space.seed)
+
+
+def make_searcher(space: SearchSpace, *, objectives, storage_url: str, study_name: str, run_dir: Path,
+                  trials: int):
+    """The study's searcher: the space's sampler built afresh for every new trial, seeded from (search.seed,
+    trial number), so that a killed and resumed study draws what the same study run without a kill draws."""
+    import functools
+
+    from study.samplers import make_sampler as build
+    from study.searcher import AskTellSearcher
+
+    return AskTellSearcher(space.define_by_run(), objectives=objectives, storage_url=storage_url,
+                           study_name=study_name, sampler=make_sampler(space), run_dir=run_dir, trials=trials,
+                           sampler_factory=functools.partial(build, space.sampler), seed=space.seed)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -321,13 +336,13 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     from study.progress import Progress
     from study.search_trial import search_trainable
-    from study.searcher import AskTellSearcher, close_orphans
+    from study.searcher import close_orphans, unfinished_trials
 
     trainable = tune.with_resources(tune.with_parameters(search_trainable, ctx=ctx), resources)
     refs = _start_references(ref_kinds, baselines, space, run_dir, teacher_path, resources, gpus > 0)
 
-    searcher = AskTellSearcher(space.define_by_run(), objectives=objectives, storage_url=storage_url,
-                               study_name=study_name, sampler=make_sampler(space), run_dir=run_dir)
+    searcher = make_searcher(space, objectives=objectives, storage_url=storage_url, study_name=study_name,
+                             run_dir=run_dir, trials=n_trials)
     # created (or checked: directions) and its objectives named now, also when Tune restores its own searcher
     enqueued = enqueue_baselines(searcher.optuna_study(), {n: p for n, (p, _) in placed.items() if p is not None})
     for n, (p, why) in placed.items():
@@ -337,16 +352,23 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if enqueued:
         log("baselines enqueued as the first trials: " + ", ".join(f"{n} = trial {k}" for n, k in enqueued.items()))
     write_json_atomic(meta_path, meta)
-    scheduler = _make_scheduler(space, objectives)
     exp_dir = run_dir / "ray" / "tune"
-    run_config = tune.RunConfig(
-        name="tune", storage_path=str(run_dir / "ray"), verbose=0,
-        callbacks=[Progress(objectives, n_trials, run_dir, fixed=dict(space.trial))],
-        # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer kept,
-        # that one can already be deleted ("does not exist on storage anymore").
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
-        # a trial's own errors are caught and recorded FAIL by the trainable; retries cover crashed processes
-        failure_config=tune.FailureConfig(max_failures=1))
+    def run_config(exp_name: str):
+        return tune.RunConfig(
+            name=exp_name, storage_path=str(run_dir / "ray"), verbose=0,
+            callbacks=[Progress(objectives, n_trials, run_dir, fixed=dict(space.trial))],
+            # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer
+            # kept, that one can already be deleted ("does not exist on storage anymore").
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+            # a trial's own errors are caught and recorded FAIL by the trainable; retries cover crashed processes
+            failure_config=tune.FailureConfig(max_failures=1))
+
+    def tune_config(searcher):
+        # num_samples=-1: the searcher ends the search (Searcher.FINISHED) once Optuna holds n_trials trials and
+        # every asked one is handed out; Tune's own count would count Tune trials, which after a restore are not
+        # the Optuna trials (one asked after Tune's last snapshot is handed out again, not counted twice).
+        return tune.TuneConfig(search_alg=searcher, scheduler=_make_scheduler(space, objectives), num_samples=-1,
+                               max_concurrent_trials=n_conc, reuse_actors=True)
     if resuming and tune.Tuner.can_restore(str(exp_dir)):
         log(f"resuming {run_dir} (finished trials are kept; interrupted ones continue from their checkpoints)")
         try:
@@ -357,12 +379,21 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
             raise UserError(f"{exp_dir} was started by an earlier kdstudy version whose Tune state this one cannot "
                             f"load ({exc}); finish it with that version, or start a new study with --name.") from None
     else:
-        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=n_trials, max_concurrent_trials=n_conc,
-            reuse_actors=True))
+        tuner = tune.Tuner(trainable, run_config=run_config("tune"), tune_config=tune_config(searcher))
     log(f"study {name}: {n_trials} trials, {n_conc} at a time, sampler {space.sampler}, scheduler "
         f"{space.scheduler}, objectives {', '.join(f'{d} {m}' for m, d in objectives)}; results in {run_dir}")
     tuner.fit()
+    left = unfinished_trials(storage_url, study_name)
+    if left:
+        # Asked before a kill, and the restored Tune never asked for them again (its snapshot of the search was
+        # newer than its snapshot of the trials: a kill while Tune copied them). A fresh Tune run in its own folder
+        # runs them, from their kept checkpoints (trials/<n>/checkpoint/), and asks what the study still lacks.
+        log(f"trial(s) {left} were asked before the interruption and not run again by the restored Tune run: "
+            "running them now")
+        shutil.rmtree(run_dir / "ray" / "tune-rest", ignore_errors=True)
+        tune.Tuner(trainable, run_config=run_config("tune-rest"), tune_config=tune_config(
+            make_searcher(space, objectives=objectives, storage_url=storage_url, study_name=study_name,
+                          run_dir=run_dir, trials=n_trials))).fit()
     _finish_references(refs, log)
     if teacher_info and base.teacher_checkpoint:  # now also against the plain student reference
         teacher_info["warnings"] = _teacher_warnings(teacher_info, base, ds, run_dir, log,

@@ -18,6 +18,7 @@ from search_spaces import CONSTRAINTS
 from study.config import make_config, save_config
 from study.crash import capture_stderr, inject_crash_for_tests
 from study.io import write_json_atomic
+from study.told import KEPT, drop_kept_checkpoint, read_told
 from study.trial import TrialHooks, architecture_costs, run_trial
 
 
@@ -86,14 +87,22 @@ class RayHooks(TrialHooks):
             ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
             tune.report(result, checkpoint=ckpt)
             self._last_report = time.monotonic()
+            if checkpoint_dir is not None and self.trial_dir is not None:
+                keep_checkpoint(self.trial_dir, checkpoint_dir, epoch + 1)
         if self.trial_dir is not None:  # progress a user (or a test) can watch: epochs done, last report
             write_json_atomic(self.trial_dir / "progress.json", {"epoch": epoch + 1, "total_epochs": total_epochs,
                                                                  "val_acc": val_acc, "phase": log["phase"],
                                                                  "reported": self._due}, durable=False)
 
     def resume_dir(self) -> Path | None:
+        """The trial's newest checkpoint: its own copy in trials/<n>/checkpoint/ (as new as its last report), else
+        the one Tune restored (named in Tune's last experiment snapshot, which can be older, and absent for a
+        trial Tune's snapshot never named)."""
         from ray import tune
 
+        own = kept_checkpoint(self.trial_dir) if self.trial_dir is not None else None
+        if own is not None:
+            return own
         ckpt = tune.get_checkpoint()
         if ckpt is None:
             return None
@@ -103,6 +112,29 @@ class RayHooks(TrialHooks):
 
     def log(self, msg: str) -> None:
         print(msg, flush=True)
+
+
+def keep_checkpoint(trial_dir: Path, checkpoint_dir: Path, epoch: int) -> None:
+    """Copy a reported checkpoint to trials/<n>/checkpoint/<epoch, 5 digits>/ (under a temp name, then renamed,
+    so a kill mid-copy leaves the previous one whole) and drop the older ones."""
+    root = trial_dir / KEPT
+    root.mkdir(exist_ok=True)
+    final = root / f"{epoch:05d}"
+    tmp = root / f".{epoch:05d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint_dir, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in root.iterdir():
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def kept_checkpoint(trial_dir: Path) -> Path | None:
+    """The newest whole checkpoint keep_checkpoint left in trial_dir, or None."""
+    root = trial_dir / KEPT
+    done = sorted(p for p in root.glob("[0-9]*") if (p / "state.json").is_file()) if root.is_dir() else []
+    return done[-1] if done else None
 
 
 def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
@@ -134,6 +166,10 @@ def _search_trial(config: dict[str, Any], ctx: dict[str, Any], number: int, tria
 
     sampled = {k: v for k, v in config.items() if k != "trial_number"}
     base: dict[str, Any] = {"trial_number": number, "trial_dir": f"trials/{number}", "epoch": 0}
+    told = read_told(trial_dir)
+    if told is not None:  # Optuna knows how it ended (Tune restored it as running after a kill): never rerun
+        tune.report({**base, **reportable(told["result"]), "status": told["status"], "replayed": True})
+        return
     try:
         cfg = make_config(ctx["trial"], sampled, source=ctx["space_file"])
         if not ctx.get("gpu"):
@@ -164,8 +200,10 @@ def _search_trial(config: dict[str, Any], ctx: dict[str, Any], number: int, tria
                 shutil.rmtree(hooks._resume_tmp, ignore_errors=True)
         metrics["status"] = "complete"
         write_json_atomic(trial_dir / "metrics.json", metrics)
+        drop_kept_checkpoint(trial_dir)  # trained: metrics.json is what a rerun reuses
         tune.report({**base, **reportable(metrics), "status": "complete", "epoch": total})
     except Exception as exc:  # noqa: BLE001  a failing trial (pruning error, NaN loss) must not stop the study
         text = f"{type(exc).__name__}: {exc}"
         (trial_dir / "error.txt").write_text(traceback.format_exc())
+        drop_kept_checkpoint(trial_dir)
         tune.report({**base, "status": "failed", "error": text[:2000]})

@@ -8,9 +8,17 @@ any Ray release may rename. This searcher uses only Ray's public `Searcher` inte
 ask-and-tell API (`study.ask`, `study.tell`, `BaseStorage`'s documented methods).
 
 The Optuna storage (SQLite in the run folder, or a PostgreSQL URL) is the source of truth: one Optuna trial per
-Tune trial, with the study's directions, user attrs and states. The searcher itself keeps only which Tune trial
-is which Optuna trial number, which trials it has told, and the sampler (with its random state); that is what
-`save` writes into Tune's experiment snapshot and `restore` reads back when `Tuner.restore` resumes a study.
+Tune trial, with the study's directions, user attrs and states. Nothing the searcher needs on resume comes from a
+pickled snapshot (Tune writes its snapshot at most every 10 s, and the storage can be newer): after `Tuner.restore`
+the searcher rebuilds from the storage and from the trials Tune itself restored which Tune trial is which Optuna
+trial, which trials are finished, and which were asked but are neither finished nor run by the restored Tune
+(those are handed out again, with their stored parameters and number, before anything new is asked). The sampler
+is built afresh for every new trial, seeded from (the study's seed, the trial's number), so its draws depend on
+the seed, the trial number and the stored history only, never on how often the driver was restarted.
+
+Each trial's end is also written to `trials/<n>/told.json` before Optuna is told: the trainable reports it again
+instead of training a trial Optuna already knows finished (Tune can restore one as running), and an end written
+but not yet told (a kill in between) is told on resume.
 """
 
 from __future__ import annotations
@@ -30,9 +38,12 @@ from ray.tune.search import Searcher
 from search_spaces import COST_METRICS
 from study.crash import crash_reason
 from study.errors import UserError
+from study.told import drop_kept_checkpoint, read_told, write_told
 
-# Bumped when the state `save` writes changes shape; `restore` refuses other versions with one sentence.
-STATE_FORMAT = 1
+# Bumped when the state `save` writes changes shape; `restore` refuses other versions with one sentence. Format 1
+# (the searcher before storage-first resume) is read too: only its study name is used.
+STATE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 DIRECTIONS = ("maximize", "minimize")
 
 Space = Callable[[Any], "dict[str, Any] | None"] | Mapping[str, BaseDistribution]
@@ -46,16 +57,24 @@ class AskTellSearcher(Searcher):
         `optuna.distributions.BaseDistribution` (`study.ask(fixed_distributions=...)`, no conditions).
     objectives: (metric, "maximize" | "minimize") in the order of the study's values.
     storage_url: an RDB URL (`sqlite:///...`, `postgresql+psycopg://...`); opened here, never pickled.
-    run_dir: where `trials/<n>/config.yaml` (recorded in the trial's user attrs) and `stderr.log` (the reason a
-        crashed trial gives) live.
+    run_dir: where `trials/<n>/config.yaml` (recorded in the trial's user attrs), `stderr.log` (the reason a
+        crashed trial gives) and `told.json` live.
+    trials: the study's trial count. Once Optuna holds that many asked trials and every asked, unfinished one is
+        handed to Tune, `suggest` returns `Searcher.FINISHED`: Tune's own count (`num_samples`) counts Tune trials,
+        which after a restore are not the Optuna trials, so run_study gives Tune no count of its own. None: Tune's
+        `num_samples` alone ends the search.
+    sampler_factory, seed: each new trial is sampled by `sampler_factory(draw_seed(seed, number))`, a sampler
+        built for it from the study's seed and the trial's number (its history comes from the storage); without a
+        factory, `sampler` (or Optuna's default) is used as it is, with its own random state.
 
     Each configuration Tune gets is the sampled parameters plus `trial_number`, the Optuna trial number: it names
-    `trials/<n>/`, and every result the trial reports carries it, so a completion is told to the right Optuna
-    trial even when this searcher was restored from a snapshot older than Tune's own.
+    `trials/<n>/`, and every result the trial reports carries it.
     """
 
     def __init__(self, space: Space, *, objectives: Sequence[tuple[str, str]], storage_url: str, study_name: str,
-                 sampler: optuna.samplers.BaseSampler | None = None, run_dir: str | Path | None = None):
+                 sampler: optuna.samplers.BaseSampler | None = None, run_dir: str | Path | None = None,
+                 trials: int | None = None,
+                 sampler_factory: Callable[[int], optuna.samplers.BaseSampler] | None = None, seed: int = 0):
         bad = [d for _, d in objectives if d not in DIRECTIONS]
         if not objectives or bad:
             raise UserError(f"objectives must be (metric, maximize|minimize) pairs (got {list(objectives)!r}); "
@@ -67,9 +86,15 @@ class AskTellSearcher(Searcher):
         self.storage_url = storage_url
         self.study_name = study_name
         self.sampler = sampler
+        self.sampler_factory = sampler_factory
+        self.seed = int(seed)
+        self.trials = trials
         self.run_dir = str(run_dir) if run_dir is not None else None
+        self.max_concurrent: int | None = None  # set by Tune (max_concurrent_trials): this searcher limits itself
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self.told: set[str] = set()  # Tune trial ids whose end Optuna already knows
+        self._live: set[str] = set()  # Tune trial ids handed out (or restored by Tune) and not complete yet
+        self._backlog: list[int] | None = None  # asked, unfinished Optuna trials no Tune trial runs (None: not read)
         self._study: optuna.Study | None = None  # opened lazily, once per process (not pickled)
         self._storage: optuna.storages.BaseStorage | None = None
 
@@ -93,7 +118,7 @@ class AskTellSearcher(Searcher):
                     warnings.simplefilter("ignore")
                     study.set_metric_names([m for m, _ in self.objectives])
             self._study, self._storage = study, storage
-            self.sampler = study.sampler  # Optuna's default when none was given: saved with its state too
+            self.sampler = study.sampler  # Optuna's default when none was given
         return self._study
 
     def _storage_trial_id(self, number: int) -> int:
@@ -105,11 +130,41 @@ class AskTellSearcher(Searcher):
                                                                number)
 
     # ------------------------------------------------------------------------------------------ Tune's interface
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Tune's `max_concurrent_trials`: limited here, not by Tune's ConcurrencyLimiter, whose restored set of
+        running trials can be older than Tune's restored trials (a slot then never frees)."""
+        self.max_concurrent = int(max_concurrent)
+        return True
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """Ask Optuna for a trial (an enqueued one first, as `study.ask` does) and return its configuration."""
+        """The next configuration: an asked, unfinished Optuna trial no Tune trial runs (asked before a driver
+        kill that Tune's snapshot missed) with its stored parameters and number first; else a new Optuna trial
+        (an enqueued one first, as `study.ask` does); `Searcher.FINISHED` once the study holds `trials`."""
         study = self.optuna_study()
         if trial_id in self.numbers:  # asked again for a trial it already has: the same configuration
             return self._config(self._frozen(self.numbers[trial_id]))
+        if self._backlog is None:  # a study begun by a driver that Tune has no snapshot of: all of it from storage
+            self.resume({})
+        if self.max_concurrent is not None and len(self._live) >= self.max_concurrent:
+            return None
+        if self._backlog:
+            number = self._backlog.pop(0)
+            config = self._config(self._frozen(number))
+        else:
+            if self.trials is not None and self._asked(study) >= self.trials:
+                return Searcher.FINISHED
+            config = self._ask(study)
+            number = config["trial_number"]
+        self.numbers[trial_id] = number
+        self._live.add(trial_id)
+        return config
+
+    def _ask(self, study: optuna.Study) -> dict[str, Any]:
+        if self.sampler_factory is not None:
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            # the number study.ask gives: the first enqueued trial's, else the next one
+            number = min(t.number for t in waiting) if waiting else len(study.get_trials(deepcopy=False))
+            study.sampler = self.sampler_factory(draw_seed(self.seed, number))
         if callable(self.space):
             trial = study.ask()
             try:
@@ -123,8 +178,11 @@ class AskTellSearcher(Searcher):
         else:
             trial = study.ask(fixed_distributions=dict(self.space))
             extra = {}
-        self.numbers[trial_id] = trial.number
         return {**trial.params, **extra, "trial_number": trial.number}
+
+    @staticmethod
+    def _asked(study: optuna.Study) -> int:
+        return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
     def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
         return self._storage.get_trial(self._storage_trial_id(number))
@@ -143,20 +201,22 @@ class AskTellSearcher(Searcher):
         partial values; an infeasible or failed trial, or one whose process died (`error`), is FAIL. A trial
         Optuna already knows finished (told before a driver kill, then replayed by the resumed Tune) is left as it
         is."""
+        self._live.discard(trial_id)
         result = result or {}
         if trial_id in self.told:
             return
         number = self.numbers.get(trial_id)
         if number is None and result.get("trial_number") is not None:
-            # After a driver kill the restored searcher state can be older than Tune's: the trial was asked for
-            # after the last searcher snapshot was written. Find it by the number the trial reports.
-            number = int(result["trial_number"])
+            number = int(result["trial_number"])  # a trial id this searcher was never told of: by its number
         if number is None:
             return  # a trial this searcher never asked for and that reported nothing: nothing to tell
+        self._tell(number, result, error)
+        self.told.add(trial_id)
+
+    def _tell(self, number: int, result: dict, error: bool) -> None:
         study = self.optuna_study()
         tid = self._storage_trial_id(number)
         if self._storage.get_trial(tid).state.is_finished():
-            self.told.add(trial_id)
             return
         status = result.get("status", "failed" if error else "early_stopped")
         if status == "running":
@@ -167,6 +227,8 @@ class AskTellSearcher(Searcher):
             if problem:  # told COMPLETE, Optuna would raise (and stop the study); it is a failed trial
                 status, result = "failed", {**result, "error": problem}
         attrs = self._user_attrs(number, status, result, error)
+        if self.run_dir is not None:  # first on disk: a kill before the tell below is told on resume
+            write_told(Path(self.run_dir) / "trials" / str(number), status, result, error)
         for key, value in attrs.items():
             self._storage.set_trial_user_attr(tid, key, value)
         if status == "complete":
@@ -175,7 +237,8 @@ class AskTellSearcher(Searcher):
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, state=TrialState.PRUNED)
-        self.told.add(trial_id)
+        if self.run_dir is not None:  # ended for good (an early-stopped trial's process was stopped mid-way)
+            drop_kept_checkpoint(Path(self.run_dir) / "trials" / str(number))
 
     def _values(self, result: dict) -> tuple[list[float] | None, str | None]:
         """The objectives' values in the study's order, or why they cannot be told (missing or NaN)."""
@@ -211,40 +274,86 @@ class AskTellSearcher(Searcher):
         return attrs
 
     # ------------------------------------------------------------------------------------------ resume
+    def resume(self, tune_trials: Mapping[str, tuple[int, bool]]) -> None:
+        """Rebuild the searcher's state from the Optuna storage and the trials Tune restored (Tune trial id ->
+        (Optuna trial number, whether Tune will run it: not TERMINATED)).
+
+        An end written to told.json but not told (a kill in between) is told now. The asked, unfinished trials
+        that no restored Tune trial will run are the backlog `suggest` hands out first; the finished ones are
+        never asked again."""
+        study = self.optuna_study()
+        if self.run_dir is not None:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                told = read_told(Path(self.run_dir) / "trials" / str(t.number))
+                if told is not None:
+                    self._tell(t.number, {**told["result"], "status": told["status"]}, bool(told.get("error")))
+        finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        unfinished = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        self.numbers = {str(tid): int(n) for tid, (n, _) in tune_trials.items()}
+        self.told = {tid for tid, n in self.numbers.items() if n in finished}
+        self._live = {str(tid) for tid, (_, live) in tune_trials.items() if live}
+        run_by_tune = {int(n) for n, live in tune_trials.values() if live}
+        self._backlog = sorted(unfinished - run_by_tune)
+        if self._backlog:
+            print(f"trial(s) {self._backlog} were asked before the interruption and are not run by the restored Tune "
+                  "run: run again (same numbers and parameters, from their kept checkpoints where they have one) "
+                  "before any new trial is asked", flush=True)
+
     def save(self, checkpoint_path: str) -> None:
-        """Write the searcher's state (Tune calls this with each experiment snapshot, into a temp file it then
-        renames): trial ids -> numbers, the trials told, and the sampler with its random state, so that a
-        resumed study draws on instead of repeating the first draws of its seed."""
-        state = {"format": STATE_FORMAT, "study_name": self.study_name, "numbers": dict(self.numbers),
-                 "told": sorted(self.told), "sampler": self.sampler}
+        """Write the searcher's state into Tune's experiment snapshot: only what `restore` checks (the format and
+        the study name). Everything else is rebuilt from the storage on restore."""
+        state = {"format": STATE_FORMAT, "study_name": self.study_name}
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(state, fh)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Read back what `save` wrote (`Tuner.restore`, after a crash or kill of the driver).
-
-        Trials told before the interruption stay told: their replayed completions find them finished in Optuna.
-        A trial left RUNNING in Optuna that Tune resumes is told when it ends, by this mapping or by the
-        `trial_number` it reports; one Tune never heard of (asked after Tune's last snapshot) stays RUNNING until
-        `close_orphans` marks it FAIL after the study."""
+        """`Tuner.restore`, after a crash or kill of the driver: check that the snapshot is this study's, then
+        rebuild from the storage and from the trials in Tune's experiment state (the one Tune restored, synced
+        beside `checkpoint_path`), never from a pickled map or sampler that can be older than the storage."""
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)  # Tune's own snapshot in this run folder, written by save()
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
             raise UserError(f"{checkpoint_path} is not a searcher state this kdstudy version wrote; finish the "
                             "study with the version that started it, or start a new one with --name.")
         if state["study_name"] != self.study_name:
             raise UserError(f"{checkpoint_path} belongs to the Optuna study '{state['study_name']}', not "
                             f"'{self.study_name}'; resume that study's own run folder, or start a new one with --name.")
-        self.numbers = {str(k): int(v) for k, v in state["numbers"].items()}
-        self.told = set(state["told"])
-        self.sampler = state["sampler"]
-        self._study = self._storage = None  # reopened with the restored sampler
+        self._study = self._storage = None  # reopened in this process
+        self.resume(read_tune_trials(Path(checkpoint_path).parent))
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles the searcher (tuner.pkl, before the study starts): without the open study and storage."""
         state = self.__dict__.copy()
         state["_study"] = state["_storage"] = None
         return state
+
+
+def draw_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial `number` of a study seeded `seed` (well mixed, 32 bits)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1)[0])
+
+
+def read_tune_trials(experiment_dir: Path) -> dict[str, tuple[int, bool]]:
+    """Tune trial id -> (Optuna trial number, whether the restored Tune runs it) for the trials in the newest
+    experiment state under `experiment_dir` (Ray's public `ExperimentAnalysis`); {} where there is none.
+    ERROR trials count as run: run_study restores with resume_errored=True."""
+    import logging
+
+    from ray.tune import ExperimentAnalysis
+
+    quiet = logging.getLogger(ExperimentAnalysis.__module__)  # it also reads every trial's results: not needed here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        analysis = ExperimentAnalysis(str(experiment_dir))
+    except (ValueError, FileNotFoundError):
+        return {}
+    finally:
+        quiet.setLevel(level)
+    return {t.trial_id: (int(t.config["trial_number"]), t.status != "TERMINATED") for t in analysis.trials
+            if t.config.get("trial_number") is not None}
 
 
 def close_orphans(storage_url: str, study_name: str) -> int:
@@ -265,3 +374,9 @@ def close_orphans(storage_url: str, study_name: str) -> int:
             study.tell(t.number, state=TrialState.FAIL)
         n += 1
     return n
+
+
+def unfinished_trials(storage_url: str, study_name: str) -> list[int]:
+    """Numbers of the Optuna trials asked and not finished (RUNNING)."""
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

@@ -3,6 +3,7 @@ on_trial_complete, save, restore) but without Ray running trials; and what impor
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -16,10 +17,13 @@ import yaml
 from conftest import write_space
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 
 from search_spaces import load_space
 from study.errors import UserError
+from study.samplers import make_sampler
 from study.searcher import AskTellSearcher, close_orphans
+from study.told import write_told
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = [("val_acc", "maximize"), ("nonzero_params", "minimize"), ("latency_ms_bs1", "minimize")]
@@ -155,42 +159,121 @@ def test_a_study_with_other_directions_is_refused(tmp_path, space):
         make(tmp_path, space).suggest("a")
 
 
-def test_save_restore_round_trip_without_duplicates(tmp_path, space):
-    """A driver killed mid-study. Its last snapshot was taken after t0 was told, with t1 and t2 in flight; after
-    it, t1 was told and t3 and t4 were asked. Tune restores the searcher from that snapshot and replays what its
-    own (newer) state thinks is unfinished: t0, t1, t2 and t3; it never heard of t4."""
-    a = make(tmp_path, space)
+def seeded(tmp_path: Path, space, sampler: str = "tpe", trials: int | None = None, seed: int = 1) -> AskTellSearcher:
+    """The searcher as run_study builds it: the sampler made afresh for each new trial from (seed, number)."""
+    return AskTellSearcher(space.define_by_run(), objectives=OBJECTIVES, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
+                           study_name="s", run_dir=tmp_path, trials=trials, seed=seed,
+                           sampler_factory=functools.partial(make_sampler, sampler))
+
+
+def params_of(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "trial_number"}
+
+
+def test_restore_rebuilds_from_storage_not_from_an_older_snapshot(tmp_path, space, monkeypatch):
+    """A driver killed mid-study (the issue's race). Its last snapshot was taken after t0 was told, with t1 and t2
+    in flight; after it, t1 was told and t3 and t4 were asked. Tune restores its trials from that snapshot (t0
+    finished, t1 and t2 to run again) and never heard of t3 and t4. The resumed searcher hands out trials 3 and 4
+    again (same parameters, same numbers) before it asks anything new, asks exactly as many as the study lacks,
+    draws what the same study draws without a kill, and leaves nothing to close as an orphan."""
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "calm").mkdir()
+    calm = seeded(tmp_path / "calm", space, trials=6)  # the same study, never killed
+    expected = [params_of(calm.suggest(f"c{i}")) for i in range(6)]
+    assert calm.suggest("c6") == Searcher.FINISHED
+    assert len({json.dumps(p, sort_keys=True) for p in expected}) == 6  # the seed's draws differ
+
+    a = seeded(tmp_path / "killed", space, trials=6)
     a.optuna_study()  # run_study opens the study before Tune pickles the searcher into tuner.pkl, as it starts
     pickled = pickle.dumps(a)
+    a.set_max_concurrency(2)
     for i in range(3):
         a.suggest(f"t{i}")
     a.on_trial_complete("t0", complete(0, 90.0))
-    a.save(str(tmp_path / "searcher-state.pkl"))
+    a.save(str(tmp_path / "killed" / "searcher-state.pkl"))
     a.on_trial_complete("t1", complete(1, 80.0))
-    after_snapshot = a.suggest("t3")
-    assert a.suggest("t4")["trial_number"] == 4
+    a.suggest("t3")
+    a.on_trial_complete("t2", complete(2, 70.0))
+    a.suggest("t4")
+    # killed here: Optuna holds 0-2 finished and 3, 4 RUNNING; Tune's snapshot names t0 (done), t1 and t2 (running)
 
     b = pickle.loads(pickled)
-    b.restore(str(tmp_path / "searcher-state.pkl"))
-    assert b.numbers == {"t0": 0, "t1": 1, "t2": 2} and b.told == {"t0"}
-    b.on_trial_complete("t0", complete(0, 1.0))  # told before the snapshot
-    b.on_trial_complete("t1", complete(1, 2.0))  # told after it: Optuna already knows, the replay changes nothing
-    b.on_trial_complete("t2", complete(2, 70.0))  # in flight at the kill: RUNNING in Optuna until now
-    b.on_trial_complete("t3", complete(3, 60.0))  # unknown to the snapshot: found by the number it reports
-    t5 = b.suggest("t5")
-    assert t5["trial_number"] == 5  # numbers go on; nothing asked before is asked again
-    # the restored sampler goes on from its saved random state, instead of repeating its seed's first draws
-    assert {k: v for k, v in t5.items() if k != "trial_number"} == \
-        {k: v for k, v in after_snapshot.items() if k != "trial_number"}
-    b.on_trial_complete("t5", complete(5, 50.0))
+    monkeypatch.setattr("study.searcher.read_tune_trials",
+                        lambda d: {"t0": (0, False), "t1": (1, True), "t2": (2, True)})
+    b.restore(str(tmp_path / "killed" / "searcher-state.pkl"))
+    b.set_max_concurrency(2)
+    assert b.numbers == {"t0": 0, "t1": 1, "t2": 2} and b.told == {"t0", "t1", "t2"}
+    assert b.suggest("n0") is None  # Tune's restored t1 and t2 hold both slots until they end
+    b.on_trial_complete("t1", complete(1, 2.0))  # replayed: Optuna already knows, nothing changes
+    b.on_trial_complete("t2", complete(2, 3.0))
+    handed = [b.suggest(f"n{i}") for i in range(2)]
+    assert [c["trial_number"] for c in handed] == [3, 4]  # asked before the kill: handed out again, not redrawn
+    assert [params_of(c) for c in handed] == expected[3:5]
+    b.on_trial_complete("n0", complete(3, 60.0))
+    t5 = b.suggest("n2")
+    assert t5["trial_number"] == 5 and params_of(t5) == expected[5]  # the draw the unkilled study made
+    b.on_trial_complete("n1", complete(4, 50.0))
+    b.on_trial_complete("n2", complete(5, 40.0))
+    assert b.suggest("n3") == Searcher.FINISHED  # exactly the trials asked
 
-    t = trials(tmp_path)
+    t = trials(tmp_path / "killed")
     assert [x.number for x in t] == [0, 1, 2, 3, 4, 5]
-    assert [x.state for x in t] == [TrialState.COMPLETE] * 4 + [TrialState.RUNNING, TrialState.COMPLETE]
-    assert [x.values[0] for x in t if x.values] == [90.0, 80.0, 70.0, 60.0, 50.0]
-    assert close_orphans(f"sqlite:///{tmp_path / 'optuna.db'}", "s") == 1  # trial 4, which Tune never ran
-    orphan = trials(tmp_path)[4]
-    assert orphan.state == TrialState.FAIL and "orphaned" in orphan.user_attrs["error"]
+    assert [x.state for x in t] == [TrialState.COMPLETE] * 6
+    assert [x.values[0] for x in t] == [90.0, 80.0, 70.0, 60.0, 50.0, 40.0]  # told once each, the first time
+    assert [x.params for x in t] == expected
+    assert close_orphans(f"sqlite:///{tmp_path / 'killed' / 'optuna.db'}", "s") == 0
+
+
+def test_a_study_with_no_tune_snapshot_hands_out_its_asked_trials_first(tmp_path, space):
+    """Killed before Tune wrote any snapshot: the next run starts a fresh Tune, whose searcher finds the trials
+    the killed driver asked in the storage and hands them out before asking new ones."""
+    a = seeded(tmp_path, space, sampler="random", trials=4)
+    first = [a.suggest(f"t{i}") for i in range(2)]
+    b = seeded(tmp_path, space, sampler="random", trials=4)  # a new driver, a new Tune run
+    again = [b.suggest(f"u{i}") for i in range(4)]
+    assert again[:2] == first and [c["trial_number"] for c in again] == [0, 1, 2, 3]
+    assert b.suggest("u4") == Searcher.FINISHED
+    assert len(trials(tmp_path)) == 4
+
+
+def test_an_end_written_but_not_told_is_told_on_resume(tmp_path, space, monkeypatch):
+    """told.json is written before Optuna is told: a kill between the two leaves the trial RUNNING in Optuna;
+    the resumed searcher tells it as recorded (and never hands it out to be trained again)."""
+    a = seeded(tmp_path, space, sampler="random", trials=2)
+    a.suggest("t0")
+    a.suggest("t1")
+    write_told(tmp_path / "trials" / "1", "early_stopped",
+               {"trial_number": 1, "status": "running", "epoch": 2, "val_acc": 55.0}, False)
+    monkeypatch.setattr("study.searcher.read_tune_trials", lambda d: {"t0": (0, True)})
+    a.save(str(tmp_path / "state.pkl"))
+    b = seeded(tmp_path, space, sampler="random", trials=2)
+    b.restore(str(tmp_path / "state.pkl"))
+    t = trials(tmp_path)
+    assert t[1].state == TrialState.PRUNED and t[1].user_attrs["early_stopped_at_epoch"] == 2
+    assert t[0].state == TrialState.RUNNING  # Tune runs it again
+    assert b.suggest("n0") == Searcher.FINISHED
+
+
+def test_a_trial_tune_finished_but_optuna_did_not_is_handed_out_again(tmp_path, space, monkeypatch):
+    a = seeded(tmp_path, space, sampler="random", trials=1)
+    a.suggest("t0")
+    a.save(str(tmp_path / "state.pkl"))
+    monkeypatch.setattr("study.searcher.read_tune_trials", lambda d: {"t0": (0, False)})  # TERMINATED in Tune
+    b = seeded(tmp_path, space, sampler="random", trials=1)
+    b.restore(str(tmp_path / "state.pkl"))
+    assert b.suggest("n0")["trial_number"] == 0
+    assert b.suggest("n1") == Searcher.FINISHED
+
+
+def test_a_format_1_snapshot_resumes(tmp_path, space, monkeypatch):
+    """A study started by the searcher before storage-first resume (it pickled a map and the sampler): only its
+    study name is read."""
+    (tmp_path / "old.pkl").write_bytes(pickle.dumps({"format": 1, "study_name": "s", "numbers": {"x": 0},
+                                                     "told": [], "sampler": None}))
+    monkeypatch.setattr("study.searcher.read_tune_trials", lambda d: {})
+    b = seeded(tmp_path, space, sampler="random", trials=1)
+    b.restore(str(tmp_path / "old.pkl"))
+    assert b.numbers == {} and b.suggest("n0")["trial_number"] == 0
 
 
 def test_restore_refuses_another_studys_state(tmp_path, space):
