@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -538,11 +539,12 @@ def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> di
     return out
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    xs = [float(x) for x in xs if x is not None and np.isfinite(x)]
+def mean_std(xs: Sequence[Any]) -> tuple[float, float]:
+    """Mean and sample std (n - 1) of the finite values in xs: (nan, nan) for none, std 0.0 for one."""
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     if not xs:
         return float("nan"), float("nan")
-    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run_dir: Path,
@@ -571,10 +573,11 @@ def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run
                   "val_acc": own.get("val_acc"), "test_acc": own.get("test_acc")}]
         seeds += [{k: m.get(k) for k in ("seed", "val_acc", "test_acc")}
                   for m in read_seed_metrics(run_dir, cand, plan.get("seeds", []))]
-        tm, ts = _mean_std([pd.to_numeric(s["test_acc"], errors="coerce") for s in seeds])
-        vm, vs = _mean_std([pd.to_numeric(s["val_acc"], errors="coerce") for s in seeds])
-        n = sum(1 for x in seeds if np.isfinite(pd.to_numeric(x["test_acc"], errors="coerce")))
-        rows.append({**cand, "n_seeds": n, "seeds": seeds, "test_acc_mean": tm, "test_acc_std": ts,
+        tests = [pd.to_numeric(s["test_acc"], errors="coerce") for s in seeds]
+        tm, ts = mean_std(tests)
+        vm, vs = mean_std([pd.to_numeric(s["val_acc"], errors="coerce") for s in seeds])
+        n_seeds = sum(1 for x in tests if np.isfinite(x))
+        rows.append({**cand, "n_seeds": n_seeds, "seeds": seeds, "test_acc_mean": tm, "test_acc_std": ts,
                      "val_acc_mean": vm, "val_acc_std": vs,
                      "costs": {n: _num_or_none(values[i, names.index(n)]) for n in costs}})
     verdicts = []

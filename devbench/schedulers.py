@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -36,7 +35,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks import pareto
-from benchmarks.collect import _finite  # NaN/inf -> None for strict JSON
+from benchmarks.collect import (
+    _finite,  # NaN/inf -> None for strict JSON
+    mean_std,
+)
 
 SCHEDULERS = ("none", "asha", "mo_asha")
 DEFAULT_SPACE = "search_spaces/demo.yaml"
@@ -56,8 +58,15 @@ def write_variant(space_file: str | Path, scheduler: str, seed: int, out_dir: Pa
     raw.setdefault("search", {})
     raw["search"]["scheduler"] = scheduler
     raw["search"]["seed"] = int(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{run_name(scheduler, seed)}.yaml"
+    return write_space_copy(raw, out_dir / f"{run_name(scheduler, seed)}.yaml")
+
+
+def write_space_copy(raw: dict, path: Path) -> Path:
+    """Write a changed copy of a space as YAML, only when its text differs (same text for the same inputs, so a
+    rerun resumes the same study)."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(raw, sort_keys=False)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
@@ -173,13 +182,6 @@ def read_run(run_dir: str | Path, *, scheduler: str | None = None, seed: int | N
 
 # ------------------------------------------------------------------------------------------- comparing runs
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
-    if not xs:
-        return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
 def summarize(records: Sequence[dict]) -> dict:
     """Hypervolume of every run under one common normalisation, and per-scheduler means over seeds."""
     if not records:
@@ -208,7 +210,7 @@ def summarize(records: Sequence[dict]) -> dict:
         mine = sorted((r for r in runs if r["scheduler"] == s), key=lambda r: (r["seed"] is None, r["seed"]))
         agg = {}
         for k in METRIC_KEYS:
-            mean, std = _mean_std([r[k] for r in mine])
+            mean, std = mean_std([r[k] for r in mine])
             agg[k] = {"mean": mean, "std": std}
         schedulers[s] = {"seeds": [r["seed"] for r in mine], "mean": agg,
                          "per_seed": {str(r["seed"]): {k: r[k] for k in METRIC_KEYS} for r in mine},

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import pareto
-from devbench.schedulers import _init_ray, budget_hypervolume, read_run
+from devbench.schedulers import _init_ray, budget_hypervolume, read_run, write_space_copy
 
 VARIANTS = ("default", "random", "mo_asha", "gp", "nsga2")
 CORE = ("default", "random", "mo_asha")  # what the issue asks for; gp and nsga2 swap only the default's sampler
@@ -56,12 +56,7 @@ def write_variant(space_file: str | Path, variant: str, seed: int, out_dir: Path
         raw["baselines"] = []
     elif variant in ("gp", "nsga2"):  # the default design (baselines enqueued, no early stopping), another sampler
         search.update(sampler=variant)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{variant}-s{seed}.yaml"
-    text = yaml.safe_dump(raw, sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    return path
+    return write_space_copy(raw, out_dir / f"{variant}-s{seed}.yaml")
 
 
 def baseline_points(run_dir: Path) -> dict[str, list[float]]:

@@ -105,13 +105,13 @@ def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
         epochs += int(m.get("epochs") or 0) + int(m.get("finetune_epochs") or 0)
         log(f"  confirm {cand['label']} seed {s} ({done}/{len(jobs)}{', kept from before' if m['reused'] else ''}): "
             f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%")
-    wall = round(time.time() - t0, 1)
-    try:  # a resumed confirmation adds its time to the earlier part's
-        before = json.loads((run_dir / "confirm" / "done.json").read_text())
-        wall += float(before.get("wall_s") or 0.0) if trained else 0.0
-        wall = wall if trained else float(before.get("wall_s") or wall)
+    wall = time.time() - t0
+    try:  # an earlier, interrupted part's time: added when this run trained more, kept when it trained nothing
+        earlier = float(json.loads((run_dir / "confirm" / "done.json").read_text()).get("wall_s") or 0.0)
     except (OSError, ValueError):
-        pass
+        earlier = None
+    if earlier is not None:
+        wall = wall + earlier if trained else earlier or wall
     # epochs: every confirmation seed's training, including seeds kept from an interrupted earlier run
     out = {"seeds": done, "seeds_trained_now": trained, "epochs": epochs, "wall_s": round(wall, 1),
            "errors": errors}
