@@ -338,7 +338,9 @@ def row_label(row: Any) -> str:
 
 def is_baseline(df: pd.DataFrame) -> np.ndarray:
     """Rows that are baselines: trained beside the search (state BASELINE) or enqueued as a search trial."""
-    return df["baseline"].notna().to_numpy() & (df["baseline"].astype(str) != "")
+    if "baseline" not in df.columns:  # a table read from an older results.csv
+        return np.zeros(len(df), dtype=bool)
+    return df["baseline"].notna().to_numpy() & (df["baseline"].astype(str) != "").to_numpy()
 
 
 def searched_front(df: pd.DataFrame, objectives: list[dict], values: np.ndarray | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from benchmarks import pareto
-from benchmarks.collect import row_label
+from benchmarks.collect import is_baseline, row_label
 from study.errors import UserError
 from study.io import write_text_atomic
 
@@ -165,13 +165,6 @@ def _reference_trace(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..
     )]
 
 
-def _is_baseline(df: pd.DataFrame) -> pd.Series:
-    """Baseline rows: trained beside the search (state BASELINE) or enqueued as a search trial (labelled)."""
-    if "baseline" not in df.columns:
-        return pd.Series(False, index=df.index)
-    return df["baseline"].notna() & (df["baseline"].astype(str) != "")
-
-
 def _baseline_label(r: Any) -> str:
     return f"{r['baseline']} (trial {int(r['number'])})" if pd.notna(r.get("number")) else str(r["baseline"])
 
@@ -180,7 +173,7 @@ def _baseline_trace(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[...
     """The baselines (configurations picked by hand), labelled by name."""
     if "baseline" not in df.columns:
         return []
-    rows = df[_is_baseline(df) & _finite(df, cols)]
+    rows = df[is_baseline(df) & _finite(df, cols)]
     if rows.empty:
         return []
     extra = [c for c in (ACC, "params", "nonzero_params", "macs", "latency_ms_bs1", LATENCY_RE) if c in rows.columns]
@@ -331,7 +324,7 @@ def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label:
 
 def baselines_table(df: pd.DataFrame, compared: Sequence[dict], objectives: Sequence[dict]) -> str:
     """One row per baseline: its objectives, its config (what differs from the space), and the verdict line."""
-    rows_df = df[_is_baseline(df)]
+    rows_df = df[is_baseline(df)]
     lines = {b.get("name"): b.get("line", "") for b in compared}
     names = [o["name"] for o in objectives]
     extra = [c for c in ("test_acc", "params", "macs") if c in rows_df.columns and c not in names]
@@ -491,7 +484,7 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
                  else '<p class="note">No complete trial: the front is empty.</p>')
     parts.append("<h2>Baselines: the configurations picked by hand</h2>")
     parts.append(baselines_table(results, benchmark.get("baselines") or [], objectives)
-                 if _is_baseline(results).any()
+                 if is_baseline(results).any()
                  else '<p class="note">No baseline results in this run directory: its space lists '
                       '<code>baselines: []</code>, the baselines failed or have not finished (see the study\'s '
                       'output), or the study was run before baselines existed.</p>')
