@@ -308,8 +308,10 @@ def test_sigkilled_study_resumes_without_duplicates_or_losses(tmp_path):
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     _kill_tree(None, marker)
+    (tmp_path / "second.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     print(f"resumed run: {time.time() - t0:.0f} s")
+    print(r.stdout[-4000:])  # shown when a check below fails
     check_exact_trials(run_dir, space, 5)
     for name, mtime in done_before.items():  # completed before the kill: not rerun
         assert (run_dir / "trials" / name / "metrics.json").stat().st_mtime == mtime
