@@ -134,11 +134,12 @@ def _picks(df: pd.DataFrame, objectives: Sequence[dict], benchmark: dict, constr
     searched = ((df["state"] == "COMPLETE").to_numpy() & ~is_baseline(df)
                 & pd.to_numeric(df[acc], errors="coerce").notna().to_numpy())
     picks: dict[int, list[str]] = {}
+    complete = (df["state"] == "COMPLETE").to_numpy()
     k = (benchmark.get("knee") or {}).get("trial")
-    if k is None and "on_front" in df.columns:
-        k = (knee(df.assign(on_front=df["on_front"].astype(str).str.lower().isin(["true", "1"])),
-                  list(objectives)) or {}).get("trial")
-    if k is not None and (df["number"] == k).any():
+    if k is None and "on_front" in df.columns:  # a benchmark.json from before the knee
+        front = df["on_front"].astype(str).str.lower().isin(["true", "1"]).to_numpy() & complete
+        k = (knee(df.assign(on_front=front), list(objectives)) or {}).get("trial")
+    if k is not None and (complete & (df["number"] == k).fillna(False).to_numpy()).any():
         picks.setdefault(int(k), []).append("knee")
 
     def best(mask: np.ndarray) -> int | None:
@@ -162,7 +163,8 @@ def _picks(df: pd.DataFrame, objectives: Sequence[dict], benchmark: dict, constr
         vals = lat if metric == "latency_ms_bs1" else pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
         n = best(np.nan_to_num(vals, nan=np.inf) <= float(bound))
         if n is not None:
-            picks.setdefault(n, []).append(f"best under {key} {float(bound):,.6g}")
+            bound_text = f"{int(bound):,}" if float(bound).is_integer() else f"{float(bound):g}"
+            picks.setdefault(n, []).append(f"best under {key} {bound_text}")
     return picks
 
 

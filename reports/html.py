@@ -207,23 +207,24 @@ def _ring_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., A
 
 
 def _named_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., Any]) -> list[Any]:
-    """One trace, hence one legend entry, per baseline and per reference model: no text labels to collide."""
+    """One trace, hence one legend entry, per reference model and per baseline: no text labels to collide. The
+    baselines come last and smaller, so that one on top of a reference (no_kd is student_ce's recipe) shows."""
     three_d, extra = len(cols) == 3, _hover_cols(df)
     out = []
-    rows = df[is_baseline(df) & _finite(df, cols)] if "baseline" in df.columns else df.iloc[:0]
-    for i, (_, r) in enumerate(rows.iterrows()):
-        out.append(scatter(
-            **_xyz(rows.loc[[r.name]], cols), mode="markers", name=f"baseline {_baseline_label(r)}", meta="baseline",
-            marker={"symbol": "diamond" if three_d else "diamond-wide", "size": 7 if three_d else 15,
-                    "color": BASELINE_COLORS[i % len(BASELINE_COLORS)], "line": {"width": 1, "color": "#000000"}},
-            hovertext=[_hover(r, [], extra)], hoverinfo="text"))
     refs = df[(df["state"] == "REFERENCE") & _finite(df, cols)]
     for i, (_, r) in enumerate(refs.iterrows()):
         out.append(scatter(
             **_xyz(refs.loc[[r.name]], cols), mode="markers", name=f"reference {r['reference']}", meta="reference",
             marker={"symbol": "cross" if three_d else REFERENCE_SYMBOLS[i % len(REFERENCE_SYMBOLS)],
-                    "size": 7 if three_d else 15, "color": REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
+                    "size": 7 if three_d else 16, "color": REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
                     "line": {"width": 1, "color": "#000000"}},
+            hovertext=[_hover(r, [], extra)], hoverinfo="text"))
+    rows = df[is_baseline(df) & _finite(df, cols)]
+    for i, (_, r) in enumerate(rows.iterrows()):
+        out.append(scatter(
+            **_xyz(rows.loc[[r.name]], cols), mode="markers", name=f"baseline {_baseline_label(r)}", meta="baseline",
+            marker={"symbol": "diamond" if three_d else "diamond-wide", "size": 6 if three_d else 11,
+                    "color": BASELINE_COLORS[i % len(BASELINE_COLORS)], "line": {"width": 1, "color": "#000000"}},
             hovertext=[_hover(r, [], extra)], hoverinfo="text"))
     return out
 
@@ -232,12 +233,18 @@ def _baseline_label(r: Any) -> str:
     return f"{r['baseline']} (trial {int(r['number'])})" if pd.notna(r.get("number")) else str(r["baseline"])
 
 
-def _log_axis(df: pd.DataFrame, col: str) -> bool:
-    """Log scale where the shown values span more than about half a decade (a linear axis would squeeze the
-    trials into a corner beside the teacher)."""
+def _axis(df: pd.DataFrame, col: str) -> dict:
+    """Axis settings for `col`: logarithmic where the shown values span more than about half a decade (a linear
+    axis would squeeze the trials into a corner beside the teacher), ticked at 1, 2 and 5 x 10^k written out."""
     xs = _num(df, col)
     xs = xs[np.isfinite(xs) & (xs > 0)]
-    return len(xs) > 1 and xs.max() / xs.min() > LOG_SPAN
+    if len(xs) < 2 or xs.max() / xs.min() <= LOG_SPAN:
+        return {"type": "linear"}
+    lo, hi = xs.min() / 1.05, xs.max() * 1.05
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    return {"type": "log", **({"tickvals": ticks, "ticktext": [f"{t:,.6g}" for t in ticks]} if len(ticks) > 1
+                              else {})}
 
 
 def _staircase(df: pd.DataFrame, x: str, objectives: Sequence[dict]) -> list[Any]:
@@ -263,10 +270,10 @@ def pareto_figure(df: pd.DataFrame, x: str, x_label: str, objectives: Sequence[d
                     + _ring_traces(df, [x, ACC], go.Scatter, n_obj, knee_trial)
                     + _named_traces(df, [x, ACC], go.Scatter))
     shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite(df, [x, ACC])]
-    log_x = _log_axis(shown, x)
+    x_axis = _axis(shown, x)
     fig.update_layout(
         title={"text": f"{ACC} vs {SHORT.get(x, x)}"}, height=480, margin={"t": 50, "r": 10},
-        xaxis={"title": {"text": x_label + (" (log scale)" if log_x else "")}, "type": "log" if log_x else "linear"},
+        xaxis={"title": {"text": x_label + (" (log scale)" if x_axis["type"] == "log" else "")}, **x_axis},
         yaxis={"title": {"text": f"{ACC} (%)"}}, legend={"font": {"size": 11}},
     )
     return fig
@@ -282,10 +289,9 @@ def scatter3d_figure(df: pd.DataFrame, cols: Sequence[str], objectives: Sequence
     shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite(df, cols)]
     axes = {}
     for axis, c in zip(("xaxis", "yaxis", "zaxis"), cols, strict=True):
-        log = _log_axis(shown, c)
+        ax = _axis(shown, c)
         # objective names come from study.json: text, not markup
-        axes[axis] = {"title": {"text": esc(AXIS_3D.get(c, c)) + (" (log)" if log else "")},
-                      "type": "log" if log else "linear", **({"dtick": "D2"} if log else {})}
+        axes[axis] = {"title": {"text": esc(AXIS_3D.get(c, c)) + (" (log)" if ax["type"] == "log" else "")}, **ax}
     fig.update_layout(title={"text": "The objectives in 3-D (drag to rotate; latency as timed in the search)"},
                       height=720, margin={"l": 0, "r": 0, "t": 50, "b": 0}, legend={"font": {"size": 11}},
                       scene={**axes, "aspectmode": "cube",
@@ -473,7 +479,7 @@ def verdict_html(benchmark: dict, run_dir_label: str = "RUN_DIR") -> str:
     if all(v["seed_means"] for v in verdicts):
         head = (f"The baselines (configurations picked by hand) against the searched trials, on seed means (the "
                 f"search's own run and seeds {', '.join(map(str, confirmed.get('seeds') or []))}; "
-                f"{confirmed.get('accuracy')}; {confirmed.get('latency')} latency):")
+                f"{str(confirmed.get('accuracy')).replace('+-', '±')}; {confirmed.get('latency')} latency):")
     else:
         head = ("The baselines (configurations picked by hand) against the searched trials, on the search's own "
                 "values (one run each; no confirmation seeds):")
