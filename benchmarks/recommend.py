@@ -89,7 +89,7 @@ def reproduce_verdict(summaries: Sequence[dict], trial: int | None = None,
     """The reproduce run of one trial (or baseline) against the search: is the search's test accuracy within
     one sample std of the reproduced mean? A run at the search's budget wins over an --epochs one; None if none."""
     runs = [s for s in summaries if (baseline is not None and s.get("baseline") == baseline)
-            or (trial is not None and s.get("trial") == trial and not s.get("baseline"))]
+            or (trial is not None and s.get("trial") == trial)]
     runs = sorted(runs, key=lambda s: bool(s.get("budget_changed")))
     if not runs:
         return None

@@ -1,5 +1,10 @@
 """One self-contained HTML report of a study: plotly.js inlined once, no network access, every text escaped.
 
+The page answers first which model to take (benchmarks.recommend: the knee, the most accurate searched trial, the
+best under each constraint, with seed means, reproduce verdicts and the `kdstudy reproduce` command that exports
+each; then the baselines' verdicts), then the front as a compact table, then the plots (one front per legend
+entry; every point of a plot from one latency measurement) and the details.
+
 `render_report` is a pure function of the results table, the front, benchmark.json, study.json and the reproduce
 summaries; `build_report` is the edge that reads them from RUN_DIR (running the benchmark collection without
 latency re-measurement when results.csv / pareto.csv / benchmark.json are missing) and writes RUN_DIR/report.html.
@@ -646,6 +651,7 @@ th { background: #f0f0f0; } code { font-size: 0.95em; } .note { color: #555; fon
 .plot { margin-bottom: 1em; } .warning { color: #a00; } .wide { max-width: 100%; overflow-x: auto; }
 code.cmd { background: #eef2f8; padding: 0 3px; overflow-wrap: anywhere; } .nw { white-space: nowrap; }
 #answer code.cmd { font-size: 1.05em; }
+#table-recommend td:nth-child(2), #table-pareto td:nth-child(2) { min-width: 19em; }  /* a command on one line */
 #answer { background: #f7f9fc; border: 1px solid #c9d5e8; border-radius: 6px; padding: 0 1em 0.3em; }
 #answer h2 { margin-top: 0.4em; } #answer p { margin: 0.4em 0; } #answer ul { margin: 0.2em 0 0.4em; }
 #answer li { margin-bottom: 0.2em; } #table-settings td { overflow-wrap: anywhere; }
