@@ -115,8 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from study.reproduce import reproduce
 
-    summary = reproduce(Path(args.run_dir), rank=args.rank, trial=args.trial, seeds=args.seeds, epochs=args.epochs,
-                        max_latency_ms=args.max_latency_ms, max_params=args.max_params)
+    summary = reproduce(Path(args.run_dir), rank=args.rank, knee=args.knee, trial=args.trial, baseline=args.baseline,
+                        seeds=args.seeds, epochs=args.epochs, max_latency_ms=args.max_latency_ms,
+                        max_params=args.max_params)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -168,12 +169,14 @@ def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
     r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html at the end")
     r.set_defaults(func=cmd_run)
 
-    rp = sub.add_parser("reproduce", help="rerun a Pareto trial with several seeds and export it",
+    rp = sub.add_parser("reproduce", help="rerun a trial or baseline with several seeds and export it",
                         description=_docstring("reproduce.py"), formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir")
     g = rp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = best)")
-    g.add_argument("--trial", type=int, help="Optuna trial number")
+    g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = most accurate)")
+    g.add_argument("--knee", action="store_true", help="the front's knee (as benchmark.json names it)")
+    g.add_argument("--trial", type=int, help="any trial that finished training, by its Optuna number")
+    g.add_argument("--baseline", metavar="NAME", help="a baseline of the space (seed_recipe, no_kd, ...)")
     rp.add_argument("--seeds", type=int, default=3)
     rp.add_argument("--epochs", type=int, help="longer distillation budget (default: the study's)")
     rp.add_argument("--max-latency-ms", type=float, help="with --rank: only front trials under this latency")

@@ -280,7 +280,7 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
     teacher = summary.get("teacher") or {}
     lines = [
         f"# Model card: {c['student_arch']} x{c['width_mult']:g} on {meta['dataset']} "
-        f"(run {summary['run_name']}, trial {summary['trial']})",
+        f"(run {summary['run_name']}, {summary.get('label') or 'trial ' + str(summary['trial'])})",
         "",
         "A student network found by a knowledge-distillation + pruning search and re-trained with "
         f"{n} seed(s) by `python -m study reproduce`. This folder needs only torch {export_info['torch_version']} "
