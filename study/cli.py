@@ -1,4 +1,4 @@
-"""`python -m study COMMAND ...`: trial, teacher, data, run, reproduce."""
+"""`kdstudy COMMAND ...` (or `python -m study COMMAND ...`): trial, teacher, data, run, reproduce."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         space = dataclasses.replace(load_space(args.space), seed=args.seed)
     run_study(space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
               address=args.address, runs_dir=args.runs_dir, gpus_per_trial=args.gpus_per_trial,
-              cpus_per_trial=args.cpus_per_trial, report=not args.no_report)
+              cpus_per_trial=args.cpus_per_trial, report=not args.no_report, live_report_s=args.live_report_s)
     return 0
 
 
@@ -166,7 +166,10 @@ def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default runs)")
     r.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (overrides resources)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources)")
-    r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html at the end")
+    r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html (at the end "
+                   "and while the study runs)")
+    r.add_argument("--live-report-s", type=float, default=30.0, metavar="S", help="while the study runs, rewrite "
+                   "report.html as trials end, at most every S seconds (default 30)")
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("reproduce", help="rerun a trial or baseline with several seeds and export it",

@@ -20,8 +20,8 @@ from study.hypervolume import is_accuracy, normalization, normalized_hypervolume
 class Progress(Callback):
     """One line per finished trial with its key metrics: [finished/total, seconds since this driver started],
     then (with a run_dir) a line with the study so far (SoFar: best accuracy, hypervolume, trials done / running /
-    left, ETA), after which `on_trial_end(so_far)` runs; a line for a crashed trial process that Tune starts again
-    (once, from its last checkpoint).
+    left, ETA), after which `on_trial_end(run_dir, so_far)` runs; a line for a crashed trial process that Tune
+    starts again (once, from its last checkpoint).
 
     Tune pickles this callback into its experiment state and a resumed study runs the unpickled copy, so
     `on_trial_end` must pickle (a module-level function or class instance) and attributes added since may be
@@ -29,14 +29,17 @@ class Progress(Callback):
 
     def __init__(self, objectives: list[tuple[str, str]], total: int, run_dir: Path | None = None,
                  fixed: dict | None = None, concurrent: int = 1,
-                 on_trial_end: Callable[[SoFar], None] | None = None):
+                 on_trial_end: Callable[[Path, SoFar], None] | None = None):
         self.objectives, self.total, self.done, self.t0 = objectives, total, 0, time.time()
         self.run_dir = run_dir
-        self.fixed = dict(fixed or {})  # the space's trial: values, shown where a parameter is not searched
+        self.fixed = dict(fixed or {})  # the study's trial config, shown where a parameter is not searched
         self.concurrent = concurrent  # trials at once (the ETA's divisor)
         self.on_trial_end = on_trial_end
         self._counted = False
         self._trials: list = []
+
+    def __getstate__(self):  # Tune pickles this callback: without the live trial list
+        return {**self.__dict__, "_trials": []}
 
     def setup(self, *args, **info):
         # Tuner.restore unpickles this callback as it was when the study started (tuner.pkl): start the clock
@@ -93,7 +96,7 @@ class Progress(Callback):
             print(f"  so far: {so_far.line()}", flush=True)
             hook = getattr(self, "on_trial_end", None)
             if hook is not None:
-                hook(so_far)
+                hook(Path(self.run_dir), so_far)
 
     def _so_far(self, trial) -> SoFar | None:
         """The running summary from the trials' told.json files (so a resumed study counts the earlier run's)."""

@@ -211,8 +211,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     """Run (or resume) a study; returns the run directory. The engine only: summary prints the trial counts and
     the Pareto table from the search's own values; results.csv, the latency re-measurement and report.html are
     the application layer's (study.app.run_study, what the CLI and `from study import run_study` call).
-    on_trial_end(so_far) runs in this process after each ended trial's progress lines (study.progress.Progress:
-    it must pickle, and a resumed study runs the one its first run was given)."""
+    on_trial_end(run_dir, so_far) runs in this process after each ended trial's progress lines
+    (study.progress.Progress: it must pickle, and a resumed study runs the one its first run was given)."""
     set_study_environment()  # before anything imports or starts Ray
     space, space_file, space_text = _space_and_text(space_file)
     name = name or space.name
@@ -358,7 +358,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     def run_config(exp_name: str):
         return tune.RunConfig(
             name=exp_name, storage_path=str(run_dir / "ray"), verbose=0,
-            callbacks=[Progress(objectives, n_trials, run_dir, fixed=dict(space.trial), concurrent=n_conc,
+            callbacks=[Progress(objectives, n_trials, run_dir, fixed=base.to_dict(), concurrent=n_conc,
                                 on_trial_end=on_trial_end)],
             # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer
             # kept, that one can already be deleted ("does not exist on storage anymore").
