@@ -4,13 +4,19 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: study test lint clean-runs
+.PHONY: study test lint clean-runs package
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(MAKE) package VENV=$(VENV)
 	touch $(STAMP)
+
+# The package itself, editable (the venv's `kdstudy` command runs this checkout's code); its dependencies are
+# requirements.txt's, installed above, and so is the setuptools that builds it (no download here).
+package:
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 
 # A real search study on the embedded digits data set: Ray Tune + Optuna, MO-ASHA, Pareto table and report.
 study: $(STAMP)

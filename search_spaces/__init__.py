@@ -301,6 +301,12 @@ def load_space(path: str | Path) -> SearchSpace:
     except FileNotFoundError:
         raise SpaceError(f"{p}: no such search space file; give a path, or one of the shipped spaces: "
                          f"{', '.join(shipped_spaces())}.") from None
+    except UnicodeDecodeError:
+        raise SpaceError(f"{p}: not a text YAML file (it holds bytes that are not UTF-8 text, such as an image's); "
+                         "give the path of the search space's .yaml file.") from None
+    except OSError as exc:  # a folder, no permission
+        raise SpaceError(f"{p}: cannot be read as a search space file ({exc.strerror or exc}); give the path of "
+                         "the search space's .yaml file.") from None
     except yaml.YAMLError as exc:
         raise SpaceError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
     if not isinstance(raw, dict):

@@ -9,6 +9,8 @@ does): the engine runs and resumes studies without them.
 
 from __future__ import annotations
 
+import shlex
+import time
 from pathlib import Path
 
 
@@ -27,17 +29,20 @@ def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Pat
 def run_study(space_file, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
-              log=print) -> Path:
+              live_report_s: float = 30.0, log=print) -> Path:
     """Run (or resume) a study, then (report=True) write results.csv, pareto.csv and benchmark.json with the
-    front's latency re-measured, print the Pareto table with those latencies, and write report.html. report=False
-    (`--no-report`): the search and its Pareto table only. `space_file`: a path, a shipped space's name or a
-    SearchSpace (load_space's, possibly changed with dataclasses.replace). Returns the StudyResult."""
+    front's latency re-measured, print the Pareto table with those latencies, write report.html and say which
+    model to take. While it runs, report.html is rewritten as trials end, at most every `live_report_s` seconds
+    (LiveReport). report=False (`--no-report`): the search and its Pareto table only. `space_file`: a path, a
+    shipped space's name or a SearchSpace (load_space's, possibly changed with dataclasses.replace). Returns the
+    StudyResult."""
     from study import search
     from study.results import StudyResult
 
     run_dir = search.run_study(space_file, name=name, trials=trials, concurrent=concurrent, storage=storage,
                                address=address, runs_dir=runs_dir, gpus_per_trial=gpus_per_trial,
-                               cpus_per_trial=cpus_per_trial, summary=not report, log=log)
+                               cpus_per_trial=cpus_per_trial, summary=not report, log=log,
+                               on_trial_end=LiveReport(live_report_s) if report else None)
     if not report:
         return StudyResult(run_dir)
     from study.results import load_study_meta
@@ -49,7 +54,99 @@ def run_study(space_file, *, name: str | None = None, trials: int | None = None,
     objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
     search.print_summary(run_dir, meta["storage"], meta["study_name"], objectives, log, quiet_latency=quiet)
     write_report(run_dir, log)
+    for line in which_model_lines(run_dir):
+        log(line)
     return StudyResult(run_dir)
+
+
+class LiveReport:
+    """The study's on_trial_end hook: RUN_DIR/report.html rewritten from what the study holds so far (results
+    collected without the latency re-measurement, then the report; both written atomically, so an open report is
+    never half-written) after the first ended trial and then at most every `every_s` seconds. Tune pickles it
+    with the study's state, so it holds only plain values."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = float(every_s)  # seconds between two rewrites, at least
+        self.last = 0.0  # time.time() of the last rewrite (0: none yet)
+
+    def __call__(self, run_dir: Path, so_far) -> None:
+        from study.errors import UserError
+
+        if self.last and time.time() - self.last < self.every_s:
+            return
+        first = not self.last
+        self.last = time.time()
+        try:
+            path = write_live_report(run_dir)
+        except (UserError, OSError) as exc:  # the search goes on; the report at the end says what is wrong
+            print(f"live report not rewritten: {exc}", flush=True)
+            return
+        if first:
+            when = f"at most every {self.every_s:g} s" if self.every_s > 0 else "after each one"
+            print(f"report: {path} (rewritten as trials end, {when}; open it any time)", flush=True)
+
+
+def write_live_report(run_dir: Path) -> Path:
+    """report.html of a study still running: results.csv, pareto.csv and benchmark.json collected now, without
+    the latency re-measurement or the confirmation seeds (the end of the study adds those)."""
+    from benchmarks.collect import run_benchmarks
+    from reports import build_report
+
+    def quiet(msg: str) -> None:  # notes about trials still running or baselines not trained yet
+        pass
+
+    run_benchmarks(run_dir, remeasure=False, log=quiet)
+    return build_report(run_dir, log=quiet)
+
+
+def which_model_lines(run_dir: Path) -> list[str]:
+    """"Which model to take": the front's knee (benchmark.json) and its most accurate trial (pareto.csv), each
+    with its numbers and the command that exports it."""
+    import json
+
+    import pandas as pd
+
+    from benchmarks.latency import LATENCY_COL
+
+    try:
+        bench = json.loads((run_dir / "benchmark.json").read_text())
+        front = pd.read_csv(run_dir / "pareto.csv")
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return []
+    names = [o["name"] for o in bench.get("objectives") or []]
+    rows = {int(r["number"]): r for _, r in front.iterrows() if pd.notna(r.get("number"))}
+    picks: dict[int, list] = {}  # trial -> [why, flag]
+    if (bench.get("knee") or {}).get("trial") in rows:
+        picks[bench["knee"]["trial"]] = ["the knee (the balanced choice)", "--knee"]
+    acc = next((n for n in names if n.endswith("acc")), None)
+    if acc and acc in front.columns and rows:
+        best = max(sorted(rows), key=lambda n: rows[n][acc])  # ties: the lower trial number
+        why = f"the most accurate ({acc})"
+        picks[best] = [f"{picks[best][0]} and {why}", "--knee"] if best in picks else [why, f"--trial {best}"]
+    if not picks:
+        return []
+    lines = ["which model to take:"]
+    for number, (why, flag) in picks.items():
+        row = rows[number]
+        numbers = ", ".join(f"{n} {_short(row.get(n))}" if n != "latency_ms_bs1" or pd.isna(row.get(LATENCY_COL))
+                            else f"{n} {_short(row[LATENCY_COL])} (re-measured)" for n in names if n in front.columns)
+        lines.append(f"  {why}: trial {number} ({numbers})")
+        lines.append(f"    export it: kdstudy reproduce {shlex.quote(_shown(run_dir))} {flag}")
+    return lines
+
+
+def _shown(run_dir: Path) -> str:
+    """The run folder as a user typed it: relative to the working directory where it lies below it."""
+    try:
+        return str(Path(run_dir).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(run_dir)
+
+
+def _short(v) -> str:
+    from study.fmt import fmt_value
+
+    return fmt_value(v.item() if hasattr(v, "item") else v)
 
 
 def confirm_front(run_dir: Path, meta: dict, log=print) -> None:

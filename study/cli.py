@@ -1,4 +1,4 @@
-"""`python -m study COMMAND ...`: trial, teacher, data, run, reproduce."""
+"""`kdstudy COMMAND ...` (or `python -m study COMMAND ...`): trial, teacher, data, run, reproduce."""
 
 from __future__ import annotations
 
@@ -108,15 +108,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         space = dataclasses.replace(load_space(args.space), seed=args.seed)
     run_study(space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
               address=args.address, runs_dir=args.runs_dir, gpus_per_trial=args.gpus_per_trial,
-              cpus_per_trial=args.cpus_per_trial, report=not args.no_report)
+              cpus_per_trial=args.cpus_per_trial, report=not args.no_report, live_report_s=args.live_report_s)
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from study.reproduce import reproduce
 
-    summary = reproduce(Path(args.run_dir), rank=args.rank, trial=args.trial, seeds=args.seeds, epochs=args.epochs,
-                        max_latency_ms=args.max_latency_ms, max_params=args.max_params)
+    summary = reproduce(Path(args.run_dir), rank=args.rank, knee=args.knee, trial=args.trial, baseline=args.baseline,
+                        seeds=args.seeds, epochs=args.epochs, max_latency_ms=args.max_latency_ms,
+                        max_params=args.max_params)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -165,15 +166,20 @@ def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", default="runs", help="parent folder of run folders (default runs)")
     r.add_argument("--gpus-per-trial", type=float, help="GPU fraction per trial (overrides resources)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (overrides resources)")
-    r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html at the end")
+    r.add_argument("--no-report", action="store_true", help="skip building benchmarks and report.html (at the end "
+                   "and while the study runs)")
+    r.add_argument("--live-report-s", type=float, default=30.0, metavar="S", help="while the study runs, rewrite "
+                   "report.html as trials end, at most every S seconds (default 30)")
     r.set_defaults(func=cmd_run)
 
-    rp = sub.add_parser("reproduce", help="rerun a Pareto trial with several seeds and export it",
+    rp = sub.add_parser("reproduce", help="rerun a trial or baseline with several seeds and export it",
                         description=_docstring("reproduce.py"), formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir")
     g = rp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = best)")
-    g.add_argument("--trial", type=int, help="Optuna trial number")
+    g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = most accurate)")
+    g.add_argument("--knee", action="store_true", help="the front's knee (as benchmark.json names it)")
+    g.add_argument("--trial", type=int, help="any trial that finished training, by its Optuna number")
+    g.add_argument("--baseline", metavar="NAME", help="a baseline of the space (seed_recipe, no_kd, ...)")
     rp.add_argument("--seeds", type=int, default=3)
     rp.add_argument("--epochs", type=int, help="longer distillation budget (default: the study's)")
     rp.add_argument("--max-latency-ms", type=float, help="with --rank: only front trials under this latency")

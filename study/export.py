@@ -280,10 +280,10 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
     teacher = summary.get("teacher") or {}
     lines = [
         f"# Model card: {c['student_arch']} x{c['width_mult']:g} on {meta['dataset']} "
-        f"(run {summary['run_name']}, trial {summary['trial']})",
+        f"(run {summary['run_name']}, {summary.get('label') or 'trial ' + str(summary['trial'])})",
         "",
         "A student network found by a knowledge-distillation + pruning search and re-trained with "
-        f"{n} seed(s) by `python -m study reproduce`. This folder needs only torch {export_info['torch_version']} "
+        f"{n} seed(s) by `kdstudy reproduce`. This folder needs only torch {export_info['torch_version']} "
         "(or a compatible version) to run model.pt2, or only onnxruntime and numpy to run model.onnx"
         + (f" (ONNX Runtime {export_info['onnx']['onnxruntime_version']} made it)." if export_info.get("onnx")
            else "."),

@@ -204,6 +204,17 @@ def _python_model(obj: object, name: str) -> ModelSpec:
     if not callable(obj):
         raise UserError(f"model {name!r}: {type(obj).__name__} is not callable; point the import string at a "
                         "function build(num_classes, in_channels, width_mult) -> nn.Module.")
+    import inspect
+
+    try:  # checked here, before anything trains: a TypeError from the call itself would read as a crash
+        signature = inspect.signature(obj)
+        signature.bind(num_classes=10, in_channels=3, width_mult=1.0)
+    except ValueError:  # no signature to read (some builtins): the call will tell
+        pass
+    except TypeError as exc:
+        raise UserError(f"model {name!r}: it takes ({', '.join(signature.parameters)}) ({exc}), but a student is "
+                        "built as build(num_classes=..., in_channels=..., width_mult=...); point the import string "
+                        "at a function of that signature that returns a torch.nn.Module.") from None
     return ModelSpec(obj, "knob", "python")
 
 

@@ -207,10 +207,12 @@ def _space_and_text(space) -> tuple[SearchSpace, str, str]:
 def run_study(space_file: str, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, summary: bool = True,
-              log=print) -> Path:
+              log=print, on_trial_end=None) -> Path:
     """Run (or resume) a study; returns the run directory. The engine only: summary prints the trial counts and
     the Pareto table from the search's own values; results.csv, the latency re-measurement and report.html are
-    the application layer's (study.app.run_study, what the CLI and `from study import run_study` call)."""
+    the application layer's (study.app.run_study, what the CLI and `from study import run_study` call).
+    on_trial_end(run_dir, so_far) runs in this process after each ended trial's progress lines
+    (study.progress.Progress: it must pickle, and a resumed study runs the one its first run was given)."""
     set_study_environment()  # before anything imports or starts Ray
     space, space_file, space_text = _space_and_text(space_file)
     name = name or space.name
@@ -356,7 +358,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     def run_config(exp_name: str):
         return tune.RunConfig(
             name=exp_name, storage_path=str(run_dir / "ray"), verbose=0,
-            callbacks=[Progress(objectives, n_trials, run_dir, fixed=dict(space.trial))],
+            callbacks=[Progress(objectives, n_trials, run_dir, fixed=base.to_dict(), concurrent=n_conc,
+                                on_trial_end=on_trial_end)],
             # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer
             # kept, that one can already be deleted ("does not exist on storage anymore").
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
@@ -382,6 +385,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
         tuner = tune.Tuner(trainable, run_config=run_config("tune"), tune_config=tune_config(searcher))
     log(f"study {name}: {n_trials} trials, {n_conc} at a time, sampler {space.sampler}, scheduler "
         f"{space.scheduler}, objectives {', '.join(f'{d} {m}' for m, d in objectives)}; results in {run_dir}")
+    log(f"watch it live: optuna-dashboard {dashboard_url(storage_url, run_dir)}  (pip install optuna-dashboard, "
+        "the dashboard extra)")
     tuner.fit()
     left = unfinished_trials(storage_url, study_name)
     if left:
@@ -407,6 +412,17 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
     if summary:
         print_summary(run_dir, storage_url, study_name, objectives, log)
     return run_dir
+
+
+def dashboard_url(storage_url: str, run_dir: Path) -> str:
+    """The storage URL for optuna-dashboard, relative to the working directory where the run's own SQLite file is."""
+    own = f"sqlite:///{run_dir / 'optuna.db'}"
+    if storage_url != own:
+        return storage_url
+    try:
+        return f"sqlite:///{(run_dir / 'optuna.db').relative_to(Path.cwd().resolve())}"
+    except ValueError:  # the run folder is outside the working directory
+        return storage_url
 
 
 def enqueue_baselines(study: optuna.Study, params: dict[str, dict]) -> dict[str, int]:

@@ -261,6 +261,10 @@ class AskTellSearcher(Searcher):
             import yaml
 
             attrs["config"] = yaml.safe_load(cfg_path.read_text())
+        if status in ("complete", "early_stopped"):
+            curve = val_acc_curve(trial_dir)
+            if curve:
+                attrs["val_acc_by_epoch"] = curve
         if status == "complete":
             attrs["metrics"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
         elif status in ("infeasible", "failed"):
@@ -380,3 +384,16 @@ def unfinished_trials(storage_url: str, study_name: str) -> list[int]:
     """Numbers of the Optuna trials asked and not finished (RUNNING)."""
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def val_acc_curve(trial_dir: Path) -> list[float]:
+    """The trial's validation accuracy after each epoch (distillation, then fine-tuning; epochs.csv), kept as the
+    user attr `val_acc_by_epoch`: Optuna stores no intermediate values in multi-objective studies (optuna#3450), so
+    optuna-dashboard shows the curve as this attribute, not as a plot."""
+    import csv
+
+    try:
+        with open(Path(trial_dir) / "epochs.csv", newline="") as fh:
+            return [round(float(r["val_acc"]), 4) for r in csv.DictReader(fh) if r.get("val_acc") not in (None, "")]
+    except (OSError, ValueError, KeyError):
+        return []

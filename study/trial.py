@@ -146,15 +146,43 @@ def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, 
 def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
               hooks: TrialHooks | None = None, cache_dir: Path | None = None) -> dict:
     """Run one trial and return its metrics (accuracies in percent). Writes config.yaml, metrics.json,
-    epochs.csv and model.pt to out_dir when given. Runs with cfg.threads torch threads (0: as it finds them)
-    and gives the caller its thread count back."""
+    epochs.csv and model.pt to out_dir when given, only once the trial has succeeded (staged: a failed trial
+    leaves out_dir as it was). Runs with cfg.threads torch threads (0: as it finds them) and gives the caller its
+    thread count back."""
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    hooks = hooks or TrialHooks()
     try:
-        return _run_trial(cfg, out_dir, teacher_path, hooks or TrialHooks(), cache_dir)
+        if out_dir is None:
+            return _run_trial(cfg, None, teacher_path, hooks, cache_dir)
+        return staged(Path(out_dir), lambda work: _run_trial(cfg, work, teacher_path, hooks, cache_dir))
     finally:
         torch.set_num_threads(before)
+
+
+OUTPUTS = ("config.yaml", "epochs.csv", "model.pt", "model.onnx", "model_int8.onnx", "resumed.json", "metrics.json")
+
+
+def staged(out_dir: Path, run) -> Any:
+    """run(work) writes into a fresh folder beside out_dir; on success its files move into out_dir (created
+    then), metrics.json last, and an older run's OUTPUTS this run did not write are removed, so the folder never
+    mixes two runs. On failure nothing in out_dir changes and the staging folder is removed."""
+    import os
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-staging-", dir=out_dir.parent))
+    try:
+        result = run(work)
+        out_dir.mkdir(exist_ok=True)
+        for name in OUTPUTS:
+            if not (work / name).exists():
+                (out_dir / name).unlink(missing_ok=True)
+        for path in sorted(work.iterdir(), key=lambda p: p.name == "metrics.json"):
+            os.replace(path, out_dir / path.name)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None, hooks: TrialHooks,
@@ -166,12 +194,7 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         from study.normalization import resolve
 
         cfg, ds, _ = resolve(cfg, ds, device, hooks.log)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # never mix this run's files with an older run's
-        for stale in ("metrics.json", "model.pt", "epochs.csv", "model.onnx", "model_int8.onnx"):
-            (out_dir / stale).unlink(missing_ok=True)
+    if out_dir is not None:  # the staging folder (run_trial moves its files to the real one at the end)
         save_config(cfg, out_dir / "config.yaml")
     data = data_for(cfg, ds, device, hooks.log)
     shape = data.input_shape

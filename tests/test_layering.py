@@ -155,12 +155,19 @@ def test_the_app_layer_composes_the_engine_the_results_and_the_report(tmp_path, 
     assert (run / "results.csv").is_file() and (run / "report.html").is_file()
     assert json.loads((run / "benchmark.json").read_text())["pareto_trials"]
     assert any(line.startswith("Pareto-optimal trials (") for line in lines)
-    assert lines[-1] == f"report: {run / 'report.html'}"
+    assert isinstance(calls[-1][1]["on_trial_end"], app.LiveReport)  # report.html rewritten while it runs
+    end = lines[lines.index(f"report: {run / 'report.html'}") + 1:]  # then which model to take, with commands
+    knee = result.knee
+    assert end[0] == "which model to take:" and end[1].startswith(f"  the knee (the balanced choice): trial {knee} (")
+    assert end[2] == f"    export it: kdstudy reproduce {run} --knee"
+    assert knee == 1  # the most accurate is another: 0 and 5 tie at val_acc 90, the lower number goes first
+    assert end[3].startswith("  the most accurate (val_acc): trial 0 (val_acc 90")
+    assert end[4] == f"    export it: kdstudy reproduce {run} --trial 0"
 
     (run / "results.csv").unlink()
     (run / "report.html").unlink()
     assert app.run_study("demo", report=False, log=lines.append).run_dir == run
-    assert calls[-1][1]["summary"] is True
+    assert calls[-1][1]["summary"] is True and calls[-1][1]["on_trial_end"] is None
     assert not (run / "results.csv").exists() and not (run / "report.html").exists()
 
 

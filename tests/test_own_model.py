@@ -393,6 +393,7 @@ def test_python_student_from_an_import_string_runs_in_ray_workers(folder, tmp_pa
     ("untraceable", "torch-pruning cannot follow"),
     ("bad_import", "cannot import module 'no_such_pkg.models'"),
     ("bad_attribute", "has no attribute 'nothing_here'"),
+    ("bad_signature", "model 'python:study.models:build_model': it takes (name, num_classes, in_channels, width_mult, input_shape) (missing a required argument: 'name')"),
 ])
 def test_bad_inputs_are_one_sentence_exit_2_nothing_written(folder, teachers, tmp_path, capsys, case, message):
     root = folder
@@ -415,6 +416,8 @@ def test_bad_inputs_are_one_sentence_exit_2_nothing_written(folder, teachers, tm
         trial["student_arch"] = "torchvision:shufflenet_v2_x1_0"
     elif case == "bad_import":
         trial["student_arch"] = "python:no_such_pkg.models:build"
+    elif case == "bad_signature":  # a callable of another signature
+        trial["student_arch"] = "python:study.models:build_model"
     else:
         trial["student_arch"] = "python:study.models:nothing_here"
     space = _space(tmp_path / "bad.yaml", trial)

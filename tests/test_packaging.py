@@ -129,3 +129,38 @@ def test_no_import_cycles_between_our_modules():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+@pytest.mark.slow
+def test_make_study_installs_the_kdstudy_command(tmp_path):
+    """`make study` installs the package into the venv (its stamp rule runs `make package`), so .venv/bin/kdstudy
+    exists afterwards; `make package` is run for real into a fresh venv (no dependencies: --version needs none)."""
+    import shutil
+
+    src = tmp_path / "src"  # a copy, so that the editable install writes nothing into the repository
+    for name in ("study", "search_spaces", "benchmarks", "reports"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "Makefile", "requirements.txt"):
+        shutil.copy(REPO / name, src / name)
+    venv = tmp_path / "venv"
+    dry = subprocess.run(["make", "-n", "-C", str(src), f"VENV={venv}", "study"], capture_output=True, text=True,
+                         timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    steps = dry.stdout.splitlines()
+    install = next(i for i, s in enumerate(steps) if "pip install --quiet --no-deps --no-build-isolation -e ." in s)
+    assert install < next(i for i, s in enumerate(steps) if "-m study run" in s)
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # the venv sees this environment's packages (pip, setuptools), as `make study`'s sees requirements.txt's
+    import sysconfig
+
+    (purelib,) = venv.glob("lib/python*/site-packages")
+    (purelib / "test-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run(["make", "-C", str(src), f"VENV={venv}", "package"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    v = subprocess.run([str(venv / "bin" / "kdstudy"), "--version"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    from study import __version__
+
+    assert v.returncode == 0 and v.stdout.strip() == f"kdstudy {__version__}", v.stdout + v.stderr

@@ -18,6 +18,7 @@ from study_fixture import make_run_dir
 from study.errors import UserError
 from study.reproduce import (
     check_against_study,
+    choose,
     code_version,
     pareto_front,
     reproduce,
@@ -75,12 +76,82 @@ def test_missing_config_is_never_resampled(synthetic):
         trial_config(run, front[2])
 
 
-def test_cli_error_is_one_line_without_traceback(synthetic):
+@pytest.mark.parametrize("args, message", [
+    (["--trial", "999"], "trial 999 is not a trial of this study"),
+    (["--trial", "7"], "trial 7 did not finish training (failed)"),
+    (["--baseline", "nope"], "--baseline nope: no such baseline in this study; its baselines: none"),
+    (["--knee"], "benchmark.json names no knee"),
+])
+def test_cli_error_is_one_line_without_traceback(synthetic, args, message):
     run, _ = synthetic
-    p = subprocess.run([sys.executable, "-m", "study", "reproduce", str(run), "--trial", "3"], cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "study", "reproduce", str(run), *args], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr and p.stdout == ""
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_selection_flags_are_mutually_exclusive(synthetic):
+    run, _ = synthetic
+    p = subprocess.run([sys.executable, "-m", "study", "reproduce", str(run), "--knee", "--trial", "1"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "not allowed with argument" in p.stderr
+
+
+def _choose(run, **kwargs):
+    lines: list[str] = []
+    meta = load_study_meta(run)
+    chosen, _ = choose(open_study(run, meta), run, meta, log=lines.append, **kwargs)
+    return chosen, lines
+
+
+def test_knee_is_the_trial_benchmark_json_names(synthetic):
+    run, _ = synthetic
+    (run / "benchmark.json").write_text(json.dumps({"knee": {"trial": 1, "distance": 0.3}}))
+    chosen, lines = _choose(run, knee=True)
+    assert (chosen.number, chosen.key, chosen.folder, lines) == (1, "1", "trials/1", [])
+    (run / "benchmark.json").write_text(json.dumps({"knee": None}))
+    with pytest.raises(UserError, match=r"names no knee.*python -m benchmarks"):
+        _choose(run, knee=True)
+
+
+def test_a_complete_trial_off_the_front_is_chosen_with_one_line(synthetic):
+    run, _ = synthetic
+    chosen, lines = _choose(run, trial=3)
+    assert chosen.number == 3 and chosen.get("val_acc") == 87.0
+    assert lines == ["trial 3 is not on the Pareto front (front: 0, 5, 1, 2); reproducing and exporting it anyway"]
+    chosen, lines = _choose(run, trial=1)  # on the front: no line
+    assert chosen.number == 1 and lines == []
+    for number, how in ((6, "early_stopped"), (8, "infeasible"), (9, "early_stopped")):
+        with pytest.raises(UserError, match=rf"trial {number} did not finish training \({how}\).*0, 1, 2, 3, 4, 5\."):
+            _choose(run, trial=number)
+
+
+def test_baselines_enqueued_and_beside_the_search(synthetic):
+    from study.config import TrialConfig, save_config
+
+    run, _ = synthetic
+    meta = json.loads((run / "study.json").read_text())
+    meta["baselines"] = {"seed_recipe": {"values": {}, "trial": 2},
+                         "no_kd": {"values": {}, "outside_space": "width_mult 1.0 outside [0.25, 0.5]"}}
+    (run / "study.json").write_text(json.dumps(meta))
+    chosen, lines = _choose(run, baseline="seed_recipe")  # enqueued: the search trial it became
+    assert chosen.number == 2 and lines == []
+    with pytest.raises(UserError, match=r"baselines/no_kd/metrics.json is missing or unreadable: baseline no_kd did "
+                                        r"not finish training beside the search"):
+        _choose(run, baseline="no_kd")
+    (run / "baselines" / "no_kd").mkdir(parents=True)
+    (run / "baselines" / "no_kd" / "metrics.json").write_text(json.dumps({"val_acc": 86.0, "test_acc": 85.0}))
+    chosen, lines = _choose(run, baseline="no_kd")
+    assert (chosen.number, chosen.baseline, chosen.key, chosen.label) == (None, "no_kd", "baseline-no_kd",
+                                                                          "baseline no_kd")
+    with pytest.raises(UserError, match=r"baselines/no_kd/config.yaml is missing"):
+        trial_config(run, chosen)
+    save_config(TrialConfig(kd_loss="ce", width_mult=1.0), run / "baselines" / "no_kd" / "config.yaml")
+    assert trial_config(run, chosen).kd_loss == "ce"
+    with pytest.raises(UserError, match=r"--baseline nope: no such baseline in this study; its baselines: "
+                                        r"seed_recipe, no_kd\."):
+        _choose(run, baseline="nope")
 
 
 # ---------------------------------------------------------------------------------------------- real study
@@ -312,3 +383,20 @@ def test_a_failing_export_keeps_the_summary_and_the_earlier_export(reproduced, m
         assert not list(out.glob(".export-*"))
     finally:  # leave the fixture's files as the other tests expect them
         (out / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.mark.slow
+def test_knee_reruns_the_trial_benchmark_json_names(reproduced):
+    run_dir, summary, _ = reproduced
+    out = run_dir / "reproduce" / str(summary["trial"])
+    before = (out / "summary.json").read_text()
+    (run_dir / "benchmark.json").write_text(json.dumps({"knee": {"trial": summary["trial"]}}))
+    lines: list[str] = []
+    try:
+        again = reproduce(run_dir, knee=True, seeds=1, export=False, log=lines.append)  # its seed is reused
+        assert again["trial"] == summary["trial"] and again["selected_by"] == "--knee" and again["on_front"]
+        assert again["command"].startswith(f"kdstudy reproduce {run_dir} --knee --seeds 1")
+        assert any(line.startswith(f"seed {summary['seeds'][0]} (1/1) reused") for line in lines)
+    finally:  # leave the fixture's files as the other tests expect them
+        (out / "summary.json").write_text(before)
+        (run_dir / "benchmark.json").unlink()

@@ -461,3 +461,46 @@ def test_ray_asha_stops_slow_learners_as_pruned(tmp_path, ray_session):
     assert trials[0].state == TrialState.COMPLETE
     assert [t.state for t in trials[1:]] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(t.user_attrs["early_stopped_at_epoch"] == 2 for t in trials[1:])
+
+
+def test_a_running_study_shows_its_progress_and_rewrites_its_report(tmp_path):
+    """`python -m study run` as a user starts it: while it runs, report.html is there, complete (written
+    atomically) and counts the finished trials before the last trial ends; the progress lines carry kd_loss,
+    quantize and the running summary; the run names the dashboard command and, at the end, which model to take."""
+    import tempfile
+
+    space = write_space(tmp_path / "live.yaml", search={"sampler": "tpe", "seed": 0, "trials": 3, "concurrent": 1,
+                                                        "scheduler": "none", "confirm_seeds": 0})
+    run_dir = tmp_path / "runs" / "live"
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="kl", dir="/tmp")}
+    cmd = [sys.executable, "-m", "study", "run", str(space), "--name", "live", "--runs-dir", str(tmp_path / "runs"),
+           "--live-report-s", "0"]
+    out = open(tmp_path / "run.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    seen: dict[int, str] = {}  # finished trials (told.json files) when the report was read -> its text
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        report, told = run_dir / "report.html", len(list(run_dir.glob("trials/*/told.json")))
+        if report.is_file() and told < 3:
+            seen.setdefault(told, report.read_text())
+        time.sleep(0.2)
+    assert proc.wait(timeout=max(1, deadline - time.time())) == 0
+    log = (tmp_path / "run.log").read_text()
+    mid = {n: text for n, text in seen.items() if 1 <= n < 3}
+    assert mid, f"report.html never seen while trials were still running: {sorted(seen)}\n{log[-3000:]}"
+    for n, text in mid.items():  # never half-written; counts at least the trials finished when it was written
+        assert text.endswith("</html>\n")
+        complete = int(re.search(r"COMPLETE: (\d+)", text).group(1)) if "COMPLETE: " in text else 0
+        assert 1 <= complete + text.count("INFEASIBLE: ") <= n, text[:2000]
+    assert "Study live" in (run_dir / "report.html").read_text()
+
+    assert "watch it live: optuna-dashboard sqlite:///" in log
+    lines = [line for line in log.splitlines() if re.match(r"^\[\d+/3 ", line)]
+    assert len(lines) == 3 and all(" kd=" in line and " q=" in line for line in lines), log[-3000:]
+    so_far = [line for line in log.splitlines() if line.startswith("  so far: ")]
+    assert len(so_far) == 3 and "trials 3 done / 0 running / 0 left" in so_far[-1], so_far
+    assert "report: " in log and "rewritten as trials end" in log
+    assert "which model to take:" in log and f"kdstudy reproduce {run_dir} --knee" in log
+    complete = [t for t in load(run_dir).get_trials() if t.state == TrialState.COMPLETE]
+    assert complete and all(len(t.user_attrs["val_acc_by_epoch"]) == TINY_TRIAL["epochs"] +
+                            TINY_TRIAL["finetune_epochs"] for t in complete)

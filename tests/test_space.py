@@ -199,3 +199,15 @@ def test_resuming_a_run_with_a_broken_study_json_is_one_sentence(tmp_path, capsy
     assert main(["run", str(path), "--name", "broken", "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "study.json is unreadable" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["run", "trial"])
+def test_a_binary_space_file_is_one_sentence(tmp_path, capsys, command):
+    path = tmp_path / "space.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    out = ["--runs-dir", str(tmp_path / "runs")] if command == "run" else ["--out", str(tmp_path / "out")]
+    assert main([command, str(path), *out]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}: not a text YAML file (it holds bytes that are not UTF-8 text, such as an " \
+                  "image's); give the path of the search space's .yaml file.\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]

@@ -195,3 +195,44 @@ def test_a_non_finite_weight_behind_a_finite_loss_stops_training(one_thread):
     with pytest.raises(FloatingPointError, match=r"parameter layers\.2\.0\.conv1\.weight became non-finite in epoch 0"):
         train_phase(model, data, epochs=2, first_epoch=0, seed=0, lr=0.1, batch_size=128, weight_decay=5e-4,
                     teacher=None, temperature=1.0, alpha=1.0, after_step=poison)
+
+
+def test_a_failed_trial_writes_nothing_into_its_out_folder(tmp_path, capsys):
+    from conftest import write_space
+
+    from study.cli import main
+
+    space = write_space(tmp_path / "s.yaml", trial={**TINY_TRIAL, "kd_loss": "ce"})  # no teacher: fails at once
+    out = tmp_path / "out"
+    args = ["trial", str(space), "--set", "width_mult=5", "--set", "student_arch=torchvision:resnet18",
+            "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "width_mult must be <= 1" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no out folder, no staging folder
+    out.mkdir()  # an older run's folder stays exactly as it was
+    (out / "config.yaml").write_text("older\n")
+    (out / "metrics.json").write_text("{}\n")
+    assert main(args) == 2
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"config.yaml": "older\n", "metrics.json": "{}\n"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "s.yaml"]
+
+
+def test_staged_outputs_replace_an_older_run_whole(tmp_path):
+    from study.trial import staged
+
+    out = tmp_path / "t"
+    out.mkdir()
+    for name, text in (("config.yaml", "old"), ("model_int8.onnx", "old"), ("notes.txt", "mine")):
+        (out / name).write_text(text)
+
+    def run(work: Path) -> int:
+        assert not (out / "metrics.json").exists()  # nothing moved before the run succeeds
+        for name in ("config.yaml", "metrics.json", "model.pt"):
+            (work / name).write_text("new")
+        return 7
+
+    assert staged(out, run) == 7
+    assert {p.name: p.read_text() for p in out.iterdir()} == {  # the older run's int8 model is gone; others kept
+        "config.yaml": "new", "metrics.json": "new", "model.pt": "new", "notes.txt": "mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
