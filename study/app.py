@@ -16,13 +16,14 @@ from pathlib import Path
 
 def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Path | None = None,
               hooks=None, cache_dir: str | Path | None = None):
-    """Run one trial (no Ray): study.trial.run_trial, its metrics returned as a typed TrialResult."""
+    """Run one trial (no Ray): study.trial.run_trial, its metrics returned as a typed TrialResult. Staged: a
+    failed trial leaves out_dir as it was."""
     from study.results import TrialResult
     from study.trial import run_trial as run
 
     metrics = run(cfg, out_dir=Path(out_dir) if out_dir is not None else None,
                   teacher_path=Path(teacher_path) if teacher_path is not None else None, hooks=hooks,
-                  cache_dir=Path(cache_dir) if cache_dir is not None else None)
+                  cache_dir=Path(cache_dir) if cache_dir is not None else None, stage=True)
     return TrialResult(cfg, metrics, out_dir)
 
 

@@ -24,6 +24,7 @@ ATTEMPT_MARK = "=== kdstudy trial attempt"
 SIGNALS = {"Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Bus error": "SIGBUS",
            "Floating-point exception": "SIGFPE", "Floating point exception": "SIGFPE", "Illegal instruction": "SIGILL"}
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+_PY_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')  # a Python traceback's
 # what other handlers print about the same signal (Ray's absl handler), and faulthandler's own headings
 _NOISE = re.compile(r"^(\*\*\* SIG|PC: @|@\s+0x|\[\d{4}-\d\d-\d\d [\d:,.]+ [EWIF] \d+ \d+\] logging\.cc|Thread 0x|"
                     r"Current thread|Stack \(most recent|Extension modules:)")
@@ -83,6 +84,9 @@ def crash_reason(trial_dir: Path, ray_error: str | None = None, tail: int = 4) -
                 f"as SIGKILL from the out-of-memory killer){ray}{where}")
     fatal = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith("Fatal Python error:")), None)
     if fatal is None:
+        raised = _raised(lines)
+        if raised:
+            return f"the trial raised {raised}{where}"
         said = " | ".join(line.strip() for line in lines if line.strip())[-600:]
         return f"the trial's process died; its last stderr lines: {said}{where}"
     name = lines[fatal].split(":", 1)[1].strip()
@@ -105,6 +109,17 @@ def crash_reason(trial_dir: Path, ray_error: str | None = None, tail: int = 4) -
             frame += f" from {ours['func']} ({Path(ours['file']).name}:{ours['line']})"
     said = f"; last stderr lines: {' | '.join(before)[-500:]}" if before else ""
     return f"the trial's process crashed with {signal} ({name}){frame}{said}{where}"
+
+
+def _raised(lines: list[str]) -> str | None:
+    """The last Python traceback in lines, as "ExcType: message (in func, file:line)", or None."""
+    start = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith("Traceback (most recent")), None)
+    if start is None:
+        return None
+    frames = [m for m in (_PY_FRAME.match(line) for line in lines[start:]) if m]
+    end = next((line.strip() for line in lines[start + 1:] if line and not line[0].isspace()), "")
+    where = f" (in {frames[-1]['func']}, {Path(frames[-1]['file']).name}:{frames[-1]['line']})" if frames else ""
+    return f"{end[:400]}{where}" if end else None
 
 
 def inject_crash_for_tests(trial_number: int) -> None:

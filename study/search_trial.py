@@ -158,7 +158,11 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     trial_dir = Path(ctx["run_dir"]) / "trials" / str(number)
     trial_dir.mkdir(parents=True, exist_ok=True)
     with capture_stderr(trial_dir):  # a native crash leaves its signal and last words in trials/<n>/stderr.log
-        _search_trial(config, ctx, number, trial_dir)
+        try:
+            _search_trial(config, ctx, number, trial_dir)
+        except BaseException:  # escaped the trial's own handling (Tune's session, a stop): its traceback goes to
+            traceback.print_exc()  # stderr.log too; Ray keeps its copy only in its temp folder
+            raise
 
 
 def _search_trial(config: dict[str, Any], ctx: dict[str, Any], number: int, trial_dir: Path) -> None:

@@ -144,18 +144,20 @@ def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, 
 
 
 def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
-              hooks: TrialHooks | None = None, cache_dir: Path | None = None) -> dict:
+              hooks: TrialHooks | None = None, cache_dir: Path | None = None, stage: bool = False) -> dict:
     """Run one trial and return its metrics (accuracies in percent). Writes config.yaml, metrics.json,
-    epochs.csv and model.pt to out_dir when given, only once the trial has succeeded (staged: a failed trial
-    leaves out_dir as it was). Runs with cfg.threads torch threads (0: as it finds them) and gives the caller its
-    thread count back."""
+    epochs.csv and model.pt to out_dir when given; stage=True (`kdstudy trial --out`, app.run_trial: a user's
+    folder) writes them only once the trial has succeeded, so a failed trial leaves out_dir as it was. Search
+    trials are not staged: their folder is the trial's record (config.yaml, error.txt, kept checkpoints) and a
+    staging folder would outlive a killed driver. Runs with cfg.threads torch threads (0: as it finds them) and
+    gives the caller its thread count back."""
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     hooks = hooks or TrialHooks()
     try:
-        if out_dir is None:
-            return _run_trial(cfg, None, teacher_path, hooks, cache_dir)
+        if out_dir is None or not stage:
+            return _run_trial(cfg, Path(out_dir) if out_dir is not None else None, teacher_path, hooks, cache_dir)
         return staged(Path(out_dir), lambda work: _run_trial(cfg, work, teacher_path, hooks, cache_dir))
     finally:
         torch.set_num_threads(before)
@@ -194,7 +196,11 @@ def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None
         from study.normalization import resolve
 
         cfg, ds, _ = resolve(cfg, ds, device, hooks.log)
-    if out_dir is not None:  # the staging folder (run_trial moves its files to the real one at the end)
+    if out_dir is not None:  # the trial's folder, or a staging folder (run_trial(stage=True) moves it in at the end)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # never mix this run's files with an older run's (a staging folder is fresh: nothing to remove)
+        for stale in ("metrics.json", "model.pt", "epochs.csv", "model.onnx", "model_int8.onnx"):
+            (out_dir / stale).unlink(missing_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     data = data_for(cfg, ds, device, hooks.log)
     shape = data.input_shape

@@ -58,6 +58,25 @@ def test_only_the_last_attempt_is_read_and_stderr_comes_back(tmp_path):
     assert (tmp_path / "stderr.log").read_text().count(ATTEMPT_MARK) == 2
 
 
+def test_an_exception_that_escaped_the_trial_is_named_with_its_frame(tmp_path):
+    """search_trainable prints a traceback that escaped the trial's own handling (Tune's session, say) into
+    stderr.log: the record names the exception and where it was raised, not "the process died"."""
+    import traceback
+
+    def from_tune_session():
+        raise RuntimeError("checkpoint does not exist on storage anymore\nmore detail")
+
+    try:
+        from_tune_session()
+    except RuntimeError:
+        tb = traceback.format_exc()
+    (tmp_path / "stderr.log").write_text(f"{ATTEMPT_MARK} pid 1 at now ===\nCheckpoint successfully created at: "
+                                         f"Checkpoint(filesystem=local, path=/x)\n{tb}")
+    said = crash_reason(tmp_path)
+    assert said.startswith("the trial raised RuntimeError: checkpoint does not exist on storage anymore"), said
+    assert "from_tune_session" in said and "test_crash.py" in said and "process died" not in said
+
+
 def test_a_trial_that_never_wrote_says_so(tmp_path):
     reason = crash_reason(tmp_path, ray_error="ActorDiedError: The actor died unexpectedly\nmore")
     assert "without a message" in reason and "SIGKILL" in reason and "Ray: ActorDiedError" in reason
