@@ -481,7 +481,12 @@ def confirm_candidates(df: pd.DataFrame, objectives: list[dict], knee_trial: int
         add_trial(knee_trial, "knee")
     searched = df[(df["state"] == "COMPLETE") & ~is_baseline(df)]
     if acc is not None and len(searched):
-        best = searched.sort_values([acc, "number"], ascending=[False, True]).iloc[0]
+        # ties as benchmarks.recommend breaks them: a front trial first (an equally accurate one off the front
+        # costs more), then the lower number, so the model confirmed is the one the report recommends
+        front = (searched["on_front"].astype(str).str.lower().isin(["true", "1"]) if "on_front" in searched.columns
+                 else pd.Series(False, index=searched.index))
+        best = searched.assign(_front=front).sort_values([acc, "_front", "number"],
+                                                         ascending=[False, False, True]).iloc[0]
         add_trial(int(best["number"]), "most accurate searched trial")
     for b in baselines:
         if not b.get("compared", True):  # it did not finish: nothing to confirm

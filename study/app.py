@@ -9,7 +9,6 @@ does): the engine runs and resumes studies without them.
 
 from __future__ import annotations
 
-import shlex
 import time
 from pathlib import Path
 
@@ -101,39 +100,25 @@ def write_live_report(run_dir: Path) -> Path:
 
 
 def which_model_lines(run_dir: Path) -> list[str]:
-    """"Which model to take": the front's knee (benchmark.json) and its most accurate trial (pareto.csv), each
-    with its numbers and the command that exports it."""
+    """"Which model to take", as the report's answer says it (benchmarks.recommend: the knee, the most accurate
+    searched trial, the best under each constraint; seed means where confirmed), each with its export command."""
     import json
 
-    import pandas as pd
-
-    from benchmarks.latency import LATENCY_COL
+    from benchmarks.collect import read_results
+    from benchmarks.recommend import answer_lines, recommendations
+    from study.results import load_study_meta
 
     try:
         bench = json.loads((run_dir / "benchmark.json").read_text())
-        front = pd.read_csv(run_dir / "pareto.csv")
-    except (OSError, ValueError, pd.errors.EmptyDataError):
+        df = read_results(run_dir)
+    except (OSError, ValueError, KeyError):
         return []
-    names = [o["name"] for o in bench.get("objectives") or []]
-    rows = {int(r["number"]): r for _, r in front.iterrows() if pd.notna(r.get("number"))}
-    picks: dict[int, list] = {}  # trial -> [why, flag]
-    if (bench.get("knee") or {}).get("trial") in rows:
-        picks[bench["knee"]["trial"]] = ["the knee (the balanced choice)", "--knee"]
-    acc = next((n for n in names if n.endswith("acc")), None)
-    if acc and acc in front.columns and rows:
-        best = max(sorted(rows), key=lambda n: rows[n][acc])  # ties: the lower trial number
-        why = f"the most accurate ({acc})"
-        picks[best] = [f"{picks[best][0]} and {why}", "--knee"] if best in picks else [why, f"--trial {best}"]
-    if not picks:
+    objectives = [{"name": o["name"], "direction": o["direction"]} for o in bench.get("objectives") or []]
+    if not objectives:
         return []
-    lines = ["which model to take:"]
-    for number, (why, flag) in picks.items():
-        row = rows[number]
-        numbers = ", ".join(f"{n} {_short(row.get(n))}" if n != "latency_ms_bs1" or pd.isna(row.get(LATENCY_COL))
-                            else f"{n} {_short(row[LATENCY_COL])} (re-measured)" for n in names if n in front.columns)
-        lines.append(f"  {why}: trial {number} ({numbers})")
-        lines.append(f"    export it: kdstudy reproduce {shlex.quote(_shown(run_dir))} {flag}")
-    return lines
+    meta = load_study_meta(run_dir)
+    recs = recommendations(df, objectives, bench, meta.get("constraints") or {}, run_dir=_shown(run_dir))
+    return answer_lines(recs, [])  # the baselines' verdicts were printed with the Pareto table
 
 
 def _shown(run_dir: Path) -> str:
@@ -142,12 +127,6 @@ def _shown(run_dir: Path) -> str:
         return str(Path(run_dir).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(run_dir)
-
-
-def _short(v) -> str:
-    from study.fmt import fmt_value
-
-    return fmt_value(v.item() if hasattr(v, "item") else v)
 
 
 def confirm_front(run_dir: Path, meta: dict, log=print) -> None:

@@ -500,7 +500,7 @@ def test_a_running_study_shows_its_progress_and_rewrites_its_report(tmp_path):
     so_far = [line for line in log.splitlines() if line.startswith("  so far: ")]
     assert len(so_far) == 3 and "trials 3 done / 0 running / 0 left" in so_far[-1], so_far
     assert "report: " in log and "rewritten as trials end" in log
-    assert "which model to take:" in log and f"kdstudy reproduce {run_dir} --knee" in log
+    assert "Which model to take:" in log and f"kdstudy reproduce {run_dir} --knee" in log
     complete = [t for t in load(run_dir).get_trials() if t.state == TrialState.COMPLETE]
     assert complete and all(len(t.user_attrs["val_acc_by_epoch"]) == TINY_TRIAL["epochs"] +
                             TINY_TRIAL["finetune_epochs"] for t in complete)
