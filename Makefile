@@ -18,7 +18,8 @@ $(STAMP): requirements.txt pyproject.toml
 package:
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 
-# A real search study on the embedded digits data set: Ray Tune + Optuna, MO-ASHA, Pareto table and report.
+# A real search study on the embedded digits data set: Ray Tune + Optuna, baselines as trials, confirmation seeds,
+# Pareto table, verdicts and report.
 study: $(STAMP)
 	$(BIN)/python -m study run search_spaces/demo.yaml --name demo
 
