@@ -68,11 +68,13 @@ class LiveReport:
     def __init__(self, every_s: float = 30.0):
         self.every_s = float(every_s)  # seconds between two rewrites, at least
         self.last = 0.0  # time.time() of the last rewrite (0: none yet)
+        self.took = 0.0  # seconds the last rewrite took
 
     def __call__(self, run_dir: Path, so_far) -> None:
         from study.errors import UserError
 
-        if self.last and time.time() - self.last < self.every_s:
+        # it runs in Tune's event loop: a big study's report (seconds to build) is rewritten at most 1/10 of the time
+        if self.last and time.time() - self.last < max(self.every_s, 10 * getattr(self, "took", 0.0)):
             return
         first = not self.last
         self.last = time.time()
@@ -81,6 +83,8 @@ class LiveReport:
         except (UserError, OSError) as exc:  # the search goes on; the report at the end says what is wrong
             print(f"live report not rewritten: {exc}", flush=True)
             return
+        finally:
+            self.took = time.time() - self.last
         if first:
             when = f"at most every {self.every_s:g} s" if self.every_s > 0 else "after each one"
             print(f"report: {path} (rewritten as trials end, {when}; open it any time)", flush=True)

@@ -360,8 +360,8 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
             name=exp_name, storage_path=str(run_dir / "ray"), verbose=0,
             callbacks=[Progress(objectives, n_trials, run_dir, fixed=base.to_dict(), concurrent=n_conc,
                                 on_trial_end=on_trial_end)],
-            # num_to_keep=4: after a driver kill, Tune restores the checkpoint its last snapshot names; with fewer
-            # kept, that one can already be deleted ("does not exist on storage anymore").
+            # Trials report no checkpoint to Tune (they keep their own: search_trial.RayHooks); num_to_keep bounds
+            # the disk of a study started by an earlier version that did.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
             # a trial's own errors are caught and recorded FAIL by the trainable; retries cover crashed processes
             failure_config=tune.FailureConfig(max_failures=1))

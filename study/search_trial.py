@@ -42,14 +42,15 @@ RUNG_COSTS = ("params", "nonzero_params", "macs")
 
 
 class RayHooks(TrialHooks):
-    """Report val_acc to Tune with a resumable checkpoint, plus the final architecture costs and the costs of the
-    model being trained right now (rung_*: the dense student before pruning, the pruned one after) for MO-ASHA.
+    """Report val_acc to Tune, keep a resumable checkpoint in the trial's folder, and report the final
+    architecture costs and the costs of the model being trained right now (rung_*: the dense student before
+    pruning, the pruned one after) for MO-ASHA.
 
-    A report is a round trip to the Tune driver and a checkpoint copied to storage (together about 25 ms on the
-    2-core CPU, a third of a digits epoch), so a trial reports at the scheduler's rung epochs (`report_epochs`,
-    counted from 1) and otherwise only once `report_every_s` seconds have passed since its last report: short
-    trials report only where early stopping needs them, long ones (GPU epochs of minutes) every epoch. progress.json
-    in the trial directory is updated after every epoch.
+    A report is a round trip to the Tune driver plus the checkpoint copy (together about 25 ms on the 2-core CPU,
+    a third of a digits epoch, measured when Tune also copied the checkpoint), so a trial reports at the
+    scheduler's rung epochs (`report_epochs`, counted from 1) and otherwise only once `report_every_s` seconds have
+    passed since its last report: short trials report only where early stopping needs them, long ones (GPU epochs
+    of minutes) every epoch. progress.json in the trial directory is updated after every epoch.
     """
 
     def __init__(self, costs: dict, dense_costs: dict | None = None, trial_dir: Path | None = None,
@@ -83,12 +84,15 @@ class RayHooks(TrialHooks):
         if self._due:
             result = {**self.costs, **self.rung[log["phase"]], **self.ids, "status": "running", "epoch": epoch + 1,
                       "val_acc": val_acc, "loss": log["loss"], "phase": log["phase"]}
-            # tune.report persists the checkpoint before it returns; run_trial then deletes checkpoint_dir
-            ckpt = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-            tune.report(result, checkpoint=ckpt)
-            self._last_report = time.monotonic()
+            # The checkpoint is the trial's own (trials/<n>/checkpoint/, on the run folder every node shares), not
+            # Tune's: Tune restores a killed study's trials from the checkpoint its last experiment snapshot names,
+            # and with num_to_keep that one can be deleted by then, so Trainable.restore raises "does not exist on
+            # storage anymore" before the trial runs and the trial ended FAIL. Reported without a checkpoint, Tune
+            # restarts it and resume_dir() continues from the kept copy. Kept before the report: never older.
             if checkpoint_dir is not None and self.trial_dir is not None:
                 keep_checkpoint(self.trial_dir, checkpoint_dir, epoch + 1)
+            tune.report(result)
+            self._last_report = time.monotonic()
         if self.trial_dir is not None:  # progress a user (or a test) can watch: epochs done, last report
             write_json_atomic(self.trial_dir / "progress.json", {"epoch": epoch + 1, "total_epochs": total_epochs,
                                                                  "val_acc": val_acc, "phase": log["phase"],
@@ -96,8 +100,7 @@ class RayHooks(TrialHooks):
 
     def resume_dir(self) -> Path | None:
         """The trial's newest checkpoint: its own copy in trials/<n>/checkpoint/ (as new as its last report), else
-        the one Tune restored (named in Tune's last experiment snapshot, which can be older, and absent for a
-        trial Tune's snapshot never named)."""
+        one Tune restored (a study started by a version that reported its checkpoints to Tune)."""
         from ray import tune
 
         own = kept_checkpoint(self.trial_dir) if self.trial_dir is not None else None

@@ -47,3 +47,27 @@ def test_nothing_finished_yet(tmp_path):
     s = study_so_far(tmp_path, OBJECTIVES, total=3, running=1, concurrent=1)
     assert (s.best, s.hypervolume, s.eta_s, s.left) == (None, None, None, 1)
     assert s.line().startswith("no complete trial  hypervolume -  trials 1 done / 1 running / 1 left  ETA -")
+
+
+def test_live_report_takes_at_most_a_tenth_of_the_loop(monkeypatch, tmp_path):
+    """The live report is built in Tune's event loop: after a rewrite that took t seconds the next one waits at
+    least 10 t (and at least every_s), so a big study's report cannot hold the search for long."""
+    import time
+
+    from study import app
+
+    calls = []
+
+    def slow_report(run_dir):
+        calls.append(time.time())
+        time.sleep(0.05)
+        return run_dir / "report.html"
+
+    monkeypatch.setattr(app, "write_live_report", slow_report)
+    live = app.LiveReport(every_s=0)
+    live(tmp_path, None)
+    live(tmp_path, None)  # within 10 x 0.05 s of the first: skipped
+    assert len(calls) == 1 and live.took >= 0.05
+    live.last -= 1.0  # a second later
+    live(tmp_path, None)
+    assert len(calls) == 2
