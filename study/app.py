@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from study.results import StudyResult
 
 
 def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Path | None = None,
@@ -29,7 +33,7 @@ def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Pat
 def run_study(space_file, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
               storage: str | None = None, address: str | None = None, runs_dir: str = "runs",
               gpus_per_trial: float | None = None, cpus_per_trial: float | None = None, report: bool = True,
-              live_report_s: float = 30.0, log=print) -> Path:
+              live_report_s: float = 30.0, log=print) -> StudyResult:
     """Run (or resume) a study, then (report=True) write results.csv, pareto.csv and benchmark.json with the
     front's latency re-measured, print the Pareto table with those latencies, write report.html and say which
     model to take. While it runs, report.html is rewritten as trials end, at most every `live_report_s` seconds
