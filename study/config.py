@@ -242,6 +242,10 @@ def check_names(cfg: TrialConfig, source: str = "config") -> None:
             registry.resolve(getattr(cfg, name))
         except UserError as exc:
             raise UserError(f"{source}: {name}: {exc}") from None
+    if cfg.width_mult > 1.0 and MODELS.resolve(cfg.student_arch).width == "prune":  # found now, not after the teacher
+        raise UserError(f"{source}: width_mult {cfg.width_mult:g}: student {cfg.student_arch!r} has no width knob, so "
+                        "its width is scaled by pruning channels and must be <= 1; use width_mult <= 1 or a family "
+                        "with a width knob.")
 
 
 def parse_set_args(items: list[str]) -> dict[str, Any]:

@@ -69,6 +69,8 @@ BAD = [
     ({"params": {"label_smoothing": {"type": "float", "low": 0.0, "high": 1.5}}}, "label_smoothing must be in [0, 1)"),
     ({"trial": {**TINY_TRIAL, "epochs": True}}, "'epochs' must be an int (got True)"),
     ({"trial": {**TINY_TRIAL, "val_size": 1.5}}, "val_size must be a fraction in (0, 1) or a whole number"),
+    ({"trial": {**TINY_TRIAL, "student_arch": "torchvision:resnet18"},
+      "params": {"width_mult": {"type": "categorical", "choices": [0.5, 1.5]}}}, "has no width knob"),
 ]
 
 

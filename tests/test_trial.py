@@ -197,25 +197,42 @@ def test_a_non_finite_weight_behind_a_finite_loss_stops_training(one_thread):
                     teacher=None, temperature=1.0, alpha=1.0, after_step=poison)
 
 
-def test_a_failed_trial_writes_nothing_into_its_out_folder(tmp_path, capsys):
+def test_a_width_no_family_can_take_is_refused_before_anything_runs(tmp_path, capsys):
+    """width_mult > 1 for a family whose width is scaled by pruning: one sentence from the config check, before the
+    data, the teacher or the out folder (it used to fail after the teacher had trained)."""
     from conftest import write_space
 
     from study.cli import main
 
-    space = write_space(tmp_path / "s.yaml", trial={**TINY_TRIAL, "kd_loss": "ce"})  # no teacher: fails at once
+    space = write_space(tmp_path / "s.yaml", trial=TINY_TRIAL)
     out = tmp_path / "out"
     args = ["trial", str(space), "--set", "width_mult=5", "--set", "student_arch=torchvision:resnet18",
             "--out", str(out)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "width_mult must be <= 1" in err and "Traceback" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no out folder, no staging folder
-    out.mkdir()  # an older run's folder stays exactly as it was
+    assert "width_mult 5: student 'torchvision:resnet18' has no width knob" in err and "Traceback" not in err
+    assert "must be <= 1" in err and sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_a_trial_that_fails_while_it_runs_leaves_its_out_folder_as_it_was(tmp_path):
+    """run_trial(stage=True) (the trial command): a failure after the config and epochs were written leaves an
+    older run's folder exactly as it was, and no staging folder."""
+    from study.trial import staged
+
+    out = tmp_path / "out"
+    out.mkdir()
     (out / "config.yaml").write_text("older\n")
     (out / "metrics.json").write_text("{}\n")
-    assert main(args) == 2
+
+    def run(work: Path) -> None:
+        (work / "config.yaml").write_text("new")
+        (work / "epochs.csv").write_text("epoch\n0\n")
+        raise RuntimeError("pruning failed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        staged(out, run)
     assert {p.name: p.read_text() for p in out.iterdir()} == {"config.yaml": "older\n", "metrics.json": "{}\n"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "s.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_staged_outputs_replace_an_older_run_whole(tmp_path):
