@@ -356,17 +356,25 @@ def searched_front(df: pd.DataFrame, objectives: list[dict], values: np.ndarray 
     return mask
 
 
+def quiet_latency(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, latency_ms_bs1 re-measured with nothing training where that exists (the search's elsewhere), and
+    whether it was re-measured."""
+    nan = pd.Series(np.nan, index=df.index)
+    search = pd.to_numeric(df.get("latency_ms_bs1", nan), errors="coerce").to_numpy(dtype=float)
+    quiet = pd.to_numeric(df.get(latency.LATENCY_COL, nan), errors="coerce").to_numpy(dtype=float)
+    remeasured = np.isfinite(quiet)
+    return np.where(remeasured, quiet, search), remeasured
+
+
 def objective_values(df: pd.DataFrame, objectives: list[dict]) -> tuple[np.ndarray, list[str]]:
-    """The objectives' values with the quiet re-measured latency where it exists (the search's elsewhere), and
-    the names of the objectives that were swapped that way."""
+    """The objectives' values with the quiet re-measured latency where it exists (the search's elsewhere,
+    `quiet_latency`), and the names of the objectives that were swapped that way."""
     names = [o["name"] for o in objectives]
     values = df[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float, copy=True)
     swapped = []
     if "latency_ms_bs1" in names and latency.LATENCY_COL in df.columns:
-        quiet = pd.to_numeric(df[latency.LATENCY_COL], errors="coerce").to_numpy(dtype=float)
-        j = names.index("latency_ms_bs1")
-        values[:, j] = np.where(np.isfinite(quiet), quiet, values[:, j])
-        if np.isfinite(quiet).any():
+        values[:, names.index("latency_ms_bs1")], remeasured = quiet_latency(df)
+        if remeasured.any():
             swapped.append("latency_ms_bs1")
     return values, swapped
 

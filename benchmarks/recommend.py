@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks import latency
-from benchmarks.collect import MEASURED, is_baseline, knee, objective_values
+from benchmarks.collect import MEASURED, is_baseline, knee, objective_values, quiet_latency
 from search_spaces import CONSTRAINTS
 
 PRUNE_SHORT = {"none": "", "l1_structured": "l1s", "l2_structured": "l2s", "l1_unstructured": "l1u"}
@@ -120,14 +119,6 @@ def _confirmed(benchmark: dict, trial: int | None = None, baseline: str | None =
     return None
 
 
-def _latency(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """latency_ms_bs1 with the quiet re-measurement where it exists, and per row whether it was re-measured."""
-    search = pd.to_numeric(df.get("latency_ms_bs1", pd.Series(np.nan, index=df.index)), errors="coerce")
-    quiet = pd.to_numeric(df.get(latency.LATENCY_COL, pd.Series(np.nan, index=df.index)), errors="coerce")
-    remeasured = quiet.notna().to_numpy()
-    return np.where(remeasured, quiet.to_numpy(dtype=float), search.to_numpy(dtype=float)), remeasured
-
-
 def _picks(df: pd.DataFrame, objectives: Sequence[dict], benchmark: dict, constraints: dict) -> dict[int, list[str]]:
     """trial number -> its roles, in the order knee, most accurate, best under each constraint."""
     acc = next((o["name"] for o in objectives if o["direction"] == "maximize"), "val_acc")
@@ -155,7 +146,7 @@ def _picks(df: pd.DataFrame, objectives: Sequence[dict], benchmark: dict, constr
     first = best(np.ones(len(df), dtype=bool))
     if first is not None:
         picks.setdefault(first, []).append("most accurate")
-    lat, _ = _latency(df)
+    lat, _ = quiet_latency(df)
     for key, bound in (constraints or {}).items():
         metric = CONSTRAINTS.get(key)
         if metric is None or metric not in df.columns:
@@ -183,7 +174,7 @@ def recommendations(df: pd.DataFrame, objectives: Sequence[dict], benchmark: dic
       (re-measured where it was), latency ("re-measured" | "search"), values ({objective: value}, the same
       latency), reproduced (`reproduce_verdict` dict or None), line (the whole entry in one sentence).
     Numbers are floats or None (never NaN)."""
-    lat, remeasured = _latency(df)
+    lat, remeasured = quiet_latency(df)
     values, _ = objective_values(df, list(objectives))
     names = [o["name"] for o in objectives]
     out = []

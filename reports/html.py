@@ -28,6 +28,7 @@ from plotly.utils import PlotlyJSONEncoder
 
 from benchmarks import pareto
 from benchmarks.collect import MEASURED, is_baseline, row_label
+from benchmarks.latency import LATENCY_COL
 from benchmarks.recommend import (
     CONFIG_LEGEND,
     baseline_verdicts,
@@ -61,7 +62,7 @@ REFERENCE_SYMBOLS = ("star", "star-triangle-up", "star-square")
 KIND_COLORS = {"unpruned": "#1f77b4", "structured": "#2ca02c", "unstructured": "#ff7f0e", "unknown": "#7f7f7f"}
 PLOTTED_STATES = ("COMPLETE", "INFEASIBLE")  # fully trained models; early-stopped ones have partial metrics
 PROBLEM_STATES = ("FAIL", "INFEASIBLE", "PRUNED")
-LATENCY_RE = "latency_ms_bs1_remeasured"
+LATENCY_RE = LATENCY_COL  # latency_ms_bs1 re-measured with nothing training
 KD_CONVENTION = ("KD loss convention: L = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || "
                  "softmax(student/T)); alpha weighs the cross-entropy term, T is the temperature.")
 UNSTRUCTURED_NOTE = ("Unstructured pruning zeroes weights inside dense tensors: its sparsity shows in nonzero_params "
