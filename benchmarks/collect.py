@@ -356,6 +356,17 @@ def searched_front(df: pd.DataFrame, objectives: list[dict], values: np.ndarray 
     return mask
 
 
+def most_accurate(rows: pd.DataFrame, acc: str) -> int | None:
+    """The trial number of the most accurate row (by `acc`), None for no rows. Ties: a front trial first (an
+    equally accurate one off the front costs more), then the lower number."""
+    if rows.empty:
+        return None
+    front = (rows["on_front"].astype(str).str.lower().isin(["true", "1"]) if "on_front" in rows.columns
+             else pd.Series(False, index=rows.index))
+    ranked = rows.assign(_acc=pd.to_numeric(rows[acc], errors="coerce"), _front=front)
+    return int(ranked.sort_values(["_acc", "_front", "number"], ascending=[False, False, True]).iloc[0]["number"])
+
+
 def quiet_latency(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per row, latency_ms_bs1 re-measured with nothing training where that exists (the search's elsewhere), and
     whether it was re-measured."""
@@ -488,14 +499,9 @@ def confirm_candidates(df: pd.DataFrame, objectives: list[dict], knee_trial: int
     if knee_trial is not None:
         add_trial(knee_trial, "knee")
     searched = df[(df["state"] == "COMPLETE") & ~is_baseline(df)]
-    if acc is not None and len(searched):
-        # ties as benchmarks.recommend breaks them: a front trial first (an equally accurate one off the front
-        # costs more), then the lower number, so the model confirmed is the one the report recommends
-        front = (searched["on_front"].astype(str).str.lower().isin(["true", "1"]) if "on_front" in searched.columns
-                 else pd.Series(False, index=searched.index))
-        best = searched.assign(_front=front).sort_values([acc, "_front", "number"],
-                                                         ascending=[False, False, True]).iloc[0]
-        add_trial(int(best["number"]), "most accurate searched trial")
+    best = most_accurate(searched, acc) if acc is not None else None
+    if best is not None:  # the rule benchmarks.recommend uses: the model confirmed is the one recommended
+        add_trial(best, "most accurate searched trial")
     for b in baselines:
         if not b.get("compared", True):  # it did not finish: nothing to confirm
             continue

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.collect import MEASURED, is_baseline, knee, objective_values, quiet_latency
+from benchmarks.collect import MEASURED, is_baseline, knee, most_accurate, objective_values, quiet_latency
 from search_spaces import CONSTRAINTS
 
 PRUNE_SHORT = {"none": "", "l1_structured": "l1s", "l2_structured": "l2s", "l1_unstructured": "l1u"}
@@ -134,14 +134,7 @@ def _picks(df: pd.DataFrame, objectives: Sequence[dict], benchmark: dict, constr
         picks.setdefault(int(k), []).append("knee")
 
     def best(mask: np.ndarray) -> int | None:
-        rows = df[searched & mask]
-        if rows.empty:
-            return None
-        # ties: a front trial first (an equally accurate one off the front costs more), then the lower number
-        ranked = rows.assign(_acc=pd.to_numeric(rows[acc], errors="coerce"),
-                             _front=rows["on_front"].astype(str).str.lower().isin(["true", "1"])
-                             if "on_front" in rows.columns else False)
-        return int(ranked.sort_values(["_acc", "_front", "number"], ascending=[False, False, True]).iloc[0]["number"])
+        return most_accurate(df[searched & mask], acc)
 
     first = best(np.ones(len(df), dtype=bool))
     if first is not None:
