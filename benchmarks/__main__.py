@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 
 from benchmarks.collect import front_table, objectives_of, read_results, run_benchmarks
-from study.errors import UserError
+from study.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

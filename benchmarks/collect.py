@@ -1,7 +1,7 @@
 """Gather a study's trials and reference models into one results table, and analyse it.
 
 Edges (disk, Optuna storage): `collect_results`, `run_benchmarks` (the run folder's readers `load_study_meta`,
-`open_study` are study.results').
+`open_study` are study.search.results').
 Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
 
 Table columns: `number` (Optuna trial number; empty for references and baselines), `reference` (teacher /
@@ -37,10 +37,10 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import latency, pareto
-from study.errors import UserError
-from study.io import portable_path, write_json_atomic, write_text_atomic
-from study.references import REFERENCES
-from study.results import load_study_meta, open_study
+from study.core.errors import UserError
+from study.core.io import portable_path, write_json_atomic, write_text_atomic
+from study.search.references import REFERENCES
+from study.search.results import load_study_meta, open_study
 
 STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
 STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
@@ -115,7 +115,7 @@ def prune_kind(method: str | None) -> str:
     m = str(method).strip()
     if m.lower() in ("none", "", "unpruned"):
         return "unpruned"
-    from study.pruning import get_prune_method  # here, so that importing this module (reports) loads no torch
+    from study.models.pruning import get_prune_method  # here, so that importing this module (reports) loads no torch
 
     try:
         return "structured" if get_prune_method(m).structured else "unstructured"
@@ -143,7 +143,7 @@ def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
     if wall is None and t.datetime_start is not None and t.datetime_complete is not None:
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
     row = {
-        # an enqueued baseline is a search trial labelled with its name (study.search.enqueue_baselines)
+        # an enqueued baseline is a search trial labelled with its name (study.search.driver.enqueue_baselines)
         "number": t.number, "reference": None, "baseline": attrs.get("baseline"), "state": state, "prune_kind": kind,
         "note": UNSTRUCTURED_NOTE if kind == "unstructured" else None, "error": error, "wall_s": wall,
     }
@@ -402,7 +402,7 @@ def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
     its value in every minimised objective, the one with the highest value of the first maximised objective, and
     by how much it beats the baseline there (negative: none reaches it); `dominates`: searched front trials the
     baseline dominates."""
-    from study.dominance import dominates
+    from study.core.dominance import dominates
 
     names = [o["name"] for o in objectives]
     dirs = [o["direction"] for o in objectives]
@@ -574,8 +574,8 @@ def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run
     validation accuracy mean +- sample std, costs with the quiet re-measured latency; and for each baseline,
     whether a confirmed searched trial dominates it on the means (test accuracy no lower, no cost higher, one of
     them strictly better) and the best confirmed searched trial at no more than its cost."""
-    from study.confirm import read_seed_metrics
-    from study.dominance import dominates
+    from study.core.dominance import dominates
+    from study.reproduce.confirm import read_seed_metrics
 
     names = [o["name"] for o in objectives]
     costs = [o["name"] for o in objectives if o["direction"] == "minimize"]
@@ -718,7 +718,7 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
         backend = backend or study_backend(meta)
         with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
             if backend == "onnxruntime":
-                from study import onnx_backend
+                from study.measure import onnx as onnx_backend
 
                 kwargs.update(load_model=lambda p: onnx_backend.open_for_remeasure(Path(p), Path(tmp)),
                               measure_latency=onnx_backend.remeasure_latency,

@@ -6,8 +6,8 @@ and the order rotates from round to round so that no model always runs first. Re
 - `latency_ms_bs1_remeasured`: median over rounds of each burst's median (ms, batch 1);
 - `latency_iqr_ms_bs1_remeasured`: median over rounds of each burst's IQR (p75 - p25, ms);
 - `throughput_ips_remeasured`: median over rounds of images/s at `throughput_batch`.
-Model loading and timing come from `study.checkpoint` / `study.measure` (imported only when used, so that reading
-results never needs torch).
+Model loading and timing come from study.models.checkpoint / study.measure.timing
+(imported only when used, so that reading results never needs torch).
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ def remeasure(
     if rounds < 1 or repeats < 1:
         raise ValueError("rounds and repeats must be >= 1")
     if load_model is None or measure_latency is None or measure_throughput is None:
-        from study import checkpoint, measure
+        from study.measure import timing as measure
+        from study.models import checkpoint
 
         load_model = load_model or checkpoint.load_model
         measure_latency = measure_latency or measure.measure_latency
         measure_throughput = measure_throughput or measure.measure_throughput
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     models: dict[str, tuple[Any, tuple[int, ...]]] = {}
     for key, path in checkpoints.items():

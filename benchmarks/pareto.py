@@ -8,7 +8,7 @@ Conventions (the tests check every one):
   points strictly better than the reference point in every objective contribute.
 
 Hypervolume reference rule of this project (`normalize` + reference point (1, ..., 1); the code is
-study.hypervolume, re-exported here, so that the study's live progress line computes it the same way):
+study.search.hypervolume, re-exported here, so that the study's live progress line computes it the same way):
 - Objectives whose name ends in ``acc`` (accuracies, in percent) use the fixed range 0..100 %.
 - Every other objective uses lo = min(0, smallest value) and hi = lo + 1.1 * (largest value - lo), the values being
   those of all COMPLETE trials and reference models (for the usual non-negative costs: 0..1.1 x max).
@@ -23,9 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from study.dominance import dominates as study_dominates
-from study.dominance import non_dominated_mask
-from study.hypervolume import (  # noqa: F401  re-exported: the one hypervolume implementation
+from study.core.dominance import dominates as study_dominates
+from study.core.dominance import non_dominated_mask
+from study.search.hypervolume import (  # noqa: F401  re-exported: the one hypervolume implementation
     DIRECTIONS,
     GROWTH,
     Normalization,

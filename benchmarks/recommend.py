@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.collect import MEASURED, is_baseline, knee, most_accurate, objective_values, quiet_latency
-from search_spaces import CONSTRAINTS
+from study.search.space import CONSTRAINTS
 
 PRUNE_SHORT = {"none": "", "l1_structured": "l1s", "l2_structured": "l2s", "l1_unstructured": "l1u"}
 CONFIG_LEGEND = ("configuration: w = width multiplier; the KD loss (ce = no distillation); T = temperature; "

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BASELINE = "5ca609f"
@@ -64,7 +64,7 @@ def checkout(ref: str, dest: Path) -> str:
 
 def head_commit() -> str:
     """This checkout's commit, flagged when the timed code (study/, search_spaces/) has uncommitted changes."""
-    from study.reproduce import code_version
+    from study.core.provenance import code_version
 
     v = code_version(ROOT)
     return (v["git_commit"] or "unknown") + ("+uncommitted changes" if v["git_dirty"] else "")
@@ -218,7 +218,7 @@ def time_trials(sides: dict[str, Path], work: Path, pairs: int, log) -> dict:
 def summarise(rows: list[dict]) -> dict:
     """Median times; accuracy as mean and standard deviation over the seeds."""
     res: dict = {k: round(statistics.median(r[k] for r in rows), 3) for k in ("trial_wall_s", "process_wall_s")}
-    from study.reproduce import mean_std
+    from study.reproduce.rerun import mean_std
 
     for k in ("val_acc", "test_acc"):
         mean, std = mean_std([r[k] for r in rows])
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from study.latency_cache import cpu_name
+    from study.measure.latency_cache import cpu_name
 
     work = Path(tempfile.mkdtemp(prefix="kdstudy-e2e-"))
     base_dir = work / "baseline-src"
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_dir)], capture_output=True)
         shutil.rmtree(base_dir, ignore_errors=True)
     if args.json:  # first: the measurements survive whatever happens to the table
-        from study.io import write_json_atomic
+        from study.core.io import write_json_atomic
 
         write_json_atomic(args.json, res)
     print(format_table(res))

@@ -21,10 +21,10 @@ DEFAULT = ("torchvision:resnet18", "torchvision:mobilenet_v3_small", "torchvisio
 
 
 def check(arch: str, method: str, shape: tuple[int, int, int] = (3, 32, 32)) -> str:
-    from study import onnx_backend
-    from study.checkpoint import load_model, save_model
-    from study.models import build_model
-    from study.pruning import prune_model
+    from study.measure import onnx as onnx_backend
+    from study.models.checkpoint import load_model, save_model
+    from study.models.families import build_model
+    from study.models.pruning import prune_model
 
     torch.manual_seed(0)
     model = build_model(arch, 10, shape[0], 0.5, shape).eval()
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m devbench.families", description=__doc__.splitlines()[0])
     p.add_argument("archs", nargs="*", default=list(DEFAULT))
     args = p.parse_args(argv)
-    from study.models import model_spec
+    from study.models.families import model_spec
 
     print("| family | width by | l1_structured 30 % | l1_unstructured 30 % |")
     print("| --- | --- | --- | --- |")

@@ -1,6 +1,6 @@
 """`python -m devbench.latency_load`: how much batch-1 latency moves when other trials train meanwhile.
 
-A study times each architecture inside its trial (study.latency_cache: one timing at a time per machine, then
+A study times each architecture inside its trial (study.measure.latency_cache: one timing at a time per machine, then
 cached), while the other concurrent trials keep training. This benchmark measures that effect on this machine:
 the default study's student family (resnet8 on 1x8x8 digits-shaped input, one torch thread, the trial's 30 timed
 batch-1 passes) timed with 0, 1, ... N background processes that train a resnet8 student the way a trial does
@@ -23,7 +23,7 @@ BACKGROUND = """
 import time
 import torch
 torch.set_num_threads(1)
-from study.models import build_model
+from study.models.families import build_model
 model = build_model("resnet8", 10, 1, 1.0)
 x, y = torch.randn(128, 1, 8, 8), torch.randint(0, 10, (128,))
 print("ready", flush=True)
@@ -41,8 +41,8 @@ MODELS = {  # name -> (width, prune method, prune ratio): points of the default 
 def build_models() -> dict:
     import torch
 
-    from study.models import build_model
-    from study.pruning import prune_model
+    from study.models.families import build_model
+    from study.models.pruning import prune_model
 
     out = {}
     for name, (width, method, ratio) in MODELS.items():
@@ -74,7 +74,7 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def run(loads: list[int], rounds: int, repeats: int, log=print) -> dict:
-    from study.measure import measure_latency
+    from study.measure.timing import measure_latency
 
     models = build_models()
     for model in models.values():  # warm-up: first calls create oneDNN primitives
@@ -124,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_load < 0 or args.rounds < 1 or args.repeats < 1:
         print("error: --max-load must be >= 0, --rounds and --repeats >= 1.", file=sys.stderr)
         return 2
-    from study.latency_cache import cpu_name
+    from study.measure.latency_cache import cpu_name
 
     res = run(list(range(args.max_load + 1)), args.rounds, args.repeats)
     res["cpu"] = cpu_name()
     if args.json:
-        from study.io import write_json_atomic
+        from study.core.io import write_json_atomic
 
         write_json_atomic(args.json, res)
     print(f"on {res['cpu']}")

@@ -1,7 +1,8 @@
-"""`python -m devbench.layout`: the measurements behind the training precision rule (study.train.resolve_precision).
+"""`python -m devbench.layout`: the measurements behind the training precision rule
+(study.training.loop.resolve_precision).
 
 One student training step as a trial runs it (forward under autocast where bf16, KD loss against fixed teacher
-logits, backward, torch.optim.SGD's fused nesterov step; the oneDNN #6035 guard of study.kernels), batch 128, timed
+logits, backward, torch.optim.SGD's fused nesterov step; the oneDNN #6035 guard), batch 128, timed
 in four settings: fp32 NCHW, fp32 channels_last, bf16 NCHW, bf16 channels_last. Models: resnet8 and resnet20 on
 1x8x8 (digits) and 3x32x32 (CIFAR-shaped) input. `--guard` instead times channels_last with and without the guard
 (without only where that is safe) and NCHW, in the precision `auto` picks. The settings alternate within each
@@ -31,11 +32,11 @@ def _student(arch: str, width: float, shape: tuple, prune: float, device):
     """A fresh benchmark student on `device`, l1_structured-pruned by `prune` (channel fraction) when > 0."""
     import torch
 
-    from study.models import build_model
+    from study.models.families import build_model
 
     model = build_model(arch, 10, shape[0], width).to(device)
     if prune:
-        from study.pruning import prune_model
+        from study.models.pruning import prune_model
 
         prune_model(model, "l1_structured", prune, torch.randn(1, *shape, device=device))
     return model
@@ -47,16 +48,16 @@ def step_fn(arch: str, width: float, shape: tuple, dtype: str, channels_last: bo
     oneDNN #6035 rewrite; prune > 0: after l1_structured channel pruning of that ratio)."""
     import torch
 
-    from study.kernels import ConvKernelGuard
-    from study.losses import kd_loss
-    from study.train import autocast, make_optimizer
+    from study.training.kernels import ConvKernelGuard
+    from study.training.loop import autocast, make_optimizer
+    from study.training.losses import kd_loss
 
     torch.manual_seed(0)
     model = _student(arch, width, shape, prune, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     opt, _ = make_optimizer(model, 0.05, 5e-4, total=1, warm=1)
-    rewrite = (ConvKernelGuard(model, device, bf16=dtype == "bf16") if guard  # as train_phase: study.kernels
+    rewrite = (ConvKernelGuard(model, device, bf16=dtype == "bf16") if guard  # as train_phase: study.training.kernels
                else contextlib.nullcontext())
     x = torch.randn(128, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (128,), device=device)
@@ -83,7 +84,7 @@ def _sync(device) -> None:
 def run(device, rounds: int = 3, steps: int = 20, models=MODELS, log=print) -> dict:
     import torch
 
-    from study.train import resolve_precision
+    from study.training.loop import resolve_precision
 
     out: dict = {"device": str(device), "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps,
                  "auto_picks": setting_name(*resolve_precision("auto", device)), "models": {}}
@@ -118,18 +119,18 @@ GUARD_MODELS = (("resnet8", 1.0, (1, 8, 8), 0.0), ("resnet8", 0.25, (1, 8, 8), 0
 def _unguarded_is_safe(arch: str, width: float, shape: tuple, prune: float) -> bool:
     """Whether the model's strided 1x1 convs all have >= 16 input channels: outside the known-bad case of
     oneDNN #6035 on AVX2 and AVX-512, so it may be timed without the guard."""
-    from study.kernels import needs_unit_stride_rewrite
+    from study.training.kernels import needs_unit_stride_rewrite
 
     return not any(needs_unit_stride_rewrite(m) for m in _student(arch, width, shape, prune, "cpu").modules())
 
 
 def guard_cost(device, rounds: int = 3, steps: int = 20, models=GUARD_MODELS, precision: str = "auto",
                log=print) -> dict:
-    """Training-step time of channels_last with the study.kernels guard, against the same without it (only where
+    """Training-step time of channels_last with the kernels guard, against the same without it (only where
     that is safe) and against NCHW (the other way around the bug), in the precision `auto` picks here."""
     import torch
 
-    from study.train import resolve_precision
+    from study.training.loop import resolve_precision
 
     dtype, _ = resolve_precision(precision, device)
     out: dict = {"device": str(device), "threads": torch.get_num_threads(), "rounds": rounds, "steps": steps,
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting and round (default 20)")
     p.add_argument("--json", type=Path, help="also write the results as JSON here")
     p.add_argument("--guard", action="store_true",
-                   help="instead: what the oneDNN #6035 guard (study.kernels) costs: channels_last guarded vs "
+                   help="instead: what the oneDNN #6035 guard (study.training.kernels) costs: channels_last guarded vs "
                         "unguarded (where safe) vs NCHW")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="with --guard")
     args = p.parse_args(argv)
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from study.device import resolve_device  # the trials' own rule for auto / cuda:N
-    from study.errors import UserError
+    from study.core.device import resolve_device  # the trials' own rule for auto / cuda:N
+    from study.core.errors import UserError
 
     try:
         device = resolve_device(args.device)
@@ -216,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         res = run(device, args.rounds, args.steps)
     if device.type == "cpu":
-        from study.latency_cache import cpu_name
+        from study.measure.latency_cache import cpu_name
 
         res["cpu"] = cpu_name()
     else:
         res["gpu"] = torch.cuda.get_device_name(device)
         res["device"] += f" ({res['gpu']})"
     if args.json:
-        from study.io import write_json_atomic
+        from study.core.io import write_json_atomic
 
         write_json_atomic(args.json, res)
     print(format_guard_table(res) if args.guard else format_table(res))

@@ -5,7 +5,7 @@ T=4 alpha=0.5, one thread), each with `quantize: int8` so that one trial gives t
 its int8 model: resnet8 at width 0.25 / 0.5 / 1.0, and width 1.0 with l1_structured pruning of 50 % of the
 channels. A fifth, width 1.0 with 70 % of its conv weights zeroed (l1_unstructured), answers what ONNX Runtime
 does with zeros. Then, with no training running, times batch-1 latency of every (student, runtime) pair in
-interleaved rounds with rotating order (median over rounds of each burst's median; study.measure's protocol) and
+interleaved rounds with rotating order (median over rounds of each burst's median; study.measure.timing's protocol) and
 reports validation accuracy on each runtime: PyTorch eager fp32, ONNX Runtime fp32, ONNX Runtime int8.
 Prints a markdown table with the CPU's name and ISA flags; --json writes the numbers.
 """
@@ -56,14 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.repeats = 1, 5
 
-    from search_spaces import load_space
-    from study import onnx_backend
-    from study.checkpoint import load_model
-    from study.data import load_dataset
-    from study.latency_cache import cpu_name
-    from study.measure import measure_latency
-    from study.train import evaluate, make_resident
-    from study.trial import run_trial
+    from study.data.datasets import load_dataset
+    from study.data.resident import make_resident
+    from study.measure import onnx as onnx_backend
+    from study.measure.latency_cache import cpu_name
+    from study.measure.timing import measure_latency
+    from study.models.checkpoint import load_model
+    from study.search.space import load_space
+    from study.training.loop import evaluate
+    from study.trial.run import run_trial
 
     base = load_space("demo").base_config().replace(quantize="int8", latency_backend="onnxruntime",
                                                     kd_loss="kd", temperature=4.0, alpha=0.5)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             models[label] = {"torch": net.eval(), "onnxruntime": fp32, "onnxruntime-int8": int8}
         shapes = {r["student"]: data.input_shape for r in rows}
         for label, arch, width, shape in larger:
-            from study.models import build_model
+            from study.models.families import build_model
 
             torch.manual_seed(0)
             net = build_model(arch, 10, shape[0], width).eval()

@@ -17,8 +17,8 @@ POINT = {"width_mult": 1.0, "kd_loss": "kd", "temperature": 4.0, "alpha": 0.5, "
 
 
 def run(seeds: int, space_file: str, log=print) -> dict:
-    from search_spaces import load_space
-    from study.trial import TrialHooks, run_trial
+    from study.search.space import load_space
+    from study.trial.run import TrialHooks, run_trial
 
     class Quiet(TrialHooks):
         def log(self, msg: str) -> None:
@@ -36,7 +36,7 @@ def run(seeds: int, space_file: str, log=print) -> dict:
                                               "precision_used": m["precision_used"]})
             log(f"seed {seed}  {name:28s} val {m['val_acc']:.2f}  test {m['test_acc']:.2f}  "
                 f"(teacher val {m.get('teacher_val_acc', float('nan')):.2f}, student ran {m['precision_used']})")
-    from study.reproduce import mean_std
+    from study.reproduce.rerun import mean_std
 
     summary = {}
     for name, rs in rows.items():
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         print("error: --seeds must be >= 1.", file=sys.stderr)
         return 2
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     try:
         summary = run(args.seeds, args.space)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
               f"test {s['test_acc'][0]:.2f} +- {s['test_acc'][1]:.2f}  "
               f"teacher val {s['teacher_val_acc'][0]:.2f} +- {s['teacher_val_acc'][1]:.2f}")
     if args.json:
-        from study.io import write_json_atomic
+        from study.core.io import write_json_atomic
 
         write_json_atomic(args.json, summary)
     return 0

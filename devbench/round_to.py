@@ -1,7 +1,7 @@
 """`python -m devbench.round_to`: batch-1 latency of the demo's structurally pruned students on the study's latency
 backend (ONNX Runtime), for round_to 1, 2, 4 and 8: which channel multiple keeps pruned models fast.
 
-Each row is `study.trial.architecture_costs` of the demo space's config with that width, prune ratio and round_to
+Each row is `study.trial.run.architecture_costs` of the demo space's config with that width, prune ratio and round_to
 (an untrained copy, pruned as a trial prunes, exported and timed as a trial times it; the latency cache keyed by
 the model's shapes is shared with the studies).
 """
@@ -12,8 +12,8 @@ import sys
 
 
 def main() -> int:
-    from search_spaces import load_space
-    from study.trial import architecture_costs
+    from study.search.space import load_space
+    from study.trial.run import architecture_costs
 
     space = load_space("demo")
     print("width  ratio  round_to  params  latency_ms_bs1")

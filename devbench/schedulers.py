@@ -1,7 +1,7 @@
 """`python -m devbench.schedulers SPACE`: does early stopping keep the Pareto front? none vs asha vs mo_asha.
 
 For one search space, the same study (same sampler, same sampler seed, same trial count) is run once per
-(scheduler, seed) with the real runner (`study.search.run_study`), from a copy of the space whose
+(scheduler, seed) with the real runner (`study.search.driver.run_study`), from a copy of the space whose
 `search.scheduler` and `search.seed` are replaced; each run is `RUNS_DIR/sched-<scheduler>-s<seed>/`. A run whose
 study.json says it finished is read, not rerun (delete the folder to rerun it).
 
@@ -142,7 +142,7 @@ def leak_check(trials: Sequence[Any], meta: dict, ray_last: dict[int, dict] | No
 def read_run(run_dir: str | Path, *, scheduler: str | None = None, seed: int | None = None) -> dict:
     """Everything the comparison needs from one finished run directory (raw values; no hypervolume yet)."""
     from benchmarks.collect import objectives_of
-    from study.results import load_study_meta, open_study
+    from study.search.results import load_study_meta, open_study
 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)
@@ -301,10 +301,10 @@ def _init_ray() -> None:
 
 def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], trials: int | None,
             runs_dir: Path, log=print) -> list[dict]:
-    from search_spaces import load_space
-    from study.errors import UserError
-    from study.results import load_study_meta
-    from study.search import run_study
+    from study.core.errors import UserError
+    from study.search.driver import run_study
+    from study.search.results import load_study_meta
+    from study.search.space import load_space
 
     space = load_space(space_file)  # a wrong path or a malformed space: one sentence before anything runs
     want_trials = trials if trials is not None else space.trials
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the summary here")
     args = p.parse_args(argv)
 
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     try:
         records = run_all(args.space, args.schedulers, args.seeds, args.trials, Path(args.runs_dir))
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     print("leak check: " + ("no early-stopped trial reached Optuna as COMPLETE" if not leaks
                             else f"{len(leaks)} problem(s): " + "; ".join(leaks)))
     if args.json:
-        from study.io import write_json_atomic
+        from study.core.io import write_json_atomic
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(args.json), _finite(summary))

@@ -2,7 +2,7 @@
 trial-epochs, and does it beat the configurations a user picks by hand?
 
 Variants of one space, each run once per study seed (`search.seed`) with the real engine
-(`study.search.run_study`, no report, no confirmation seeds), into RUNS_DIR/<variant>-s<seed>/:
+(`study.search.driver.run_study`, no report, no confirmation seeds), into RUNS_DIR/<variant>-s<seed>/:
 
   default   the space as shipped: its sampler and scheduler, its baselines enqueued as the first trials
   random    RandomSampler, no early stopping, no baselines
@@ -61,7 +61,7 @@ def write_variant(space_file: str | Path, variant: str, seed: int, out_dir: Path
 
 def baseline_points(run_dir: Path) -> dict[str, list[float]]:
     """name -> objective values of the enqueued baselines of a default run (COMPLETE ones)."""
-    from study.results import load_study_meta, open_study
+    from study.search.results import load_study_meta, open_study
 
     study = open_study(run_dir, load_study_meta(run_dir))
     return {t.user_attrs["baseline"]: list(t.values) for t in study.get_trials(deepcopy=False)
@@ -70,7 +70,7 @@ def baseline_points(run_dir: Path) -> dict[str, list[float]]:
 
 def searched_timeline(run_dir: Path, record: dict) -> list[dict]:
     """The run's timeline with an `enqueued` flag on trials that are enqueued baselines."""
-    from study.results import load_study_meta, open_study
+    from study.search.results import load_study_meta, open_study
 
     study = open_study(run_dir, load_study_meta(run_dir))
     finished = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None),
@@ -120,9 +120,9 @@ def rank_signal(run_dirs: list[Path], epochs: tuple[int, ...] = (2, 4, 8, 12)) -
 
 def run_all(space_file: str, seeds: list[int], asha_trials: int, runs_dir: Path, log=print,
             variants: tuple[str, ...] = CORE) -> dict:
-    from search_spaces import load_space
-    from study.results import load_study_meta
-    from study.search import run_study
+    from study.search.driver import run_study
+    from study.search.results import load_study_meta
+    from study.search.space import load_space
 
     space = load_space(space_file)
     records: dict[tuple[str, int], dict] = {}
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default="runs/search_quality")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    from study.errors import UserError
+    from study.core.errors import UserError
 
     try:
         variants = tuple(dict.fromkeys(["default", *args.variants]))
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary))
     if args.json:
         from benchmarks.collect import _finite
-        from study.io import write_json_atomic
+        from study.core.io import write_json_atomic
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(args.json), _finite(summary))

@@ -3,15 +3,15 @@
   (a) plain   the loop users write: torchvision-style Dataset over uint8 HWC images, per-sample transforms
               (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize), DataLoader(batch 128,
               shuffle, num_workers=0), live fp32 teacher under no_grad, fp32 student, torch.optim.SGD.
-  (b) live    our trial loop (study.train.train_phase): data resident on the device, batched augmentation,
+  (b) live    our trial loop (study.training.loop.train_phase): data resident on the device, batched augmentation,
               the trial's precision ("auto": bf16 + channels_last where measured faster), live teacher.
-  (c) cache   the same loop reading the teacher's logits from the study-wide cache (study.teacher_cache).
+  (c) cache   the same loop reading the teacher's logits from the study-wide cache (study.teacher.cache).
 
 Same student initialisation, data, batch size, KD loss and epochs for all three; the loops run interleaved
 (a, b, c, a, b, c, ...) after a warm-up, and the median images/s is reported. The cache is built once before
 timing; its build time is reported apart: a study pays it once, every trial after that reads it.
 Data: synthetic 32x32x3 uint8 images with 10 classes (no CIFAR-10 on this machine; speed does not depend on
-pixel values). Teacher: study.models resnet34 (CIFAR stem), randomly initialised (speed only).
+pixel values). Teacher: study.models.families resnet34 (CIFAR stem), randomly initialised (speed only).
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ import torch
 import torch.nn as nn
 
 from study.config import TrialConfig
-from study.data import Dataset, split_train_val
-from study.losses import kd_loss
-from study.measure import count_macs, count_params
-from study.models import build_model
-from study.teacher_cache import CachedTeacher, teacher_cache_for
-from study.train import ResidentData, live_teacher, make_resident, resolve_precision, train_phase
+from study.data.datasets import Dataset, split_train_val
+from study.data.resident import ResidentData, make_resident
+from study.models.costs import count_macs, count_params
+from study.models.families import build_model
+from study.teacher.cache import CachedTeacher, teacher_cache_for
+from study.training.loop import live_teacher, resolve_precision, train_phase
+from study.training.losses import kd_loss
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -49,7 +50,7 @@ def hardware_name(device: torch.device) -> str:
     """The GPU's or the CPU's model name: ratios are only comparable on the same hardware."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from study.latency_cache import cpu_name
+    from study.measure.latency_cache import cpu_name
 
     return cpu_name()
 
@@ -205,7 +206,7 @@ def run(students: list[str], *, images: int, val_images: int, repeats: int, batc
             "torch": torch.__version__}
     results: dict = {**info, "students": {}}
     with TemporaryDirectory(prefix="kdstudy-speed-") as tmp:
-        from study.checkpoint import save_model
+        from study.models.checkpoint import save_model
 
         tpath = Path(tmp) / "teacher.pt"
         tinfo = {"arch": teacher_arch, "params": info["teacher"]["params"]}
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=1024, help="training images per epoch")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (epochs) per loop")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--teacher", default="resnet34", help="teacher architecture (study.models name)")
+    p.add_argument("--teacher", default="resnet34", help="teacher architecture (study.models.families name)")
     p.add_argument("--teacher-width", type=float, default=1.0, help="teacher width multiplier")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

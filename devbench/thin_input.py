@@ -1,4 +1,4 @@
-"""`python -m devbench.thin_input`: the bf16 thin-input defect of study.kernels, and what its rewrite costs.
+"""`python -m devbench.thin_input`: the bf16 thin-input defect of study.training.kernels, and what its rewrite costs.
 
 Part 1, correctness: padded k > 1 convolutions on inputs one pixel wide or high (the cases the defect was found in),
 channels_last under bf16 autocast, raw and through ConvKernelGuard(bf16=True), against the fp32 NCHW convolution:
@@ -38,7 +38,7 @@ def weight_grad(conv, x, bf16: bool, channels_last: bool, guard):
 def correctness(repeats: int = 10) -> list[dict]:
     import torch
 
-    from study.kernels import ConvKernelGuard
+    from study.training.kernels import ConvKernelGuard
 
     rows = []
     for channels, (h, w), k, s, depthwise in CASES:
@@ -61,8 +61,8 @@ def step_cost(rounds: int, steps: int) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from study.kernels import ConvKernelGuard
-    from study.models import build_model
+    from study.models.families import build_model
+    from study.training.kernels import ConvKernelGuard
 
     rows = []
     for arch, shape in MODELS:
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from study.latency_cache import cpu_name
-    from study.train import _cpu_has_native_bf16
+    from study.measure.latency_cache import cpu_name
+    from study.training.loop import _cpu_has_native_bf16
 
     torch.set_num_threads(1)
     print(f"on {cpu_name()} (ATen {torch.backends.cpu.get_cpu_capability()}, native bf16: {_cpu_has_native_bf16()},"

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from reports.html import build_report
-from study.errors import UserError
+from study.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ entry; every point of a plot from one latency measurement) and the details.
 `render_report` is a pure function of the results table, the front, benchmark.json, study.json and the reproduce
 summaries; `build_report` is the edge that reads them from RUN_DIR (running the benchmark collection without
 latency re-measurement when results.csv / pareto.csv / benchmark.json are missing) and writes RUN_DIR/report.html.
-Nothing here imports training code (torch, study.train, ...).
+Nothing here imports training code (torch, study.training.loop, ...).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from benchmarks.recommend import (
     reproduce_verdict,
     short_config,
 )
-from study.errors import UserError
-from study.io import write_text_atomic
+from study.core.errors import UserError
+from study.core.io import write_text_atomic
 
 ACC = "val_acc"
 COSTS = (("params", "parameters (count, dense)"), ("nonzero_params", "non-zero parameters (count)"),
@@ -793,7 +793,7 @@ def _read_reproduce(run_dir: Path, log: Callable[[str], None]) -> list[dict]:
 def build_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Write RUN_DIR/report.html from results.csv, pareto.csv and benchmark.json (collected first if missing)."""
     from benchmarks.collect import read_results, run_benchmarks
-    from study.results import load_study_meta
+    from study.search.results import load_study_meta
 
     label = str(run_dir)
     run_dir = Path(run_dir)

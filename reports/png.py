@@ -32,7 +32,7 @@ from reports.html import (  # the HTML report's colours and parsing: one look fo
     _num,
     _precision,
 )
-from study.io import write_path_atomic
+from study.core.io import write_path_atomic
 
 MARKERS = {"fp32": "o", "int8": "^"}
 NAMED_MARKERS = ("D", "s", "P", "X", "h")  # baselines; references are stars of their own colour
@@ -127,7 +127,7 @@ def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, meta:
 def write_png(run_dir: str | Path) -> Path:
     """Collect results first where needed (as the HTML report does), then draw front.png."""
     from benchmarks.collect import read_results, run_benchmarks
-    from study.results import load_study_meta
+    from study.search.results import load_study_meta
 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)

@@ -12,19 +12,19 @@ __version__ = "0.1.0"
 _API = {
     "TrialConfig": ("study.config", "TrialConfig"),
     "make_config": ("study.config", "make_config"),
-    "load_space": ("search_spaces", "load_space"),
+    "load_space": ("study.search.space", "load_space"),
     "run_trial": ("study.app", "run_trial"),
-    "TrialResult": ("study.results", "TrialResult"),
-    "StudyResult": ("study.results", "StudyResult"),
-    "SearchSpace": ("search_spaces", "SearchSpace"),
-    "register_model": ("study.models", "register_model"),
-    "register_dataset": ("study.data", "register_dataset"),
-    "register_kd_loss": ("study.losses", "register_kd_loss"),
-    "register_prune_method": ("study.pruning", "register_prune_method"),
-    "register_sampler": ("study.samplers", "register_sampler"),
-    "PruneMethod": ("study.pruning", "PruneMethod"),
+    "TrialResult": ("study.search.results", "TrialResult"),
+    "StudyResult": ("study.search.results", "StudyResult"),
+    "SearchSpace": ("study.search.space", "SearchSpace"),
+    "register_model": ("study.models.families", "register_model"),
+    "register_dataset": ("study.data.datasets", "register_dataset"),
+    "register_kd_loss": ("study.training.losses", "register_kd_loss"),
+    "register_prune_method": ("study.models.pruning", "register_prune_method"),
+    "register_sampler": ("study.search.samplers", "register_sampler"),
+    "PruneMethod": ("study.models.pruning", "PruneMethod"),
     "run_study": ("study.app", "run_study"),  # the search, then results and report
-    "UserError": ("study.errors", "UserError"),
+    "UserError": ("study.core.errors", "UserError"),
 }
 __all__ = ["__version__", *_API]
 

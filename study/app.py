@@ -1,5 +1,5 @@
 """The application layer: a whole study as `python -m study run` / `kdstudy run` and `from study import run_study`
-run it. It composes the engine (study.search.run_study: the search itself) with the product's result pipeline
+run it. It composes the engine (study.search.driver.run_study: the search itself) with the product's result pipeline
 (benchmarks: results.csv, pareto.csv, benchmark.json, the front's latency re-measured with no trial training) and
 the HTML report (reports).
 
@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from study.results import StudyResult
+    from study.search.results import StudyResult
 
 
 def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Path | None = None,
               hooks=None, cache_dir: str | Path | None = None):
-    """Run one trial (no Ray): study.trial.run_trial, its metrics returned as a typed TrialResult. Staged: a
+    """Run one trial (no Ray): study.trial.run.run_trial, its metrics returned as a typed TrialResult. Staged: a
     failed trial leaves out_dir as it was."""
-    from study.results import TrialResult
-    from study.trial import run_trial as run
+    from study.search.results import TrialResult
+    from study.trial.run import run_trial as run
 
     metrics = run(cfg, out_dir=Path(out_dir) if out_dir is not None else None,
                   teacher_path=Path(teacher_path) if teacher_path is not None else None, hooks=hooks,
@@ -40,8 +40,8 @@ def run_study(space_file, *, name: str | None = None, trials: int | None = None,
     (LiveReport). report=False (`--no-report`): the search and its Pareto table only. `space_file`: a path, a
     shipped space's name or a SearchSpace (load_space's, possibly changed with dataclasses.replace). Returns the
     StudyResult."""
-    from study import search
-    from study.results import StudyResult
+    from study.search import driver as search
+    from study.search.results import StudyResult
 
     run_dir = search.run_study(space_file, name=name, trials=trials, concurrent=concurrent, storage=storage,
                                address=address, runs_dir=runs_dir, gpus_per_trial=gpus_per_trial,
@@ -49,7 +49,7 @@ def run_study(space_file, *, name: str | None = None, trials: int | None = None,
                                on_trial_end=LiveReport(live_report_s) if report else None)
     if not report:
         return StudyResult(run_dir)
-    from study.results import load_study_meta
+    from study.search.results import load_study_meta
 
     meta = load_study_meta(run_dir)
     confirm_front(run_dir, meta, log)
@@ -75,7 +75,7 @@ class LiveReport:
         self.took = 0.0  # seconds the last rewrite took
 
     def __call__(self, run_dir: Path, so_far) -> None:
-        from study.errors import UserError
+        from study.core.errors import UserError
 
         # it runs in Tune's event loop: a big study's report (seconds to build) is rewritten at most 1/10 of the time
         if self.last and time.time() - self.last < max(self.every_s, 10 * getattr(self, "took", 0.0)):
@@ -114,7 +114,7 @@ def which_model_lines(run_dir: Path) -> list[str]:
 
     from benchmarks.collect import read_results
     from benchmarks.recommend import answer_lines, recommendations
-    from study.results import load_study_meta
+    from study.search.results import load_study_meta
 
     try:
         bench = json.loads((run_dir / "benchmark.json").read_text())
@@ -139,7 +139,7 @@ def _shown(run_dir: Path) -> str:
 
 def confirm_front(run_dir: Path, meta: dict, log=print) -> None:
     """Re-train the models a user would pick (knee, most accurate, those that beat a baseline) and the baselines
-    with `confirm_seeds` more seeds (study.confirm). The choice is made once, from the search's own values, and
+    with `confirm_seeds` more seeds (reproduce.confirm). The choice is made once, from the search's own values, and
     kept in confirm/plan.json, so a resumed study finishes the same plan."""
     from benchmarks.collect import (
         analyse,
@@ -151,9 +151,9 @@ def confirm_front(run_dir: Path, meta: dict, log=print) -> None:
         outside_baselines,
         read_confirm_plan,
     )
-    from study.confirm import extra_seeds, run_confirmation
-    from study.io import write_json_atomic
-    from study.results import open_study
+    from study.core.io import write_json_atomic
+    from study.reproduce.confirm import extra_seeds, run_confirmation
+    from study.search.results import open_study
 
     n = int(meta.get("confirm_seeds") or 0)
     if n < 1:

@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 
 def _space_config(space_path: str, sets: list[str]):
-    from search_spaces import load_space
     from study.config import make_config, parse_set_args
+    from study.search.space import load_space
 
     space = load_space(space_path)
     overrides = parse_set_args(sets or [])
@@ -22,7 +22,7 @@ def _space_config(space_path: str, sets: list[str]):
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from study.trial import TrialHooks, run_trial
+    from study.trial.run import TrialHooks, run_trial
 
     _, cfg = _space_config(args.space, args.set)
     out = Path(args.out or f"out/trial-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -47,11 +47,11 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    from study.data import load_dataset_for
-    from study.device import resolve_device
-    from study.normalization import describe, resolve, teacher_warnings
-    from study.streaming import data_for
-    from study.teacher import get_teacher
+    from study.core.device import resolve_device
+    from study.data.datasets import load_dataset_for
+    from study.data.streaming import data_for
+    from study.teacher.inputs import describe, resolve, teacher_warnings
+    from study.teacher.model import get_teacher
 
     _, cfg = _space_config(args.space, args.set)
     device = resolve_device(cfg.device)
@@ -70,7 +70,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from study.data import load_dataset, prepare_dataset
+    from study.data.datasets import load_dataset, prepare_dataset
 
     prepare_dataset(args.name, args.root)
     ds = load_dataset(args.name, args.root)
@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.seed is not None:  # the space with another study seed, recorded as the run's space.yaml
         import dataclasses
 
-        from search_spaces import load_space
+        from study.search.space import load_space
 
         space = dataclasses.replace(load_space(args.space), seed=args.seed)
     run_study(space, name=args.name, trials=args.trials, concurrent=args.concurrent, storage=args.storage,
@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from study.reproduce import reproduce
+    from study.reproduce.rerun import reproduce
 
     summary = reproduce(Path(args.run_dir), rank=args.rank, knee=args.knee, trial=args.trial, baseline=args.baseline,
                         seeds=args.seeds, epochs=args.epochs, max_latency_ms=args.max_latency_ms,
@@ -173,7 +173,8 @@ def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("reproduce", help="rerun a trial or baseline with several seeds and export it",
-                        description=_docstring("reproduce.py"), formatter_class=argparse.RawDescriptionHelpFormatter)
+                        description=_docstring("reproduce/rerun.py"),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("run_dir")
     g = rp.add_mutually_exclusive_group(required=True)
     g.add_argument("--rank", type=int, help="K-th trial of the front by the documented rule (1 = most accurate)")

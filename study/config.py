@@ -11,28 +11,28 @@ from typing import Any
 
 import yaml
 
-from study.errors import UserError
+from study.core.errors import UserError
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # modules to import before any name is resolved (comma-separated): their register_* calls then run in every
-    # process, Ray workers included (study/registry.py)
+    # process, Ray workers included (study/core/registry.py)
     imports: str = ""
     # --- data ---
     # registry name: digits, fashion_mnist, cifar10, cifar100, tinyimagenet, imagefolder (data_root/train/<class>/),
-    # or python:pkg.module:load (study/data.py)
+    # or python:pkg.module:load (study/data/datasets.py)
     dataset: str = "digits"
     data_root: str = "data"  # folder holding the data set files (relative paths resolve against the CWD)
     image_size: int = 0  # imagefolder: resize every image to image_size x image_size on decode (0: keep; one size)
     skip_bad_images: bool = False  # imagefolder: skip (and count) unreadable images instead of stopping
-    # the input normalisation every network sees, x = (pixels/255 - mean) / std: the teacher's (study/normalization.py).
+    # the input normalisation every network sees, x = (pixels/255 - mean) / std: the teacher's (teacher/inputs.py).
     # auto: with teacher_checkpoint the best of dataset / imagenet / none for the teacher on the validation split,
     # else dataset; dataset: the data's own statistics; imagenet; none (0-1 values); or "m1,m2,m3/s1,s2,s3" (in
     # YAML also {mean: [...], std: [...]}, 0-1 scale). A trial's saved config holds the resolved value, never auto
     normalize: str = "auto"
     # training data kept in memory up to this many MB; above it batches stream from the decoded cache on disk
-    # (study/streaming.py). 0: half of the memory available when the trial starts
+    # (study/data/streaming.py). 0: half of the memory available when the trial starts
     max_resident_mb: float = 0.0
     download: bool = False  # fetch a missing data set (cifar10/100, fashion_mnist, tinyimagenet; needs internet)
     val_size: float = 0.15  # validation split held out from the training set: fraction (<1) or count (>=1)
@@ -43,9 +43,9 @@ class TrialConfig:
     train_size: int = 0
     # --- teacher (trained once per key and cached on disk, unless teacher_checkpoint gives one) ---
     # a trained teacher: a torch.export program (.pt2), a TorchScript file, or a state_dict of teacher_arch
-    # (loaded with weights_only=True); no teacher is trained (study/teacher.py)
+    # (loaded with weights_only=True); no teacher is trained (study/teacher/model.py)
     teacher_checkpoint: str = ""
-    teacher_arch: str = "resnet20"  # model family (study.models): a name, torchvision:NAME, timm:NAME, python:...
+    teacher_arch: str = "resnet20"  # model family (models/families.py): a name, torchvision:NAME, timm:NAME, python:...
     teacher_width: float = 1.0  # width multiplier of the teacher
     teacher_epochs: int = 15  # teacher training budget in epochs
     teacher_lr: float = 0.1  # teacher peak SGD learning rate (per batch of batch_size)
@@ -55,7 +55,7 @@ class TrialConfig:
     # seed spread of fp32 students. bf16 / auto: faster.
     teacher_precision: str = "fp32"
     # --- student ---
-    student_arch: str = "resnet8"  # model family (study.models): a name, torchvision:NAME, timm:NAME, python:...
+    student_arch: str = "resnet8"  # model family (models/families.py): a name, torchvision:NAME, timm:NAME, python:...
     width_mult: float = 1.0  # scales the student's channels (a builder's knob, or uniform pruning: README)
     student_weights: str = ""  # initial weights for the student family: a state_dict file (matching names/shapes)
     # start from a trained student (a model.pt written by a trial or reproduce, pruned shapes kept); with
@@ -72,7 +72,7 @@ class TrialConfig:
     weight_decay: float = 5e-4  # L2 weight decay on conv/linear weights (not on BN or biases)
     label_smoothing: float = 0.0  # label smoothing on the CE term
     # read the teacher's logits per (epoch, image) view from a study-wide fp16 cache, built once
-    # (study/teacher_cache.py); false runs the teacher live on every batch (fresh views per trial)
+    # (study/teacher/cache.py); false runs the teacher live on every batch (fresh views per trial)
     teacher_cache: bool = True
     # --- pruning (after distillation) ---
     prune_method: str = "none"  # none, l1_structured, l2_structured (torch-pruning), l1_unstructured (global magnitude)
@@ -91,7 +91,7 @@ class TrialConfig:
     latency_repeats: int = 30  # timed runs for batch-1 latency (median and IQR reported)
     throughput_batch: int = 256  # batch size for the throughput measurement
     # runtime that latency_ms_bs1 / throughput_ips are measured on: torch (eager) or onnxruntime (the final model
-    # exported to ONNX, checked against PyTorch, timed by ONNX Runtime's CPU execution provider: study/onnx_backend.py)
+    # exported to ONNX, checked against PyTorch, timed by ONNX Runtime's CPU execution provider: study/measure/onnx.py)
     latency_backend: str = "torch"
     # int8: post-training static quantization in ONNX Runtime after fine-tuning (needs latency_backend onnxruntime);
     # val_acc, test_acc, size_bytes and latency are then the quantized model's (fp32 values kept beside them);
@@ -120,7 +120,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     default = CONFIG_FIELDS[name].default
     kind = type(default)
     if name == "normalize":  # a name, "means/stds", or a {mean, std} mapping: stored as one text
-        from study.normalization import canonical
+        from study.data.stats import canonical
 
         return canonical(value, source)
     try:
@@ -229,11 +229,11 @@ def validate_config(cfg: TrialConfig, source: str = "config") -> None:
 def check_names(cfg: TrialConfig, source: str = "config") -> None:
     """Import cfg.imports, then resolve every registry name the config uses (data set, models, prune method,
     KD loss): an unknown name or an import string that does not resolve is one sentence naming the field."""
-    from study.data import DATASETS
-    from study.losses import KD_LOSSES
-    from study.models import MODELS
-    from study.pruning import PRUNE_METHODS
-    from study.registry import import_modules
+    from study.core.registry import import_modules
+    from study.data.datasets import DATASETS
+    from study.models.families import MODELS
+    from study.models.pruning import PRUNE_METHODS
+    from study.training.losses import KD_LOSSES
 
     import_modules(cfg.imports, f"{source}: imports")
     for name, registry in (("dataset", DATASETS), ("student_arch", MODELS), ("teacher_arch", MODELS),
@@ -260,7 +260,7 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
 
 
 def save_config(cfg: TrialConfig, path: Path) -> None:
-    from study.io import write_text_atomic
+    from study.core.io import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

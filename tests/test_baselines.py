@@ -11,9 +11,9 @@ from conftest import write_space
 from study_fixture import OBJECTIVES, make_run_dir
 
 from benchmarks.collect import analyse, compare_baselines, knee
-from search_spaces import BUILTIN_BASELINES, load_space
-from study.errors import SpaceError
-from study.reproduce import REPO
+from study.core.errors import SpaceError
+from study.core.provenance import REPO
+from study.search.space import BUILTIN_BASELINES, load_space
 
 
 def test_absent_baselines_give_both_built_ins_and_an_empty_list_none(tmp_path):
@@ -60,7 +60,7 @@ def test_duplicate_and_non_list_baselines_are_refused(tmp_path):
 def _table(tmp_path, baselines: dict) -> pd.DataFrame:
     """The synthetic study (front: trials 0, 1, 2, 5) plus baseline rows: name -> (val_acc, params, latency)."""
     from benchmarks.collect import collect_results
-    from study.results import load_study_meta, open_study
+    from study.search.results import load_study_meta, open_study
 
     run = make_run_dir(tmp_path)
     df = collect_results(run, open_study(run, load_study_meta(run)), OBJECTIVES, log=lambda _: None)
@@ -102,7 +102,7 @@ def test_an_enqueued_baseline_is_judged_against_the_searched_trials_only(tmp_pat
 
 
 def test_baselines_in_the_space_are_found_with_their_parameters(tmp_path):
-    from search_spaces import load_space
+    from study.search.space import load_space
 
     demo = load_space("demo")
     params, why = demo.baseline_params("seed_recipe")
@@ -163,8 +163,8 @@ def test_knee_is_the_front_point_nearest_the_ideal(tmp_path):
 
 
 def test_train_size_is_a_seeded_stratified_subset():
-    from study.data import load_dataset
-    from study.train import make_resident
+    from study.data.datasets import load_dataset
+    from study.data.resident import make_resident
 
     ds = load_dataset("digits", "data")
     cpu = torch.device("cpu")
@@ -180,7 +180,7 @@ def test_train_size_is_a_seeded_stratified_subset():
 
 def test_train_size_names_another_teacher():
     from study.config import make_config
-    from study.teacher import teacher_key
+    from study.teacher.model import teacher_key
 
     base = make_config({"dataset": "digits"})
     assert teacher_key(base) != teacher_key(base.replace(train_size=300))

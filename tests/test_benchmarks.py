@@ -16,7 +16,7 @@ from study_fixture import FRONT, INFEASIBLE_REASON, OBJECTIVES, XSS, make_run_di
 from benchmarks import latency, pareto
 from benchmarks.__main__ import main
 from benchmarks.collect import prune_kind, read_results, run_benchmarks
-from study.errors import CheckpointError
+from study.core.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda msg: None}
@@ -146,10 +146,10 @@ def test_remeasure_interleaves_front_and_references(tmp_path: Path) -> None:
 
 
 def test_remeasure_with_real_study_models(tmp_path: Path) -> None:
-    """Real checkpoints through study.checkpoint / study.measure (skipped until those modules import)."""
+    """Real checkpoints through study.models.checkpoint / study.measure.timing (skipped until those modules import)."""
     torch = pytest.importorskip("torch")
-    checkpoint = pytest.importorskip("study.checkpoint")
-    models = pytest.importorskip("study.models")
+    checkpoint = pytest.importorskip("study.models.checkpoint")
+    models = pytest.importorskip("study.models.families")
     paths = {}
     for name, width in (("small", 0.25), ("wide", 0.5)):
         torch.manual_seed(0)

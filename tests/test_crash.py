@@ -13,7 +13,7 @@ import optuna
 import pytest
 from conftest import write_space
 
-from study.crash import ATTEMPT_MARK, crash_reason
+from study.search.crash import ATTEMPT_MARK, crash_reason
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def _die_in_capture(trial_dir: Path, body: str, env: dict | None = None, after: 
     code = textwrap.dedent(f"""
         import os, sys
         from pathlib import Path
-        from study.crash import capture_stderr
+        from study.search.crash import capture_stderr
         with capture_stderr(Path({str(trial_dir)!r})):
             print("a Python warning on stderr", file=sys.stderr)
         """) + textwrap.indent(textwrap.dedent(body), "    ") + "\n" + textwrap.dedent(after)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from study import data
-from study.data import DATASETS, load_dataset, split_train_val
-from study.errors import DataError, UserError
+from study.core.errors import DataError, UserError
+from study.data import datasets as data
+from study.data.datasets import DATASETS, load_dataset, split_train_val
 
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 

@@ -1,4 +1,4 @@
-"""study.io: the atomic writers' folder swap and the one file hash."""
+"""study.core.io: the atomic writers' folder swap and the one file hash."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from study.io import replace_dir_atomic, sha256_file, write_atomic
+from study.core.io import replace_dir_atomic, sha256_file, write_atomic
 
 
 def test_sha256_file_is_the_files_sha256(tmp_path):

@@ -1,4 +1,4 @@
-"""The oneDNN #6035 guard (study.kernels): exact, selective, restored, and native-crash-free on the AVX2 paths.
+"""The oneDNN #6035 guard (study.training.kernels): exact, selective, restored, and native-crash-free on the AVX2 paths.
 
 The crash is native (heap corruption, SIGSEGV / SIGABRT), so everything that could trigger it runs in a
 subprocess: a crash is then a failed assertion on its exit code, not a dead test run.
@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from study.kernels import ConvKernelGuard, needs_unit_stride_rewrite
+from study.training.kernels import ConvKernelGuard, needs_unit_stride_rewrite
 
 REPO = Path(__file__).resolve().parents[1]
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -82,7 +82,7 @@ def test_the_rewrite_gives_the_same_output_and_gradients(padding, size):
 
 
 def test_the_model_is_handed_back_as_built_also_after_an_error():
-    from study.models import build_model
+    from study.models.families import build_model
 
     model = build_model("resnet8", 10, 1, 0.25).eval()
     x = torch.randn(2, 1, 8, 8)
@@ -107,7 +107,7 @@ def test_the_avx2_caps_really_select_the_avx2_kernels():
     precision: auto trains in fp32 as on an AVX2-only CPU (checked with ONEDNN_VERBOSE)."""
     r = _run("""
         import torch
-        from study.train import resolve_precision
+        from study.training.loop import resolve_precision
         x = torch.randn(16, 6, 8, 8).contiguous(memory_format=torch.channels_last)
         w = torch.randn(6, 6, 3, 3, requires_grad=True)
         torch.nn.functional.conv2d(x, w).sum().backward()
@@ -123,7 +123,7 @@ def test_the_avx2_caps_really_select_the_avx2_kernels():
 @x86
 def test_the_crashing_pattern_survives_under_the_guard_on_the_avx2_paths():
     """The issue's reproducer, 200 steps, through ConvKernelGuard: exit code 0 (a native crash fails here)."""
-    setup = "from study.kernels import ConvKernelGuard\nguard = ConvKernelGuard(conv, 'cpu')"
+    setup = "from study.training.kernels import ConvKernelGuard\nguard = ConvKernelGuard(conv, 'cpu')"
     code = PATTERN.format(setup=setup, forward="with guard:\n        out = conv(x)")
     for _ in range(2):
         r = _run(code, env=AVX2)
@@ -136,10 +136,11 @@ def test_training_a_narrow_and_a_pruned_student_survives_on_the_avx2_paths():
     structured-pruned resnet8 whose shortcuts get 6-channel inputs."""
     r = _run("""
         import torch
-        from study.data import load_dataset
-        from study.models import build_model
-        from study.pruning import prune_model
-        from study.train import make_resident, train_phase
+        from study.data.datasets import load_dataset
+        from study.models.families import build_model
+        from study.models.pruning import prune_model
+        from study.training.loop import train_phase
+        from study.data.resident import make_resident
         torch.set_num_threads(1)
         data = make_resident(load_dataset("digits", "data"), 0.2, 0, torch.device("cpu"))
         narrow = build_model("resnet8", 10, 1, 0.25)
@@ -164,7 +165,7 @@ def test_upstream_bug_still_present():
     The heap corruption does not always abort: on one CI machine the process hung (glibc's allocator spinning on a
     corrupted list) until a 240 s timeout. A hang counts as the bug showing; its limit is scaled from the guarded
     pattern timed just before, on the same machine (a healthy run is that fast), not a fixed time."""
-    setup = "from study.kernels import ConvKernelGuard\nguard = ConvKernelGuard(conv, 'cpu')"
+    setup = "from study.training.kernels import ConvKernelGuard\nguard = ConvKernelGuard(conv, 'cpu')"
     start = time.perf_counter()
     healthy = _run(PATTERN.format(setup=setup, forward="with guard:\n        out = conv(x)"), env=AVX2)
     limit = max(30.0, 20 * (time.perf_counter() - start))
@@ -180,12 +181,12 @@ def test_upstream_bug_still_present():
         if outcomes[-1] != 0:
             break  # one sighting is enough
     if outcomes[-1] == 0:
-        pytest.skip(f"oneDNN #6035 not reproduced with torch {torch.__version__}: study/kernels.py may be removable")
+        pytest.skip(f"oneDNN #6035 not reproduced with torch {torch.__version__}: study/training/kernels.py may be removable")
     # killed by a signal (SIGABRT / SIGSEGV; > 128 where a shell reports it) or hung: not a Python error
     assert outcomes[-1] == "hung" or outcomes[-1] < 0 or outcomes[-1] > 128, outcomes
 
 
-# ------------------------------------------------------------------ the bf16 thin-input defect (study.kernels)
+# ------------------------------------------------------------------ the bf16 thin-input defect (study.training.kernels)
 THIN_CASES = [  # (channels, input H x W, kernel, stride, depthwise): each gave 1e13 / inf / nan taps unguarded
     (8, (1, 1), 3, 2, True), (16, (1, 1), 3, 2, False), (288, (1, 1), 5, 2, True), (288, (1, 4), 5, 1, False),
     (16, (4, 1), 3, 2, False), (8, (2, 1), 5, 2, True), (288, (2, 2), 3, 2, True),  # the last: not thin, untouched
@@ -227,7 +228,7 @@ def test_the_thin_input_rewrite_gives_the_same_output_and_gradients(case, bf16):
 
 
 def test_thin_input_rewrite_only_where_exact():
-    from study.kernels import may_see_thin_input, thin_input_conv
+    from study.training.kernels import may_see_thin_input, thin_input_conv
 
     assert not may_see_thin_input(nn.Conv2d(4, 4, 1))
     assert not may_see_thin_input(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
@@ -244,8 +245,8 @@ def test_thin_input_rewrite_only_where_exact():
 def test_bf16_thin_input_bug_still_present():
     """Not a check of our code: whether this torch build's bf16 weight gradient of a padded conv on a one-pixel
     input still has garbage taps (the raw pattern, unguarded). When it is exact in 40 steps, the skip says the
-    thin-input part of study/kernels.py may be removable."""
-    from study.train import _cpu_has_native_bf16
+    thin-input part of study/training/kernels.py may be removable."""
+    from study.training.loop import _cpu_has_native_bf16
 
     if not _cpu_has_native_bf16():
         pytest.skip("no native bf16 on this CPU: training runs fp32 here, the defect's kernel is not used")
@@ -259,4 +260,4 @@ def test_bf16_thin_input_bug_still_present():
         worst = max(worst, float(off_centre.abs().nan_to_num(float("inf")).max()))
     if worst == 0:
         pytest.skip(f"the bf16 thin-input defect is not reproduced with torch {torch.__version__}: the thin-input "
-                    "part of study/kernels.py may be removable")
+                    "part of study/training/kernels.py may be removable")

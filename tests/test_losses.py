@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from study.losses import kd_loss
+from study.training.losses import kd_loss
 
 
 def test_alpha_one_is_cross_entropy():

@@ -5,17 +5,12 @@ import os
 import pytest
 import torch
 
-from study.checkpoint import FORMAT, load_model, save_model
-from study.errors import CheckpointError
-from study.measure import (
-    count_macs,
-    count_nonzero_params,
-    count_params,
-    measure_latency,
-    measure_throughput,
-)
-from study.models import build_model
-from study.pruning import prune_model
+from study.core.errors import CheckpointError
+from study.measure.timing import measure_latency, measure_throughput
+from study.models.checkpoint import FORMAT, load_model, save_model
+from study.models.costs import count_macs, count_nonzero_params, count_params
+from study.models.families import build_model
+from study.models.pruning import prune_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, restored after
 
@@ -163,7 +158,7 @@ def test_save_rejects_bad_meta_and_masked_models(tmp_path):
 
 def test_latency_cache_reuses_and_repairs_its_files(tmp_path):
     """Same architecture: one measurement, reused; a damaged cache file is measured again, never an error."""
-    from study import latency_cache
+    from study.measure import latency_cache
 
     m = build_model("resnet8", 10, 1, 0.25).eval()
     kw = dict(device=torch.device("cpu"), threads=1, repeats=3, cache_dir=tmp_path)
@@ -180,7 +175,7 @@ def test_latency_cache_reuses_and_repairs_its_files(tmp_path):
 def test_latency_drops_repeats_whose_thread_was_descheduled(monkeypatch):
     """Simulated: the thread gets no CPU time in the chosen repeats (another process held the core). Those are
     dropped; when they are most of them, the measurement is flagged interfered (the median is then over all)."""
-    import study.measure as measure
+    import study.measure.timing as measure
 
     real = measure.time.thread_time
 
@@ -245,7 +240,7 @@ def test_latency_sees_a_process_that_shares_its_core():
 
 
 def test_latency_cache_measures_interfered_entries_again(tmp_path):
-    from study import latency_cache
+    from study.measure import latency_cache
 
     m = build_model("resnet8", 10, 1, 0.25).eval()
     kw = dict(device=torch.device("cpu"), threads=1, repeats=3, cache_dir=tmp_path)

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 
-from study.mo_asha import MOASHAScheduler, crowding_distance, mo_rank, non_dominated_fronts, promote
+from study.search.mo_asha import MOASHAScheduler, crowding_distance, mo_rank, non_dominated_fronts, promote
 
 
 def dominated(points, i):
@@ -75,8 +75,8 @@ def test_no_running_report_after_the_last_epoch_where_rays_asha_has_a_rung():
     a "running" report there could stop a fully trained trial before it is measured, so none is sent."""
     from ray.tune.schedulers.async_hyperband import _Bracket
 
-    from study.mo_asha import rung_epochs
-    from study.search_trial import RayHooks
+    from study.search.mo_asha import rung_epochs
+    from study.search.trainable import RayHooks
 
     assert sorted(r for r, _ in _Bracket(1, 9, 3, 0)._rungs) == [1, 3, 9]  # the Ray behaviour this guards against
     assert rung_epochs(1, 3, 9) == [1, 3]

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from study.errors import UserError
-from study.measure import count_params
-from study.models import MODELS, build_model, model_names
+from study.core.errors import UserError
+from study.models.costs import count_params
+from study.models.families import MODELS, build_model, model_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, restored after
 

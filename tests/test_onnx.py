@@ -1,4 +1,4 @@
-"""ONNX export, ONNX Runtime latency and int8 quantization (study/onnx_backend.py) with the real onnx/onnxruntime."""
+"""ONNX export, ONNX Runtime latency and int8 quantization (study/measure/onnx.py) with the real onnx/onnxruntime."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import pytest
 import torch
 from conftest import TINY_TRIAL
 
-from study import latency_cache, onnx_backend
 from study.config import make_config
-from study.data import load_dataset
-from study.errors import UserError
-from study.models import build_model
-from study.pruning import prune_model
-from study.train import make_resident
+from study.core.errors import UserError
+from study.data.datasets import load_dataset
+from study.data.resident import make_resident
+from study.measure import latency_cache
+from study.measure import onnx as onnx_backend
+from study.models.families import build_model
+from study.models.pruning import prune_model
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,8 @@ def test_bad_backend_settings_name_the_fix(changes, message):
 def test_a_space_that_searches_int8_on_torch_is_rejected(tmp_path):
     from conftest import write_space
 
-    from search_spaces import load_space
-    from study.errors import SpaceError
+    from study.core.errors import SpaceError
+    from study.search.space import load_space
 
     path = write_space(tmp_path / "s.yaml", params={"quantize": {"type": "categorical", "choices": ["none", "int8"]}})
     with pytest.raises(SpaceError, match="latency_backend: onnxruntime"):
@@ -92,7 +93,7 @@ def test_latency_cache_keys_by_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_trial(tmp_path_factory):
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     out = tmp_path_factory.mktemp("int8") / "trial"
     cfg = make_config(TINY_TRIAL, {"latency_backend": "onnxruntime", "quantize": "int8", "width_mult": 0.5,
@@ -101,8 +102,8 @@ def int8_trial(tmp_path_factory):
 
 
 def test_int8_trial_reports_the_quantized_model(int8_trial, digits):
-    from study.checkpoint import load_model
-    from study.train import evaluate
+    from study.models.checkpoint import load_model
+    from study.training.loop import evaluate
 
     cfg, out, m = int8_trial
     assert m["latency_backend_used"] == "onnxruntime-int8" and m["onnx_exporter"] in ("torchscript", "dynamo")
@@ -134,7 +135,7 @@ def test_calibration_sample_is_seeded_and_unaugmented(digits):
 
 
 def test_architecture_costs_time_the_backend_before_training(tmp_path):
-    from study.trial import architecture_costs
+    from study.trial.run import architecture_costs
 
     cfg = make_config(TINY_TRIAL, {"latency_backend": "onnxruntime", "quantize": "int8", "width_mult": 0.25})
     costs = architecture_costs(cfg, 10, (1, 8, 8), cache_dir=tmp_path)
@@ -144,7 +145,7 @@ def test_architecture_costs_time_the_backend_before_training(tmp_path):
 
 
 def test_an_export_that_differs_from_pytorch_fails_the_trial(tmp_path, monkeypatch):
-    from study import trial
+    from study.trial import run as trial
 
     real = onnx_backend.export_onnx
 
@@ -170,7 +171,7 @@ def _reinit(model: torch.nn.Module) -> torch.nn.Module:
 
 def test_remeasure_on_onnxruntime(int8_trial, tmp_path):
     from benchmarks import latency
-    from study.checkpoint import save_model
+    from study.models.checkpoint import save_model
 
     _, out, m = int8_trial
     torch_only = tmp_path / "plain" / "model.pt"  # a trial timed with torch: exported for the measurement
@@ -189,7 +190,7 @@ def test_remeasure_on_onnxruntime(int8_trial, tmp_path):
 
 @pytest.mark.parametrize("arch", ["resnet8x4", "resnet18", "wrn_16_1"])
 def test_every_student_family_exports(arch, tmp_path, one_thread):
-    """The other families of study.models (CIFAR resnet x4, ImageNet-style resnet, wide resnet), pruned."""
+    """The other families of study.models.families (CIFAR resnet x4, ImageNet-style resnet, wide resnet), pruned."""
     torch.manual_seed(0)
     model = build_model(arch, 10, 3, 0.25).eval()
     prune_model(model, "l1_structured", 0.3, torch.randn(1, 3, 32, 32))

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from study.cli import main
-from study.errors import DataError
+from study.core.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("cat", "dog", "owl")
@@ -70,8 +70,9 @@ def teachers(folder, tmp_path_factory) -> dict[str, Path]:
     """A tiny torchvision:resnet18 teacher trained on the folder, saved as a state_dict and as a .pt2."""
     import torchvision
 
-    from study.data import load_dataset
-    from study.train import make_resident, train_phase
+    from study.data.datasets import load_dataset
+    from study.data.resident import make_resident
+    from study.training.loop import train_phase
 
     out = tmp_path_factory.mktemp("teachers")
     ds = load_dataset("imagefolder", folder, image_size=16)
@@ -95,7 +96,7 @@ def teachers(folder, tmp_path_factory) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------- data
 
 def test_imagefolder_classes_grey_images_and_cache(tmp_path):
-    from study.data import load_dataset
+    from study.data.datasets import load_dataset
 
     root = write_folder(tmp_path / "imgs", train=4, test=2)
     logs: list[str] = []
@@ -119,7 +120,7 @@ def test_imagefolder_classes_grey_images_and_cache(tmp_path):
 
 
 def test_imagefolder_val_folder_is_the_validation_split(tmp_path):
-    from study.data import load_dataset, split_train_val
+    from study.data.datasets import load_dataset, split_train_val
 
     root = write_folder(tmp_path / "imgs", train=4, test=2)
     for c in CLASSES:
@@ -130,8 +131,8 @@ def test_imagefolder_val_folder_is_the_validation_split(tmp_path):
     assert len(tr_x) == 12 and va_y.tolist() == [0, 1, 2] and int(va_x.sum()) == 0
     # study.json's data_fingerprint: hashed once when decoded (stored with the cache), equal to hashing what was
     # loaded, val/ included (a changed val/ image is another data set)
-    from study.io import arrays_sha256
-    from study.reproduce import dataset_arrays, dataset_sha256
+    from study.core.io import arrays_sha256
+    from study.core.provenance import dataset_arrays, dataset_sha256
 
     assert ds.info["sha256"] == dataset_sha256(ds) == arrays_sha256(dataset_arrays(ds))
     time.sleep(0.01)
@@ -147,7 +148,7 @@ def test_imagefolder_val_folder_is_the_validation_split(tmp_path):
     ("no_train", "no train/ folder"),
 ])
 def test_imagefolder_errors_name_the_file(tmp_path, damage, message):
-    from study.data import load_dataset
+    from study.data.datasets import load_dataset
 
     root = write_folder(tmp_path / "imgs", train=3, test=2)
     if damage == "unreadable":
@@ -172,10 +173,11 @@ def test_imagefolder_errors_name_the_file(tmp_path, damage, message):
 
 
 def test_streaming_serves_the_same_batches_as_memory(folder):
-    from study.data import load_dataset
-    from study.models import build_model
-    from study.streaming import StreamingData, make_data
-    from study.train import epoch_schedule, evaluate, make_resident
+    from study.data.datasets import load_dataset
+    from study.data.resident import make_resident
+    from study.data.streaming import StreamingData, make_data
+    from study.models.families import build_model
+    from study.training.loop import epoch_schedule, evaluate
 
     ds = load_dataset("imagefolder", folder, image_size=16)
     for train_size in (0, 20):
@@ -202,7 +204,7 @@ def test_python_dataset_from_an_import_string(tmp_path, monkeypatch):
         "    y = np.arange(40) % 4\n"
         "    return x[:30], y[:30], x[30:], y[30:]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from study.data import load_dataset
+    from study.data.datasets import load_dataset
 
     ds = load_dataset("python:my_data:load", tmp_path)
     assert ds.num_classes == 4 and tuple(ds.train_x.shape) == (30, 1, 12, 12) and len(ds.test_y) == 10
@@ -213,10 +215,10 @@ def test_python_dataset_from_an_import_string(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch,width", [("torchvision:mobilenet_v3_small", 0.5), ("torchvision:resnet18", 0.5),
                                         ("torchvision:mobilenet_v2", 0.5), ("resnet8", 0.5)])
 def test_families_scale_prune_count_and_reload(tmp_path, arch, width):
-    from study.checkpoint import load_model, save_model
-    from study.measure import count_params
-    from study.models import build_model, model_spec
-    from study.pruning import prune_model
+    from study.models.checkpoint import load_model, save_model
+    from study.models.costs import count_params
+    from study.models.families import build_model, model_spec
+    from study.models.pruning import prune_model
 
     torch.manual_seed(0)
     full = build_model(arch, 3, 1, 1.0, (1, 16, 16))
@@ -236,8 +238,8 @@ def test_families_scale_prune_count_and_reload(tmp_path, arch, width):
 
 
 def test_untraceable_family_is_one_sentence():
-    from study.models import build_model
-    from study.pruning import PruneError
+    from study.models.families import build_model
+    from study.models.pruning import PruneError
 
     with pytest.raises(PruneError) as err:
         build_model("torchvision:shufflenet_v2_x1_0", 3, 3, 0.5, (3, 16, 16))
@@ -249,9 +251,9 @@ def test_an_untraceable_trial_fails_before_any_training_epoch(tmp_path):
     """The search prunes an untrained copy in architecture_costs before every trial (and its hooks say so);
     run_trial called on its own (CLI, references, reproduce) checks by itself: both before the first epoch."""
     from study.config import TrialConfig
-    from study.pruning import PruneError
-    from study.search_trial import RayHooks
-    from study.trial import TrialHooks, architecture_costs, run_trial
+    from study.models.pruning import PruneError
+    from study.search.trainable import RayHooks
+    from study.trial.run import TrialHooks, architecture_costs, run_trial
 
     cfg = TrialConfig(dataset="digits", student_arch="torchvision:shufflenet_v2_x1_0", width_mult=1.0,
                       prune_method="l1_structured", prune_ratio=0.3, kd_loss="ce", epochs=1, finetune_epochs=0,
@@ -295,7 +297,7 @@ def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder
         meta["teacher"]["val_acc"]
     # the teacher reference of a .pt2 teacher: its model.pt names the program, so it loads (and is re-timed)
     from benchmarks.collect import run_benchmarks
-    from study.checkpoint import load_model
+    from study.models.checkpoint import load_model
 
     ref, ref_meta = load_model(run_dir / "references" / "teacher" / "model.pt")
     x = torch.rand(2, 3, 16, 16)
@@ -322,9 +324,9 @@ def test_study_with_your_teacher_torchvision_student_report_and_reproduce(folder
 def test_a_program_model_pt_refuses_a_changed_or_missing_program(teachers, tmp_path):
     import shutil
 
-    from study.checkpoint import load_model, load_program, save_model
-    from study.errors import CheckpointError
-    from study.io import sha256_file
+    from study.core.errors import CheckpointError
+    from study.core.io import sha256_file
+    from study.models.checkpoint import load_model, load_program, save_model
 
     prog = tmp_path / "teacher.pt2"
     shutil.copy(teachers["pt2"], prog)
@@ -367,7 +369,7 @@ def test_python_student_from_an_import_string_runs_in_ray_workers(folder, tmp_pa
     # a plugin module registers a KD loss at import; `imports:` makes every process (Ray's workers) import it
     (tmp_path / "my_plugins.py").write_text(
         "from study import register_kd_loss\n"
-        "from study.losses import kd_term\n"
+        "from study.training.losses import kd_term\n"
         "@register_kd_loss('half_kd')\n"
         "def half_kd(s, t, y, temperature, **kw):\n"
         "    return 0.5 * kd_term(s, t, y, temperature)\n")
@@ -393,7 +395,7 @@ def test_python_student_from_an_import_string_runs_in_ray_workers(folder, tmp_pa
     ("untraceable", "torch-pruning cannot follow"),
     ("bad_import", "cannot import module 'no_such_pkg.models'"),
     ("bad_attribute", "has no attribute 'nothing_here'"),
-    ("bad_signature", "model 'python:study.models:build_model': it takes (name, num_classes, in_channels, width_mult, input_shape) (missing a required argument: 'name')"),
+    ("bad_signature", "model 'python:study.models.families:build_model': it takes (name, num_classes, in_channels, width_mult, input_shape) (missing a required argument: 'name')"),
 ])
 def test_bad_inputs_are_one_sentence_exit_2_nothing_written(folder, teachers, tmp_path, capsys, case, message):
     root = folder
@@ -417,9 +419,9 @@ def test_bad_inputs_are_one_sentence_exit_2_nothing_written(folder, teachers, tm
     elif case == "bad_import":
         trial["student_arch"] = "python:no_such_pkg.models:build"
     elif case == "bad_signature":  # a callable of another signature
-        trial["student_arch"] = "python:study.models:build_model"
+        trial["student_arch"] = "python:study.models.families:build_model"
     else:
-        trial["student_arch"] = "python:study.models:nothing_here"
+        trial["student_arch"] = "python:study.models.families:nothing_here"
     space = _space(tmp_path / "bad.yaml", trial)
     runs = tmp_path / "runs"
     assert main(["run", str(space), "--runs-dir", str(runs)]) == 2
@@ -432,9 +434,9 @@ def test_bad_inputs_are_one_sentence_exit_2_nothing_written(folder, teachers, tm
 def test_timm_family_scales_prunes_and_reloads(tmp_path):
     """timm is optional: where it is installed, timm:NAME families work as torchvision's do."""
     pytest.importorskip("timm")
-    from study.checkpoint import load_model, save_model
-    from study.models import build_model, model_spec
-    from study.pruning import prune_model
+    from study.models.checkpoint import load_model, save_model
+    from study.models.families import build_model, model_spec
+    from study.models.pruning import prune_model
 
     model = build_model("timm:resnet18", 3, 1, 0.5, (1, 16, 16)).eval()
     prune_model(model, "l1_structured", 0.3, torch.randn(1, 1, 16, 16))

@@ -38,7 +38,7 @@ def test_the_wheel_holds_the_packages_the_spaces_and_the_command(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("kdstudy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("study/cli.py", "study/kernels.py", "search_spaces/__init__.py", "search_spaces/demo.yaml",
+    for needed in ("study/cli.py", "study/training/kernels.py", "study/search/space.py", "search_spaces/demo.yaml",
                    "benchmarks/collect.py", "reports/__init__.py"):
         assert needed in names, needed
     assert not any(n.startswith(("tests/", "runs/", ".venv/", "devbench/")) for n in names)  # not the product
@@ -57,7 +57,7 @@ def test_version_and_help_do_not_import_torch():
 
 
 def test_a_shipped_space_is_found_by_name(tmp_path, monkeypatch):
-    from search_spaces import load_space, resolve_space_path, shipped_spaces
+    from study.search.space import load_space, resolve_space_path, shipped_spaces
 
     monkeypatch.chdir(tmp_path)  # outside the clone: no search_spaces/ folder here
     assert "demo" in shipped_spaces()
@@ -65,7 +65,7 @@ def test_a_shipped_space_is_found_by_name(tmp_path, monkeypatch):
     assert load_space("demo.yaml").name == "demo"
     (tmp_path / "demo.yaml").write_text("name: mine\n")
     assert resolve_space_path("demo.yaml") == Path("demo.yaml")  # a file of the user's wins
-    from study.errors import SpaceError
+    from study.core.errors import SpaceError
 
     with pytest.raises(SpaceError, match="shipped spaces: .*demo"):
         load_space("no_such_space")

@@ -140,8 +140,8 @@ def test_hypervolume_series_is_running_front() -> None:
 
 
 def test_one_dominance_rule():
-    """study.dominance is the rule every front uses (benchmarks.pareto, MO-ASHA, study.results.front_trials)."""
-    from study.dominance import dominates, non_dominated_mask
+    """study.core.dominance is the rule every front uses (benchmarks.pareto, MO-ASHA, study.search.results.front_trials)."""
+    from study.core.dominance import dominates, non_dominated_mask
 
     assert dominates([1, 2], [1, 3]) and not dominates([1, 3], [1, 2])
     assert not dominates([1, 2], [1, 2])  # identical points never dominate each other
@@ -154,12 +154,12 @@ def test_one_dominance_rule():
 
 
 def test_the_run_and_reproduce_share_one_front(tmp_path):
-    """study.results.front_trials: the printed Pareto table's front and reproduce's; a trial Optuna calls COMPLETE
+    """study.search.results.front_trials: the printed Pareto table's front and reproduce's; a trial Optuna calls COMPLETE
     whose search status is early_stopped is left out (Optuna's best_trials would take it)."""
     from study_fixture import FRONT, make_run_dir
 
-    from study.reproduce import pareto_front
-    from study.results import front_trials, load_study_meta, open_study
+    from study.reproduce.rerun import pareto_front
+    from study.search.results import front_trials, load_study_meta, open_study
 
     run = make_run_dir(tmp_path, leaked_early_stop=True)
     study = open_study(run, load_study_meta(run))

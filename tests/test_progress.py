@@ -1,4 +1,4 @@
-"""The running summary of the progress lines (study.progress.study_so_far), from told.json files on disk."""
+"""The running summary of the progress lines (study.search.progress.study_so_far), from told.json files on disk."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from study.hypervolume import normalization, normalized_hypervolume
-from study.progress import study_so_far
+from study.search.hypervolume import normalization, normalized_hypervolume
+from study.search.progress import study_so_far
 
 OBJECTIVES = [("val_acc", "maximize"), ("nonzero_params", "minimize")]
 

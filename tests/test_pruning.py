@@ -3,10 +3,10 @@ import copy
 import pytest
 import torch
 
-from study.errors import UserError
-from study.measure import count_params
-from study.models import build_model
-from study.pruning import PRUNE_METHODS, prune_model, reapply_mask, sparsity_mask
+from study.core.errors import UserError
+from study.models.costs import count_params
+from study.models.families import build_model
+from study.models.pruning import PRUNE_METHODS, prune_model, reapply_mask, sparsity_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: 1 torch thread, restored after
 

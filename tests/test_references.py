@@ -4,7 +4,7 @@ import json
 
 from conftest import TINY_TRIAL
 
-from study.references import REFERENCES, missing_references, run_references
+from study.search.references import REFERENCES, missing_references, run_references
 
 
 def test_missing_references(tmp_path):

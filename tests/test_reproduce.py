@@ -15,17 +15,10 @@ import yaml
 from conftest import TINY_TRIAL, write_space
 from study_fixture import make_run_dir
 
-from study.errors import UserError
-from study.reproduce import (
-    check_against_study,
-    choose,
-    code_version,
-    pareto_front,
-    reproduce,
-    select_trial,
-    trial_config,
-)
-from study.results import load_study_meta, open_study
+from study.core.errors import UserError
+from study.core.provenance import code_version
+from study.reproduce.rerun import check_against_study, choose, pareto_front, reproduce, select_trial, trial_config
+from study.search.results import load_study_meta, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,7 +152,7 @@ def test_baselines_enqueued_and_beside_the_search(synthetic):
 def reproduced(tmp_path_factory, ray_session):
     """A 2-trial study on digits (real Ray and Optuna), its rank-1 trial reproduced with 2 seeds. Its trials are
     int8-quantized and timed on ONNX Runtime, so the export has model.onnx and model_int8.onnx."""
-    from study.search import run_study
+    from study.search.driver import run_study
 
     root = tmp_path_factory.mktemp("reproduce")
     space = write_space(root / "tiny.yaml", search={"sampler": "tpe", "seed": 0, "trials": 2, "concurrent": 2,
@@ -205,9 +198,9 @@ def test_summary_has_both_seeds_with_mean_and_std(reproduced):
 
 @pytest.mark.slow
 def test_export_runs_in_a_fresh_process_with_torch_only(reproduced, tmp_path):
-    from study.checkpoint import load_model
-    from study.data import load_dataset
-    from study.export import normalise
+    from study.data.datasets import load_dataset
+    from study.measure.export import normalise
+    from study.models.checkpoint import load_model
 
     run_dir, summary, _ = reproduced
     out = run_dir / "reproduce" / str(summary["trial"])
@@ -245,7 +238,7 @@ def test_onnx_export_runs_with_onnxruntime_and_numpy_only(reproduced, tmp_path):
     """model.onnx and model_int8.onnx with predict_onnx.py, run in a fresh process where importing torch fails."""
     import numpy as np
 
-    from study.data import load_dataset
+    from study.data.datasets import load_dataset
 
     run_dir, summary, _ = reproduced
     export = run_dir / "reproduce" / str(summary["trial"]) / "export"
@@ -269,8 +262,8 @@ def test_onnx_export_runs_with_onnxruntime_and_numpy_only(reproduced, tmp_path):
     labels = [int(v) for v in p.stdout.split()]
     assert p.returncode == 0 and len(labels) == 20 and all(0 <= v < 10 for v in labels), p.stderr
     # the int8 predictions are the trial's own quantized model's: the same classes as the seed's model_int8.onnx
-    from study import onnx_backend
-    from study.export import normalise
+    from study.measure import onnx as onnx_backend
+    from study.measure.export import normalise
 
     seed_dir = run_dir / "reproduce" / str(summary["trial"]) / f"seed_{summary['seeds'][0]}"
     ds = load_dataset("digits", "data")
@@ -298,7 +291,7 @@ def test_model_card_states_data_metrics_and_recipe(reproduced):
 
 @pytest.mark.slow
 def test_differences_to_the_study_are_reported(reproduced):
-    from study.data import load_dataset
+    from study.data.datasets import load_dataset
 
     run_dir, summary, _ = reproduced
     meta = load_study_meta(run_dir)
@@ -308,7 +301,7 @@ def test_differences_to_the_study_are_reported(reproduced):
     ds = load_dataset(cfg.dataset, cfg.data_root)
     code = code_version()
     teacher = Path(summary["teacher"]["path"])
-    from study.teacher import load_teacher
+    from study.teacher.model import load_teacher
 
     _, embedded = load_teacher(teacher, torch.device("cpu"))
     same = dict(meta, versions={**meta["versions"], "code_sha256": code["code_sha256"]})
@@ -339,7 +332,7 @@ def test_rerun_reuses_finished_seeds(reproduced):
 
 def test_config_fields_added_since_the_study_are_named(tmp_path):
     from study.config import TrialConfig, save_config
-    from study.reproduce import _unset_fields
+    from study.reproduce.rerun import _unset_fields
 
     path = tmp_path / "config.yaml"
     save_config(TrialConfig(), path)
@@ -361,7 +354,7 @@ def test_reproduce_on_a_broken_run_dir_is_one_sentence(tmp_path, capsys, content
 
 @pytest.mark.slow
 def test_a_failing_export_keeps_the_summary_and_the_earlier_export(reproduced, monkeypatch):
-    import study.export
+    import study.measure.export
 
     run_dir, summary, _ = reproduced
     out = run_dir / "reproduce" / str(summary["trial"])
@@ -370,7 +363,7 @@ def test_a_failing_export_keeps_the_summary_and_the_earlier_export(reproduced, m
     def broken(*args, **kwargs):
         raise RuntimeError("torch.export could not trace this model")
 
-    monkeypatch.setattr(study.export, "export_model", broken)
+    monkeypatch.setattr(study.measure.export, "export_model", broken)
     lines: list[str] = []
     try:
         again = reproduce(run_dir, rank=1, seeds=2, log=lines.append)  # seeds reused: only the export reruns

@@ -28,7 +28,7 @@ def load(run_dir: Path) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory, ray_session):
-    from study.search import run_study
+    from study.search.driver import run_study
 
     tmp = tmp_path_factory.mktemp("study")
     # both built-ins (width 1.0: outside this space's widths, so trained beside the search) and one of the user's
@@ -79,7 +79,7 @@ def test_built_in_baselines_are_trained_labelled_and_compared(small_study):
     assert sorted(rows.index) == ["no_kd", "seed_recipe"]
     assert rows.loc["seed_recipe", "val_acc"] == pytest.approx(recipe["val_acc"])
     assert rows["number"].isna().all() and not rows["on_front"].any()
-    from study.search import print_summary
+    from study.search.driver import print_summary
 
     printed: list[str] = []
     print_summary(small_study, meta["storage"], meta["study_name"],
@@ -154,7 +154,7 @@ def test_conditional_parameter_absent_when_off(small_study):
 
 def run_enqueued(tmp_path: Path, name: str, space: Path, queue: list[dict]) -> Path:
     """Run a study whose first trials are the given configurations, in order (Optuna's enqueue_trial)."""
-    from study.search import run_study
+    from study.search.driver import run_study
 
     run_dir = tmp_path / "runs" / name
     run_dir.mkdir(parents=True)
@@ -234,8 +234,8 @@ def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
 def sampler_draws(space_path: Path, n: int, tmp: Path) -> list[dict]:
     """The parameters the study's searcher draws for trials 0..n-1 when nothing is killed and no trial has ended
     (every one of them a startup draw of the seed): a searcher over a fresh storage, as run_study builds it."""
-    from search_spaces import load_space
-    from study.search import enqueue_baselines, make_searcher
+    from study.search.driver import enqueue_baselines, make_searcher
+    from study.search.space import load_space
 
     space = load_space(str(space_path))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -414,8 +414,8 @@ def test_a_trial_asked_but_never_asked_for_again_by_the_restored_tune_is_run_aft
     while it copied them) while Optuna holds an asked, unfinished trial. Made here by asking one more trial in a
     finished study's storage; the resumed study runs it (in ray/tune-rest when the restored Tune does not ask),
     under its own number and parameters, and closes nothing as an orphan."""
-    from search_spaces import load_space
-    from study.search import make_searcher, run_study
+    from study.search.driver import make_searcher, run_study
+    from study.search.space import load_space
 
     space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "seed": 0, "trials": 2, "concurrent": 1,
                                                     "scheduler": "none"})
@@ -437,7 +437,7 @@ def test_postgresql_storage(tmp_path, ray_session):
     url = os.environ.get("KDSTUDY_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("no PostgreSQL: run `.ci/postgres.sh` as root and export KDSTUDY_TEST_POSTGRES_URL to its output")
-    from study.search import run_study
+    from study.search.driver import run_study
 
     name = f"pg{os.getpid()}{time.time_ns() % 10**6}"
     space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "trials": 2, "concurrent": 2,

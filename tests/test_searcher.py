@@ -1,5 +1,5 @@
-"""study.searcher.AskTellSearcher against a real Optuna SQLite storage, called as Tune calls it (suggest,
-on_trial_complete, save, restore) but without Ray running trials; and what importing study.search changes."""
+"""study.search.searcher.AskTellSearcher against a real Optuna SQLite storage, called as Tune calls it (suggest,
+on_trial_complete, save, restore) but without Ray running trials; and what importing study.search.driver changes."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from search_spaces import load_space
-from study.errors import UserError
-from study.samplers import make_sampler
-from study.searcher import AskTellSearcher, close_orphans
-from study.told import write_told
+from study.core.errors import UserError
+from study.search.samplers import make_sampler
+from study.search.searcher import AskTellSearcher, close_orphans
+from study.search.space import load_space
+from study.search.told import write_told
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVES = [("val_acc", "maximize"), ("nonzero_params", "minimize"), ("latency_ms_bs1", "minimize")]
@@ -198,7 +198,7 @@ def test_restore_rebuilds_from_storage_not_from_an_older_snapshot(tmp_path, spac
     # killed here: Optuna holds 0-2 finished and 3, 4 RUNNING; Tune's snapshot names t0 (done), t1 and t2 (running)
 
     b = pickle.loads(pickled)
-    monkeypatch.setattr("study.searcher.read_tune_trials",
+    monkeypatch.setattr("study.search.searcher.read_tune_trials",
                         lambda d: {"t0": (0, False), "t1": (1, True), "t2": (2, True)})
     b.restore(str(tmp_path / "killed" / "searcher-state.pkl"))
     b.set_max_concurrency(2)
@@ -244,7 +244,7 @@ def test_an_end_written_but_not_told_is_told_on_resume(tmp_path, space, monkeypa
     a.suggest("t1")
     write_told(tmp_path / "trials" / "1", "early_stopped",
                {"trial_number": 1, "status": "running", "epoch": 2, "val_acc": 55.0}, False)
-    monkeypatch.setattr("study.searcher.read_tune_trials", lambda d: {"t0": (0, True)})
+    monkeypatch.setattr("study.search.searcher.read_tune_trials", lambda d: {"t0": (0, True)})
     a.save(str(tmp_path / "state.pkl"))
     b = seeded(tmp_path, space, sampler="random", trials=2)
     b.restore(str(tmp_path / "state.pkl"))
@@ -258,7 +258,7 @@ def test_a_trial_tune_finished_but_optuna_did_not_is_handed_out_again(tmp_path, 
     a = seeded(tmp_path, space, sampler="random", trials=1)
     a.suggest("t0")
     a.save(str(tmp_path / "state.pkl"))
-    monkeypatch.setattr("study.searcher.read_tune_trials", lambda d: {"t0": (0, False)})  # TERMINATED in Tune
+    monkeypatch.setattr("study.search.searcher.read_tune_trials", lambda d: {"t0": (0, False)})  # TERMINATED in Tune
     b = seeded(tmp_path, space, sampler="random", trials=1)
     b.restore(str(tmp_path / "state.pkl"))
     assert b.suggest("n0")["trial_number"] == 0
@@ -270,7 +270,7 @@ def test_a_format_1_snapshot_resumes(tmp_path, space, monkeypatch):
     study name is read."""
     (tmp_path / "old.pkl").write_bytes(pickle.dumps({"format": 1, "study_name": "s", "numbers": {"x": 0},
                                                      "told": [], "sampler": None}))
-    monkeypatch.setattr("study.searcher.read_tune_trials", lambda d: {})
+    monkeypatch.setattr("study.search.searcher.read_tune_trials", lambda d: {})
     b = seeded(tmp_path, space, sampler="random", trials=1)
     b.restore(str(tmp_path / "old.pkl"))
     assert b.numbers == {} and b.suggest("n0")["trial_number"] == 0
@@ -300,7 +300,7 @@ def test_close_orphans_also_closes_waiting_trials(tmp_path):
 def test_importing_study_search_changes_no_environment():
     """Ray's settings are set by run_study (set_study_environment), not at import; and the import does not import
     Ray, so that they are in place before Ray reads them (RAY_DEDUP_LOGS when ray is imported)."""
-    code = ("import json, os, sys; before = dict(os.environ); import study.search; "
+    code = ("import json, os, sys; before = dict(os.environ); import study.search.driver; "
             "print(json.dumps({'same': dict(os.environ) == before, 'ray': 'ray' in sys.modules}))")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_"))}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -325,7 +325,7 @@ class Watch:  # records the environment when `ray` is first imported
             at_import.update({{n: os.environ.get(n) for n in names}})
         return None
 sys.meta_path.insert(0, Watch())
-import study.search as search
+import study.search.driver as search
 assert "ray" not in sys.modules
 class Stop(Exception):
     pass

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from conftest import TINY_TRIAL, write_space
 
-from search_spaces import DefineByRun, load_space
 from study.cli import main
-from study.errors import SpaceError
+from study.core.errors import SpaceError
+from study.search.space import DefineByRun, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,16 +13,17 @@ import torch
 from conftest import TINY_TRIAL
 
 from study.config import make_config
-from study.data import load_dataset
-from study.models import build_model
-from study.train import make_resident, resolve_precision, train_phase
+from study.data.datasets import load_dataset
+from study.data.resident import make_resident
+from study.models.families import build_model
+from study.training.loop import resolve_precision, train_phase
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_optimizer_is_torch_sgd_with_the_documented_schedule():
     """torch.optim.SGD (nesterov, fused on the CPU) stepping through lr_at: warm-up to the peak, then to 0."""
-    from study.train import lr_at, make_optimizer
+    from study.training.loop import lr_at, make_optimizer
 
     model = build_model("resnet8", 10, 1, 0.25)
     opt, sched = make_optimizer(model, lr=0.2, weight_decay=5e-4, total=20, warm=3)
@@ -110,7 +111,7 @@ def test_speed_benchmark_quick_writes_the_table_and_json(tmp_path):
 
 
 def test_crop_flip_equals_per_image_slicing():
-    from study.train import crop_flip
+    from study.data.resident import crop_flip
 
     g = torch.Generator().manual_seed(0)
     pad, n = 4, 12
@@ -126,7 +127,7 @@ def test_crop_flip_equals_per_image_slicing():
 @pytest.mark.parametrize("n,batch,want", [(1150, 128, 9), (1281, 128, 10), (1290, 128, 10), (100, 128, 1),
                                           (1, 128, 1), (256, 128, 2), (33, 16, 2), (40, 16, 3), (5, 4, 1)])
 def test_batches_per_epoch_drops_only_a_tiny_tail(n, batch, want):
-    from study.train import batches_per_epoch
+    from study.training.loop import batches_per_epoch
 
     assert batches_per_epoch(n, batch) == want  # a tail under max(2, batch // 4) goes, unless it is all there is
 
@@ -134,8 +135,9 @@ def test_batches_per_epoch_drops_only_a_tiny_tail(n, batch, want):
 def test_the_learning_rate_reaches_zero_at_the_last_step_taken():
     """33 images in batches of 16: the 1-image tail is dropped, so an epoch is 2 steps, and the schedule must end
     at lr 0 after them (counting 3 left it at a third of the peak)."""
-    from study.models import build_model
-    from study.train import ResidentData, train_phase
+    from study.data.resident import ResidentData
+    from study.models.families import build_model
+    from study.training.loop import train_phase
 
     n = 33
     x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8)

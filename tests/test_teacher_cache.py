@@ -12,9 +12,9 @@ import torch
 from conftest import TINY_TRIAL, write_space
 
 from study.config import make_config
-from study.data import load_dataset
-from study.teacher import get_teacher
-from study.teacher_cache import (
+from study.data.datasets import load_dataset
+from study.data.resident import make_resident
+from study.teacher.cache import (
     LOGIT_TOLERANCE,
     CachedTeacher,
     cache_identity,
@@ -24,8 +24,9 @@ from study.teacher_cache import (
     open_teacher_cache,
     teacher_cache_for,
 )
-from study.train import augmented_batches, make_resident
-from study.trial import TrialHooks, run_trial
+from study.teacher.model import get_teacher
+from study.training.loop import augmented_batches
+from study.trial.run import TrialHooks, run_trial
 
 CPU = torch.device("cpu")
 
@@ -153,7 +154,7 @@ def test_ensure_teacher_cache_is_what_the_driver_calls(setup, tmp_path):
 def test_teacher_cache_false_runs_the_live_teacher(setup, tmp_path):
     cfg, _, _, info = setup
     space = write_space(tmp_path / "s.yaml", trial={**TINY_TRIAL, "teacher_cache": False})
-    from search_spaces import load_space
+    from study.search.space import load_space
 
     off = load_space(space).base_config()
     assert off.teacher_cache is False
@@ -188,7 +189,7 @@ def test_a_trial_with_the_cache_matches_the_live_teacher(setup, tmp_path):
 
 def test_teacher_key_follows_the_teacher_precision_not_the_students():
     from study.config import make_config
-    from study.teacher import teacher_key
+    from study.teacher.model import teacher_key
 
     base = make_config(TINY_TRIAL)
     assert base.teacher_precision == "fp32"

@@ -17,7 +17,8 @@ import yaml
 from PIL import Image
 
 from study.cli import main
-from study.normalization import IMAGENET_MEAN, IMAGENET_STD, NEAR_CHANCE_SHARE
+from study.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from study.teacher.inputs import NEAR_CHANCE_SHARE
 
 CLASSES = ("boot", "coat", "sandal", "shirt")
 LEVELS = (30, 70, 110, 150)  # each class's mean grey level: dark photos, far from ImageNet's mean (0.485)
@@ -158,9 +159,9 @@ def test_study_without_normalize_finds_the_teachers_own(folder, teacher, tmp_pat
 @pytest.mark.slow
 def test_explicit_mean_std_study_and_its_export_predict_raw_images_alike(folder, teacher, tmp_path, ray_session):
     from study import run_study
-    from study.checkpoint import load_model
-    from study.export import normalise
-    from study.teacher import load_teacher
+    from study.measure.export import normalise
+    from study.models.checkpoint import load_model
+    from study.teacher.model import load_teacher
 
     stated = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     logs: list[str] = []
@@ -284,10 +285,10 @@ def test_normalisation_that_does_not_fit_the_channels_is_one_sentence(tmp_path, 
 
 def test_normalisation_keys_the_teacher_and_its_logit_cache(folder, teacher):
     from study.config import make_config
-    from study.data import load_dataset_for
-    from study.teacher import teacher_key
-    from study.teacher_cache import cache_identity
-    from study.train import make_resident
+    from study.data.datasets import load_dataset_for
+    from study.data.resident import make_resident
+    from study.teacher.cache import cache_identity
+    from study.teacher.model import teacher_key
 
     base = make_config({"dataset": "imagefolder", "data_root": str(folder), "image_size": 16, "val_size": 20,
                         "teacher_checkpoint": str(teacher["path"]), "teacher_arch": "torchvision:resnet18"})
@@ -314,7 +315,7 @@ def test_configs_written_before_normalize_read_as_the_datas_own(tmp_path):
 
 def test_teacher_below_the_plain_student_is_warned_about():
     from reports.html import teacher_note
-    from study.normalization import teacher_warnings
+    from study.teacher.inputs import teacher_warnings
 
     info = {"val_acc": 60.0, "test_acc": 58.0, "num_classes": 4, "input_shape": [3, 16, 16],
             "normalization": {"normalize": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
@@ -329,8 +330,8 @@ def test_teacher_below_the_plain_student_is_warned_about():
 
 def test_a_resumed_study_keeps_the_normalisation_it_started_with(folder, teacher, tmp_path):
     from study.config import make_config
-    from study.data import load_dataset_for
-    from study.search import _resolve_normalization
+    from study.data.datasets import load_dataset_for
+    from study.search.driver import _resolve_normalization
 
     trial = yaml.safe_load(_space(tmp_path / "r.yaml", folder, teacher).read_text())["trial"]
     base = make_config(trial)

@@ -10,10 +10,10 @@ import torch
 import yaml
 from conftest import TINY_TRIAL
 
-from study.checkpoint import load_model
 from study.config import make_config
-from study.errors import UserError
-from study.trial import TrialHooks, run_trial
+from study.core.errors import UserError
+from study.models.checkpoint import load_model
+from study.trial.run import TrialHooks, run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = ("val_acc", "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_iqr_ms_bs1",
@@ -145,8 +145,9 @@ def test_bad_set_value_is_a_user_error():
 def test_per_epoch_validation_in_the_training_precision_agrees_with_fp32(trials):
     """train_phase validates each epoch under bf16 autocast + channels_last (when it trains that way); the final
     metrics use fp32. On a trained model the two agree to a few images."""
-    from study.data import load_dataset
-    from study.train import evaluate, make_resident
+    from study.data.datasets import load_dataset
+    from study.data.resident import make_resident
+    from study.training.loop import evaluate
 
     out, dense, _ = trials
     model, _ = load_model(out / "dense" / "model.pt")
@@ -162,7 +163,7 @@ def test_per_epoch_validation_in_the_training_precision_agrees_with_fp32(trials)
 
 
 def test_run_trial_gives_the_caller_its_thread_count_back(tmp_path):
-    from study.trial import run_trial
+    from study.trial.run import run_trial
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -177,10 +178,11 @@ def test_run_trial_gives_the_caller_its_thread_count_back(tmp_path):
 
 def test_a_non_finite_weight_behind_a_finite_loss_stops_training(one_thread):
     """The loss of an epoch can be finite while a step left a weight nan (the last step, or a kernel writing
-    garbage gradients: study.kernels); train_phase names the parameter instead of handing back a chance model."""
-    from study.data import load_dataset
-    from study.models import build_model
-    from study.train import make_resident, train_phase
+    garbage gradients: study.training.kernels); train_phase names the parameter instead of handing back a chance model."""
+    from study.data.datasets import load_dataset
+    from study.data.resident import make_resident
+    from study.models.families import build_model
+    from study.training.loop import train_phase
 
     data = make_resident(load_dataset("digits", "data"), 0.2, 0, torch.device("cpu"))
     model = build_model("resnet8", 10, 1, 0.25)
@@ -217,7 +219,7 @@ def test_a_width_no_family_can_take_is_refused_before_anything_runs(tmp_path, ca
 def test_a_trial_that_fails_while_it_runs_leaves_its_out_folder_as_it_was(tmp_path):
     """run_trial(stage=True) (the trial command): a failure after the config and epochs were written leaves an
     older run's folder exactly as it was, and no staging folder."""
-    from study.trial import staged
+    from study.trial.run import staged
 
     out = tmp_path / "out"
     out.mkdir()
@@ -236,7 +238,7 @@ def test_a_trial_that_fails_while_it_runs_leaves_its_out_folder_as_it_was(tmp_pa
 
 
 def test_staged_outputs_replace_an_older_run_whole(tmp_path):
-    from study.trial import staged
+    from study.trial.run import staged
 
     out = tmp_path / "t"
     out.mkdir()

@@ -1,0 +1,2 @@
+"""Stage 5, measurement: latency and throughput timing, the ONNX Runtime backend and its cache, and model export.
+"""
