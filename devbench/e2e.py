@@ -64,7 +64,7 @@ def checkout(ref: str, dest: Path) -> str:
 
 def head_commit() -> str:
     """This checkout's commit, flagged when the timed code (study/, search_spaces/) has uncommitted changes."""
-    from study.core.provenance import code_version
+    from study.core.io import code_version
 
     v = code_version(ROOT)
     return (v["git_commit"] or "unknown") + ("+uncommitted changes" if v["git_dirty"] else "")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.repeats = 1, 5
 
     from study.data.datasets import load_dataset
-    from study.data.resident import make_resident
+    from study.data.streaming import make_resident
     from study.measure import onnx as onnx_backend
     from study.measure.latency_cache import cpu_name
     from study.measure.timing import measure_latency

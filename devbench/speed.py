@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from study.config import TrialConfig
 from study.data.datasets import Dataset, split_train_val
-from study.data.resident import ResidentData, make_resident
+from study.data.streaming import ResidentData, make_resident
 from study.models.costs import count_macs, count_params
 from study.models.families import build_model
 from study.teacher.cache import CachedTeacher, teacher_cache_for

@@ -120,7 +120,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     default = CONFIG_FIELDS[name].default
     kind = type(default)
     if name == "normalize":  # a name, "means/stds", or a {mean, std} mapping: stored as one text
-        from study.data.stats import canonical
+        from study.data.datasets import canonical
 
         return canonical(value, source)
     try:

@@ -12,7 +12,7 @@ from study_fixture import OBJECTIVES, make_run_dir
 
 from benchmarks.collect import analyse, compare_baselines, knee
 from study.core.errors import SpaceError
-from study.core.provenance import REPO
+from study.core.io import REPO
 from study.search.space import BUILTIN_BASELINES, load_space
 
 
@@ -164,7 +164,7 @@ def test_knee_is_the_front_point_nearest_the_ideal(tmp_path):
 
 def test_train_size_is_a_seeded_stratified_subset():
     from study.data.datasets import load_dataset
-    from study.data.resident import make_resident
+    from study.data.streaming import make_resident
 
     ds = load_dataset("digits", "data")
     cpu = torch.device("cpu")

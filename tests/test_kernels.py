@@ -140,7 +140,7 @@ def test_training_a_narrow_and_a_pruned_student_survives_on_the_avx2_paths():
         from study.models.families import build_model
         from study.models.pruning import prune_model
         from study.training.loop import train_phase
-        from study.data.resident import make_resident
+        from study.data.streaming import make_resident
         torch.set_num_threads(1)
         data = make_resident(load_dataset("digits", "data"), 0.2, 0, torch.device("cpu"))
         narrow = build_model("resnet8", 10, 1, 0.25)

@@ -14,7 +14,7 @@ from conftest import TINY_TRIAL
 from study.config import make_config
 from study.core.errors import UserError
 from study.data.datasets import load_dataset
-from study.data.resident import make_resident
+from study.data.streaming import make_resident
 from study.measure import latency_cache
 from study.measure import onnx as onnx_backend
 from study.models.families import build_model

@@ -71,7 +71,7 @@ def teachers(folder, tmp_path_factory) -> dict[str, Path]:
     import torchvision
 
     from study.data.datasets import load_dataset
-    from study.data.resident import make_resident
+    from study.data.streaming import make_resident
     from study.training.loop import train_phase
 
     out = tmp_path_factory.mktemp("teachers")
@@ -131,8 +131,7 @@ def test_imagefolder_val_folder_is_the_validation_split(tmp_path):
     assert len(tr_x) == 12 and va_y.tolist() == [0, 1, 2] and int(va_x.sum()) == 0
     # study.json's data_fingerprint: hashed once when decoded (stored with the cache), equal to hashing what was
     # loaded, val/ included (a changed val/ image is another data set)
-    from study.core.io import arrays_sha256
-    from study.core.provenance import dataset_arrays, dataset_sha256
+    from study.core.io import arrays_sha256, dataset_arrays, dataset_sha256
 
     assert ds.info["sha256"] == dataset_sha256(ds) == arrays_sha256(dataset_arrays(ds))
     time.sleep(0.01)
@@ -174,8 +173,7 @@ def test_imagefolder_errors_name_the_file(tmp_path, damage, message):
 
 def test_streaming_serves_the_same_batches_as_memory(folder):
     from study.data.datasets import load_dataset
-    from study.data.resident import make_resident
-    from study.data.streaming import StreamingData, make_data
+    from study.data.streaming import StreamingData, make_data, make_resident
     from study.models.families import build_model
     from study.training.loop import epoch_schedule, evaluate
 

@@ -16,7 +16,7 @@ from conftest import TINY_TRIAL, write_space
 from study_fixture import make_run_dir
 
 from study.core.errors import UserError
-from study.core.provenance import code_version
+from study.core.io import code_version
 from study.reproduce.rerun import check_against_study, choose, pareto_front, reproduce, select_trial, trial_config
 from study.search.results import load_study_meta, open_study
 

@@ -14,7 +14,7 @@ from conftest import TINY_TRIAL
 
 from study.config import make_config
 from study.data.datasets import load_dataset
-from study.data.resident import make_resident
+from study.data.streaming import make_resident
 from study.models.families import build_model
 from study.training.loop import resolve_precision, train_phase
 
@@ -111,7 +111,7 @@ def test_speed_benchmark_quick_writes_the_table_and_json(tmp_path):
 
 
 def test_crop_flip_equals_per_image_slicing():
-    from study.data.resident import crop_flip
+    from study.data.streaming import crop_flip
 
     g = torch.Generator().manual_seed(0)
     pad, n = 4, 12
@@ -135,7 +135,7 @@ def test_batches_per_epoch_drops_only_a_tiny_tail(n, batch, want):
 def test_the_learning_rate_reaches_zero_at_the_last_step_taken():
     """33 images in batches of 16: the 1-image tail is dropped, so an epoch is 2 steps, and the schedule must end
     at lr 0 after them (counting 3 left it at a third of the peak)."""
-    from study.data.resident import ResidentData
+    from study.data.streaming import ResidentData
     from study.models.families import build_model
     from study.training.loop import train_phase
 

@@ -13,7 +13,7 @@ from conftest import TINY_TRIAL, write_space
 
 from study.config import make_config
 from study.data.datasets import load_dataset
-from study.data.resident import make_resident
+from study.data.streaming import make_resident
 from study.teacher.cache import (
     LOGIT_TOLERANCE,
     CachedTeacher,

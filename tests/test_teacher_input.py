@@ -286,7 +286,7 @@ def test_normalisation_that_does_not_fit_the_channels_is_one_sentence(tmp_path, 
 def test_normalisation_keys_the_teacher_and_its_logit_cache(folder, teacher):
     from study.config import make_config
     from study.data.datasets import load_dataset_for
-    from study.data.resident import make_resident
+    from study.data.streaming import make_resident
     from study.teacher.cache import cache_identity
     from study.teacher.model import teacher_key
 

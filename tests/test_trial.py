@@ -146,7 +146,7 @@ def test_per_epoch_validation_in_the_training_precision_agrees_with_fp32(trials)
     """train_phase validates each epoch under bf16 autocast + channels_last (when it trains that way); the final
     metrics use fp32. On a trained model the two agree to a few images."""
     from study.data.datasets import load_dataset
-    from study.data.resident import make_resident
+    from study.data.streaming import make_resident
     from study.training.loop import evaluate
 
     out, dense, _ = trials
@@ -180,7 +180,7 @@ def test_a_non_finite_weight_behind_a_finite_loss_stops_training(one_thread):
     """The loss of an epoch can be finite while a step left a weight nan (the last step, or a kernel writing
     garbage gradients: study.training.kernels); train_phase names the parameter instead of handing back a chance model."""
     from study.data.datasets import load_dataset
-    from study.data.resident import make_resident
+    from study.data.streaming import make_resident
     from study.models.families import build_model
     from study.training.loop import train_phase
 

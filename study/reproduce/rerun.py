@@ -50,8 +50,15 @@ import torch
 
 from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
 from study.core.errors import UserError
-from study.core.io import portable_path, replace_dir_atomic, sha256_file, write_json_atomic, write_text_atomic
-from study.core.provenance import code_version, dataset_sha256
+from study.core.io import (
+    code_version,
+    dataset_sha256,
+    portable_path,
+    replace_dir_atomic,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 from study.search.results import front_trials, load_study_meta, open_study
 from study.trial.run import TrialHooks
 

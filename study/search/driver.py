@@ -270,7 +270,7 @@ def run_study(space_file: str, *, name: str | None = None, trials: int | None = 
 
     import torch
 
-    from study.core.provenance import code_version, dataset_sha256
+    from study.core.io import code_version, dataset_sha256
     from study.search.references import missing_baselines, missing_references
 
     # the code that runs, as it is now: taken before the teacher trains (minutes, on a CPU), so that a file edited

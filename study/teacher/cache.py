@@ -45,7 +45,7 @@ from filelock import FileLock
 
 from study.config import TrialConfig
 from study.core.io import sha256_file, write_json_atomic
-from study.data.resident import ResidentData, crop_flip
+from study.data.streaming import ResidentData, crop_flip
 from study.training.loop import TeacherFn, epoch_schedule, live_teacher
 
 FORMAT_VERSION = 1  # bump when the file layout or the cache pass changes, so old caches are not read

@@ -15,8 +15,7 @@ from study.config import TrialConfig
 from study.core.errors import CheckpointError
 from study.core.io import default_cache_dir, write_json_atomic
 from study.data.datasets import load_dataset_for
-from study.data.resident import ResidentData
-from study.data.streaming import data_for
+from study.data.streaming import ResidentData, data_for
 from study.models.checkpoint import load_model, save_model
 from study.models.costs import count_params
 from study.models.families import build_model

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from study.data.resident import ResidentData
+from study.data.streaming import ResidentData
 from study.training.kernels import ConvKernelGuard
 from study.training.losses import kd_loss
 

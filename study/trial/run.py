@@ -20,8 +20,7 @@ from study.config import TrialConfig, save_config
 from study.core.device import resolve_device
 from study.core.io import write_json_atomic, write_text_atomic
 from study.data.datasets import load_dataset_for
-from study.data.resident import ResidentData
-from study.data.streaming import data_for
+from study.data.streaming import ResidentData, data_for
 from study.measure import latency_cache
 from study.models.checkpoint import load_model, save_model
 from study.models.costs import count_macs, count_nonzero_params, count_params
