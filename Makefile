@@ -26,8 +26,10 @@ study: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff on the tree, mypy on the package (settings in pyproject.toml); CI runs it before the tests.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean-runs:
 	rm -rf runs out
