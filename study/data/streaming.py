@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from study.data.datasets import Dataset, holdout_count, split_train_val, train_subset
+from study.data.datasets import Dataset, count_or_fraction, holdout_count, split_indices
 
 
 @dataclass
@@ -58,10 +58,11 @@ class ResidentData:
 
 def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device, train_size: int = 0) -> ResidentData:
     """Split off the validation set (seeded), keep a stratified `train_size` subset of the rest (0: all of it;
-    seeded by the same seed), normalise once and move everything to `device`."""
-    tr_x, tr_y, va_x, va_y = split_train_val(ds, int(val_size) if val_size >= 1 else val_size, seed)
-    if train_size:
-        tr_x, tr_y = train_subset(tr_x, tr_y, train_size, seed)
+    seeded by the same seed), normalise once and move everything to `device` (the rows of split_indices)."""
+    keep, held = split_indices(ds, count_or_fraction(val_size), seed, train_size)
+    tr_x, tr_y = _rows(ds.train_x, keep), _rows(ds.train_y, keep)
+    va_x, va_y = (ds.val_x, ds.val_y) if ds.val_x is not None and ds.val_y is not None else (ds.train_x, ds.train_y)
+    va_x, va_y = _rows(va_x, held), _rows(va_y, held)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -75,6 +76,11 @@ def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device,
     train[:, :, p:p + h, p:p + w] = tr_x
     return ResidentData(train.to(device), tr_y.to(device), norm(va_x), va_y.to(device), norm(ds.test_x),
                         ds.test_y.to(device), p, ds.hflip, ds.num_classes, mean.to(device), std.to(device))
+
+
+def _rows(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """x's rows `rows` (sorted, distinct): x itself, uncopied, when they are all of it."""
+    return x if len(rows) == len(x) else x[torch.from_numpy(rows)]
 
 
 def crop_flip(xp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
@@ -163,8 +169,7 @@ def make_data(ds: Dataset, val_size: float, seed: int, device: torch.device, tra
               max_resident_mb: float = 0.0, log=None) -> ResidentData:
     """make_resident's splits, in memory when they fit the budget, else streamed from disk (StreamingData)."""
     budget = max_resident_mb or available_mb() / 2
-    need = resident_mb(ds, 0 if ds.val_x is not None else holdout_count(ds, int(val_size) if val_size >= 1
-                                                                      else val_size))
+    need = resident_mb(ds, 0 if ds.val_x is not None else holdout_count(ds, count_or_fraction(val_size)))
     if need <= budget:
         return make_resident(ds, val_size, seed, device, train_size)
     if log:
@@ -178,25 +183,10 @@ def data_for(cfg, ds: Dataset, device: torch.device, log=None) -> ResidentData:
     return make_data(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size, cfg.max_resident_mb, log)
 
 
-def split_indices(ds: Dataset, val_size: float, seed: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) row indices into ds.train_x as make_resident draws them (an own val split: all of
-    train, and the validation rows index ds.val_x)."""
-    from study.data.datasets import holdout_indices, train_subset
-
-    y = ds.train_y
-    if ds.val_x is not None:
-        keep, held = np.arange(len(y)), np.arange(len(ds.val_y))
-    else:
-        keep, held = holdout_indices(ds, int(val_size) if val_size >= 1 else val_size, seed)  # as make_resident
-    if train_size and train_size < len(keep):
-        sub_x, _ = train_subset(torch.from_numpy(keep)[:, None], y[torch.from_numpy(keep)], train_size, seed)
-        keep = sub_x[:, 0].numpy()
-    return keep, held
-
-
 def make_streaming(ds: Dataset, val_size: float, seed: int, device: torch.device, train_size: int = 0
                    ) -> StreamingData:
-    keep, held = split_indices(ds, val_size, seed, train_size)
+    """make_resident's splits (the same rows of split_indices) as DiskRows, read from disk batch by batch."""
+    keep, held = split_indices(ds, count_or_fraction(val_size), seed, train_size)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
     c = ds.train_x.shape[1]
