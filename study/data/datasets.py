@@ -281,7 +281,8 @@ def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
     for package in ("numpy.core", "numpy._core"):  # pickles written by numpy 1.x and 2.x name different modules
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct  # ndarray, protocol < 5
         allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar  # numpy scalars
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # ndarray, protocol 5
+        # ndarray, protocol 5 (numpy's private reader: absent from its stubs)
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     return allowed
 
 
@@ -494,8 +495,9 @@ def _load_tinyimagenet(root: Path, download: bool, **_: Any) -> Dataset:
         try:
             from study.core.io import write_atomic  # temp file beside it, then renamed: never a half-written cache
 
-            write_atomic(cache, lambda f: np.savez(f, version=np.asarray(_TINY_CACHE_VERSION),
-                                                  wnids=np.asarray(wnids), **arrays), "wb")
+            members: dict[str, Any] = {"version": np.asarray(_TINY_CACHE_VERSION), "wnids": np.asarray(wnids),
+                                       **arrays}
+            write_atomic(cache, lambda f: np.savez(f, **members), "wb")
         except OSError as e:  # e.g. a read-only shared copy: still usable, only slower next time
             warnings.warn(f"Could not write the Tiny-ImageNet cache {cache} ({e}); the next load decodes again.",
                           stacklevel=2)
@@ -555,7 +557,8 @@ def stats(normalize: str, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return own_stats(ds)
     if normalize == "none":
         return (0.0,) * channels, (1.0,) * channels
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else explicit_values(normalize)
+    explicit = explicit_values(normalize)  # None: "imagenet", the one name left
+    mean, std = explicit if explicit is not None else (IMAGENET_MEAN, IMAGENET_STD)
     if len(mean) != channels:
         what = "imagenet has 3 values" if normalize == "imagenet" else f"normalize gives {len(mean)} values"
         raise UserError(f"normalize: {what} per statistic, but the {ds.name} images have {channels} channel(s); "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device,
     seeded by the same seed), normalise once and move everything to `device` (the rows of split_indices)."""
     keep, held = split_indices(ds, count_or_fraction(val_size), seed, train_size)
     tr_x, tr_y = _rows(ds.train_x, keep), _rows(ds.train_y, keep)
-    va_x, va_y = (ds.val_x, ds.val_y) if ds.val_x is not None and ds.val_y is not None else (ds.train_x, ds.train_y)
+    va_x, va_y = _val_source(ds)
     va_x, va_y = _rows(va_x, held), _rows(va_y, held)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -76,6 +77,12 @@ def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device,
     train[:, :, p:p + h, p:p + w] = tr_x
     return ResidentData(train.to(device), tr_y.to(device), norm(va_x), va_y.to(device), norm(ds.test_x),
                         ds.test_y.to(device), p, ds.hflip, ds.num_classes, mean.to(device), std.to(device))
+
+
+def _val_source(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) split_indices' validation rows index: the data set's own validation split, else its
+    training set."""
+    return (ds.val_x, ds.val_y) if ds.val_x is not None and ds.val_y is not None else (ds.train_x, ds.train_y)
 
 
 def _rows(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -104,11 +111,16 @@ class DiskRows:
     def __init__(self, base: torch.Tensor, index: torch.Tensor, device: torch.device, pad: int = 0,
                  fill: torch.Tensor | None = None, mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None) -> None:
-        self.base, self.index, self.pad, self.fill = base, index, pad, fill
+        _, c, h, w = base.shape
+        if pad and fill is None:
+            raise ValueError("DiskRows: padding needs a fill colour")
+        if (mean is None) != (std is None):
+            raise ValueError("DiskRows: normalising needs both mean and std")
+        self.base, self.index, self.pad = base, index, pad
+        self.fill = fill if fill is not None else torch.zeros((1, c, 1, 1), dtype=torch.uint8)  # used when pad
         self.device = torch.device(device)
         self.mean, self.std = mean, std
         self.dtype = torch.float32 if mean is not None else torch.uint8
-        _, c, h, w = base.shape
         self.shape = torch.Size((len(index), c, h + 2 * pad, w + 2 * pad))
 
     def __len__(self) -> int:
@@ -130,7 +142,7 @@ class DiskRows:
             padded[:, :, p:-p, p:-p] = x
             x = padded
         x = x.to(self.device, non_blocking=True)
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:
             x = (x.float() / 255.0 - self.mean) / self.std
         return x
 
@@ -192,10 +204,16 @@ def make_streaming(ds: Dataset, val_size: float, seed: int, device: torch.device
     c = ds.train_x.shape[1]
     fill = (mean.view(-1) * 255).round().to(torch.uint8).view(1, c, 1, 1)  # as make_resident pads
     keep_t, held_t = torch.from_numpy(np.asarray(keep)), torch.from_numpy(np.asarray(held))
-    val_base, val_y = (ds.val_x, ds.val_y) if ds.val_x is not None else (ds.train_x, ds.train_y)
+    val_base, val_y = _val_source(ds)
     dev_mean, dev_std = mean.to(device), std.to(device)
     return StreamingData(
-        DiskRows(ds.train_x, keep_t, device, ds.crop_pad, fill), ds.train_y[keep_t].to(device),
-        DiskRows(val_base, held_t, device, mean=dev_mean, std=dev_std), val_y[held_t].to(device),
-        DiskRows(ds.test_x, torch.arange(len(ds.test_y)), device, mean=dev_mean, std=dev_std), ds.test_y.to(device),
-        ds.crop_pad, ds.hflip, ds.num_classes, dev_mean, dev_std)
+        _as_tensor(DiskRows(ds.train_x, keep_t, device, ds.crop_pad, fill)), ds.train_y[keep_t].to(device),
+        _as_tensor(DiskRows(val_base, held_t, device, mean=dev_mean, std=dev_std)), val_y[held_t].to(device),
+        _as_tensor(DiskRows(ds.test_x, torch.arange(len(ds.test_y)), device, mean=dev_mean, std=dev_std)),
+        ds.test_y.to(device), ds.crop_pad, ds.hflip, ds.num_classes, dev_mean, dev_std)
+
+
+def _as_tensor(rows: DiskRows) -> torch.Tensor:
+    """DiskRows where ResidentData types a tensor: it answers what the trial asks of one (indexing, shape,
+    device, dtype, len())."""
+    return cast(torch.Tensor, rows)

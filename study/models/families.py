@@ -219,7 +219,7 @@ def _python_model(obj: object, name: str) -> ModelSpec:
 
 
 MODELS: Registry[ModelSpec] = Registry("model", _python_model)
-for _name, _build in {
+_BUILTIN_FAMILIES: dict[str, ModelFactory] = {
     **{f"resnet{d}": partial(_cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56, 110)},
     # RepDistiller's x4 variants: stem 32, stages 64/128/256.
     "resnet8x4": partial(_cifar_resnet, 8, stem=32, widths=(64, 128, 256)),
@@ -227,7 +227,8 @@ for _name, _build in {
     "resnet18": partial(_imagenet_depth_resnet, [2, 2, 2, 2]),
     "resnet34": partial(_imagenet_depth_resnet, [3, 4, 6, 3]),
     **{f"wrn_{d}_{k}": partial(WideResNet, d, k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
-}.items():
+}
+for _name, _build in _BUILTIN_FAMILIES.items():
     MODELS.register(_name, ModelSpec(_build))
 
 
@@ -290,6 +291,11 @@ def register_model(name: str, build: ModelFactory | None = None, *, width: str =
     return add if build is None else add(build)
 
 
+def _pair(t: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's (H, W) setting (stored as tuple[int, ...]) as the pair its constructor takes."""
+    return (t[0], t[1])
+
+
 def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Give the model's first Conv2d `in_channels` inputs (grey images for an RGB family); weights, where the
     conv has any worth keeping, are averaged over the old channels and repeated (timm's adapt_input_conv)."""
@@ -301,11 +307,12 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
                 if child.groups != 1:
                     raise UserError(f"cannot change the first convolution to {in_channels} input channels (it is "
                                     "grouped); give the data set the channel count the model expects.")
-                new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                child.dilation, 1, child.bias is not None, child.padding_mode)
+                padding = child.padding if isinstance(child.padding, str) else _pair(child.padding)
+                new = nn.Conv2d(in_channels, child.out_channels, _pair(child.kernel_size), _pair(child.stride),
+                                padding, _pair(child.dilation), 1, child.bias is not None, child.padding_mode)
                 with torch.no_grad():
                     new.weight.copy_(adapt_conv_weight(child.weight, in_channels))
-                    if child.bias is not None:
+                    if child.bias is not None and new.bias is not None:
                         new.bias.copy_(child.bias)
                 setattr(parent, child_name, new)
                 return model

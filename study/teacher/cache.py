@@ -201,7 +201,7 @@ def build_teacher_cache(teacher: nn.Module, data: ResidentData, identity: dict, 
     dev = data.train_x.device
     channels_last = dev.type == "cpu"  # fp32 NHWC: 1.3x faster on this CPU (ResNet-34), equal within 1e-4
     tmp = root / f".{key}.{os.getpid()}.tmp.npy"
-    out: np.ndarray | None = None
+    out: np.memmap | None = None
     log(f"caching teacher logits for schedule epochs {start}..{epochs - 1} ({n:,} images, {k} classes) -> {npy}")
     try:
         first = np.dtype(previous.logits.dtype) if previous is not None else np.dtype(np.float16)

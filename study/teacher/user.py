@@ -123,8 +123,8 @@ def load_checkpoint(path: Path, arch: str, width: float, num_classes: int, input
                         "this image shape with a dynamic batch size (torch.export.export(model, (x,), "
                         "dynamic_shapes=({0: torch.export.Dim('batch')},))), or set image_size.") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"{path}: the teacher returned {shape} for a batch of 2 images, but the data set has "
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{path}: the teacher returned {got} for a batch of 2 images, but the data set has "
                         f"{num_classes} classes (want (2, {num_classes})); give the teacher trained on these classes.")
     return model, fmt
 

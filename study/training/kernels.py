@@ -38,6 +38,9 @@ gradients (zero for the other taps, as they should be). Only in bf16 on the CPU,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeGuard
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -45,27 +48,31 @@ from torch.nn import functional as F
 GUARD_BELOW_CHANNELS = 16  # input channels per group: the AVX-512 kernel's block (AVX2: 8), oneDNN #6035
 
 
-def needs_unit_stride_rewrite(module: nn.Module) -> bool:
+def needs_unit_stride_rewrite(module: nn.Module) -> TypeGuard[nn.Conv2d]:
     """Whether `module` is a convolution of the known-bad case of oneDNN #6035: 1x1, stride > 1, fewer than
     GUARD_BELOW_CHANNELS input channels per group."""
     return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
             and any(s > 1 for s in module.stride) and module.in_channels // module.groups < GUARD_BELOW_CHANNELS)
 
 
-def _subsample_input(stride: tuple[int, int]):
+def _subsample_input(stride: tuple[int, ...]) -> Callable[[nn.Module, tuple], tuple]:
+    """A forward pre-hook that feeds the convolution its input subsampled by `stride` (H, W)."""
+
     def hook(module: nn.Module, args: tuple) -> tuple:
         x = args[0]  # (B, C, H, W)
         return (x[:, :, ::stride[0], ::stride[1]], *args[1:])  # (B, C, ceil(H/s), ceil(W/s))
     return hook
 
 
-def _subsample_output(stride: tuple[int, int]):
+def _subsample_output(stride: tuple[int, ...]) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]:
+    """A forward hook that subsamples the convolution's output by `stride` (H, W)."""
+
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         return out[:, :, ::stride[0], ::stride[1]]
     return hook
 
 
-def may_see_thin_input(module: nn.Module) -> bool:
+def may_see_thin_input(module: nn.Module) -> TypeGuard[nn.Conv2d]:
     """A Conv2d the bf16 thin-input defect can hit: a kernel wider than 1 along some axis, zero padding given as
     numbers (padding="same" and the reflect/circular modes are left alone)."""
     return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
@@ -76,6 +83,8 @@ def thin_input_conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     """m(x) computed with only the weight taps that meet a one-pixel-wide / -high input (see the module docstring),
     or None where x is not that thin or the output along a thin axis is not a single position (then m's own
     forward runs)."""
+    if isinstance(m.padding, str):  # "same" / "valid": may_see_thin_input leaves those to the kernel
+        return None
     weight = m.weight
     stride, padding, dilation = list(m.stride), list(m.padding), list(m.dilation)
     thin = False
@@ -93,7 +102,9 @@ def thin_input_conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     return F.conv2d(x, weight, m.bias, tuple(stride), tuple(padding), tuple(dilation), m.groups)
 
 
-def _thin_input_forward(m: nn.Conv2d):
+def _thin_input_forward(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward for m that computes a one-pixel-thin CPU input with thin_input_conv, any other with m's own."""
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and (x.shape[-1] == 1 or x.shape[-2] == 1):
             out = thin_input_conv(m, x)
@@ -135,7 +146,8 @@ class ConvKernelGuard:
                 m.stride = (1, 1)
                 self._active.append((m, stride, handle))
             for m in self.thin_convs:
-                m.forward = _thin_input_forward(m)  # an instance attribute: nn.Module.__call__ finds it first
+                # an instance attribute on purpose: nn.Module.__call__ finds it before the class's forward
+                m.forward = _thin_input_forward(m)  # type: ignore[method-assign,assignment]
                 self._forwards.append(m)
         except BaseException:
             self.__exit__()

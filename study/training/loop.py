@@ -74,7 +74,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    """SGD parameter groups: weight decay on the trainable weights (ndim > 1), none on biases and norm scales."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -225,15 +227,7 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
                     after_step()
                 sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(y)
                 seen += len(y)
-            loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
-            if not math.isfinite(loss_m):
-                raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
-            # a finite loss can hide a non-finite weight (its last step, or a kernel writing garbage gradients:
-            # study.training.kernels); such a model scores chance accuracy and must not pass as a result
-            bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
-            if bad is not None:
-                raise FloatingPointError(f"parameter {bad} became non-finite in epoch {epoch} (mean loss {loss_m:.4g});"
-                                         " lower the learning rate, or train with precision: fp32.")
+            loss_m, ce_m, kd_m = _finite_means(model, sums, seen, epoch)
             # in the training precision: the per-epoch curve and the scheduler's rungs; final metrics are fp32
             val_acc = evaluate(model, data.val_x, data.val_y, dtype=dtype, channels_last=channels_last)
             log = {"epoch": epoch, "loss": loss_m, "ce": ce_m, "kd": kd_m, "val_acc": val_acc,
@@ -245,6 +239,21 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
     return logs
+
+
+def _finite_means(model: nn.Module, sums: torch.Tensor, seen: int, epoch: int) -> tuple[float, float, float]:
+    """The epoch's mean (loss, ce, kd) from their image-weighted sums; FloatingPointError when the loss or a weight
+    is not finite."""
+    loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
+    if not math.isfinite(loss_m):
+        raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
+    # a finite loss can hide a non-finite weight (its last step, or a kernel writing garbage gradients:
+    # study.training.kernels); such a model scores chance accuracy and must not pass as a result
+    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise FloatingPointError(f"parameter {bad} became non-finite in epoch {epoch} (mean loss {loss_m:.4g});"
+                                 " lower the learning rate, or train with precision: fp32.")
+    return loss_m, ce_m, kd_m
 
 
 def live_teacher(teacher: nn.Module, precision: str = "fp32") -> TeacherFn:

@@ -59,7 +59,7 @@ def _python_loss(obj: object, name: str) -> Callable[..., torch.Tensor]:
     if not callable(obj):
         raise UserError(f"kd_loss {name!r}: {type(obj).__name__} is not callable; point the import string at a "
                         "function term(student_logits, teacher_logits, targets, temperature, **kw) -> loss.")
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 # term(student_logits, teacher_logits, targets, temperature, **kw) -> scalar; None: no distillation term
