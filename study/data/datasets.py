@@ -163,8 +163,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_digits() -> tuple[np.ndarray, np.ndarray]:
-    # load_digits reads sklearn/datasets/data/digits.csv.gz; reading that file directly skips the ~0.7 s
-    # import of sklearn.datasets. Fall back to the public API if the wheel's layout ever changes.
+    # load_digits reads sklearn/datasets/data/digits.csv.gz; reading that file directly skips the slow import of
+    # sklearn.datasets (docs/HOW_IT_RUNS.md, "Training speed"). Fall back to the public API if the wheel's layout
+    # ever changes.
     import importlib.util
     spec = importlib.util.find_spec("sklearn")
     if spec is not None and spec.origin is not None:

@@ -92,7 +92,8 @@ def _rows(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
 
 def crop_flip(xp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
     """Batched random crop (offsets dy, dx into the padded images) and horizontal flip, in one gather over the
-    flattened pixels (2-3.5x faster on the CPU than indexing with four broadcast index tensors)."""
+    flattened pixels (faster on the CPU than indexing with four broadcast index tensors: docs/HOW_IT_RUNS.md,
+    "Training speed")."""
     b, c, hp, wp = xp.shape
     h, w = hp - 2 * pad, wp - 2 * pad
     dev = xp.device

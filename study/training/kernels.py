@@ -12,14 +12,12 @@ The workaround does by hand what that kernel's workspace does: it computes such 
 convolution of the subsampled input, ``conv2d(x[:, :, ::s, ::s], w)`` (the same output, the same gradients, the same
 weights and state_dict), so oneDNN never takes the strided 1x1 path for it. The rule: every 1x1 Conv2d with stride
 > 1 and fewer than 16 input channels per group, on the CPU, in any layout and precision. 16 is the AVX-512 block
-of the upstream report (AVX2's is 8), so one rule covers both without reading the ISA. Measured with
-``python -m devbench.layout --guard`` (README): students with such convolutions train with the rewrite within
-noise of the NCHW fallback on an AMD EPYC Zen 4 (bf16, and fp32 capped to AVX2), and faster on the Zen 3 of the
-report (pruned demo trial 5.4 s against 8.0 s in NCHW), while every wider model is 1.14-1.37x faster in
-channels_last than in NCHW; rewriting the wider convolutions too cost 6-14 % in bf16 on the Zen 4, so those are
-left to oneDNN. Only the backward pass is affected
-upstream; forward-only passes (evaluation, latency, export, the teacher-logit pass) never compute a weight
-gradient and run the model untouched.
+of the upstream report (AVX2's is 8), so one rule covers both without reading the ISA. With the rewrite every
+model keeps channels_last: these students train within noise of NCHW (the other way around the bug), wider models
+faster; wider convolutions are left to oneDNN, as rewriting them too costs time. The numbers, from
+``python -m devbench.layout --guard``: docs/PLATFORMS.md, "Framework bugs and their workarounds". Only the
+backward pass is affected upstream; forward-only passes (evaluation, latency, export, the teacher-logit pass)
+never compute a weight gradient and run the model untouched.
 
 Remove this part when the torch release in requirements.txt ships a oneDNN with #6035 fixed:
 ``tests/test_kernels.py::test_upstream_bug_still_present`` then reports (as a skip) that the raw pattern no longer
@@ -28,11 +26,11 @@ crashes under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``.
 A second oneDNN defect, in bf16 only (found here 2026-12-02; no upstream report found): the bf16 weight-gradient
 kernel ("jit_bf16:avx512_core_bf16 backward_weights", channels_last) leaves the taps of a k > 1 convolution whose
 input is one pixel wide or high (W == 1 or H == 1, padded) unwritten, so their gradients are whatever the buffer
-held: 1e13, inf or nan, depending on the memory (NCHW and fp32, on AVX-512 and AVX2, are exact). A MobileNetV3-small
-student on 16x16 images got one nan weight that way in 3 of 36 trainings, and reported chance accuracy.
-Those taps only ever multiply padding, so the guard computes such a convolution, while the input is that thin, with
-the one tap row / column that meets the input, unpadded, at stride 1 along that axis: the same output, exact
-gradients (zero for the other taps, as they should be). Only in bf16 on the CPU, and only for that call's shape.
+held: 1e13, inf or nan, depending on the memory (NCHW and fp32, on AVX-512 and AVX2, are exact), and a student can
+come back with a nan weight and chance accuracy (docs/PLATFORMS.md, "The bf16 thin-input defect"). Those taps
+only ever multiply padding, so the guard computes such a convolution, while the input is that thin, with the one
+tap row / column that meets the input, unpadded, at stride 1 along that axis: the same output, exact gradients
+(zero for the other taps, as they should be). Only in bf16 on the CPU, and only for that call's shape.
 ``tests/test_kernels.py::test_bf16_thin_input_bug_still_present`` reports (as a skip) when the raw pattern is exact.
 """
 
