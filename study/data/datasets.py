@@ -294,6 +294,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that can build only dicts, lists, strings, numbers and numpy arrays, so a file cannot run code."""
 
     def find_class(self, module: str, name: str) -> Any:
+        """The allowed global `module.name`; UnpicklingError for any other."""
         try:
             return _PICKLE_GLOBALS[(module, name)]
         except KeyError:

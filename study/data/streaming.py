@@ -54,6 +54,7 @@ class ResidentData:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one (unpadded) image."""
         return tuple(self.val_x.shape[1:])  # type: ignore[return-value]
 
 

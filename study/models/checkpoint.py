@@ -110,10 +110,12 @@ class Frozen(nn.Module):
         self.inner = inner
 
     def train(self, mode: bool = True) -> Frozen:  # noqa: ARG002  frozen on purpose
+        """Stay in inference mode whatever `mode` asks."""
         self.training = False
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped program's output for x."""
         return self.inner(x)
 
 

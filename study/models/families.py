@@ -40,6 +40,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: Tensor) -> Tensor:
+        """ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)), (B, out_ch, H / stride, W / stride)."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
@@ -73,6 +74,7 @@ class ResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
+        """Class scores (B, num_classes) of images x."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.pool(self.layers(x)).flatten(1)  # (B, C_last)
         return self.fc(x)  # (B, num_classes)
@@ -94,6 +96,7 @@ class WideBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """conv(ReLU(BN(conv(ReLU(BN(x)))))) + shortcut: x itself, or the projection of ReLU(BN(x))."""
         act = self.relu(self.bn1(x))
         out = self.conv1(act)
         out = self.conv2(self.relu(self.bn2(out)))
@@ -134,6 +137,7 @@ class WideResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
+        """Class scores (B, num_classes) of images x."""
         x = self.layers(self.conv1(x))
         x = self.pool(self.relu(self.bn(x))).flatten(1)  # (B, C_last)
         return self.fc(x)  # (B, num_classes)
@@ -336,6 +340,7 @@ def model_names() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
+    """The ModelSpec of a registered or python: family name; UserError listing the valid names otherwise."""
     return MODELS.resolve(name)
 
 

@@ -54,6 +54,7 @@ BUILD_BATCH = 512  # images per teacher forward in the cache pass
 
 
 def default_logits_dir(cache_dir: Path | None = None) -> Path:
+    """The folder of the logit caches: <cache_dir>/teacher_logits (default_cache_dir() when none is given)."""
     from study.core.io import default_cache_dir
 
     return (cache_dir or default_cache_dir()) / "teacher_logits"
@@ -102,6 +103,7 @@ def cache_identity(teacher_path: Path | str, data: ResidentData, *, dataset: str
 
 
 def cache_key(identity: dict) -> str:
+    """The cache's file stem: data set, seed and a 16-digit hash of the whole identity (cache_identity)."""
     digest = _sha256(json.dumps(identity, sort_keys=True).encode())[:16]
     return f"{identity['dataset']}-s{identity['seed']}-{digest}"
 
@@ -116,6 +118,7 @@ class TeacherCache:
 
     @property
     def epochs(self) -> int:
+        """How many schedule epochs the cache holds."""
         return int(self.logits.shape[0])
 
     def lookup(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:

@@ -41,6 +41,7 @@ def checkpoint_sha256(path: Path) -> str:
 
 
 def checkpoint_file(name: str) -> Path:
+    """The resolved path of a teacher_checkpoint setting; CheckpointError when no such file exists."""
     path = Path(name).expanduser().resolve()
     if not path.is_file():
         raise CheckpointError(f"teacher_checkpoint {name}: no such file; give the path of your "
@@ -130,6 +131,7 @@ def load_checkpoint(path: Path, arch: str, width: float, num_classes: int, input
 
 
 def write_record(record_path: Path, checkpoint: Path, fmt: str, info: dict) -> None:
+    """Write a user teacher's record (read_record reads it): its checkpoint's path and format, and its info."""
     from study.core.io import write_json_atomic
 
     write_json_atomic(record_path, {"format": RECORD_FORMAT, "checkpoint": str(checkpoint), "checkpoint_format": fmt,

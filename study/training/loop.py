@@ -128,6 +128,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, bool]:
 
 
 def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for dtype "bf16", a no-op context for "fp32"."""
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -149,6 +150,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total: int,
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
