@@ -3,7 +3,7 @@
 
 `make_resident` holds the padded training set (uint8) and the normalised validation / test sets (float32) in
 memory. When those would take more than `max_resident_mb` (0: half the memory available when the trial starts),
-`make_data` builds a `StreamingData` instead: the same splits (the same indices, drawn by the same seeded code),
+`make_data` builds a `StreamingData` instead: the same splits (the rows of datasets.split_indices, as resident),
 but each split is a `DiskRows` over the data set's memory-mapped uint8 array (imagefolder's cache; any tensor
 works), and a batch is read, padded, moved and normalised only when it is indexed. The augmentation schedule
 (`epoch_schedule`) and `crop_flip` are the same functions, so a streamed batch equals the resident one bit for
