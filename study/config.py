@@ -16,6 +16,9 @@ from study.core.errors import UserError
 
 @dataclass(frozen=True)
 class TrialConfig:
+    """Every setting of one trial, validated (make_config) and frozen; config.yaml holds it (save_config,
+    load_config). The comment beside each field says what it means."""
+
     # modules to import before any name is resolved (comma-separated): their register_* calls then run in every
     # process, Ray workers included (study/core/registry.py)
     imports: str = ""
@@ -101,12 +104,15 @@ class TrialConfig:
 
     @property
     def val_split_seed(self) -> int:
+        """The seed of the train / validation split: split_seed, or the trial's seed where split_seed < 0."""
         return self.seed if self.split_seed < 0 else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name, in declaration order (what config.yaml holds)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrialConfig:
+        """A copy with `changes` applied, validated as make_config validates."""
         return make_config(self.to_dict(), changes)
 
 
@@ -149,6 +155,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def unknown_key_error(key: str, valid: list[str], source: str) -> UserError:
+    """The UserError for an unknown key in `source`: the closest valid key ("did you mean"), else all of them."""
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(valid)}."
     return UserError(f"{source}: unknown key '{key}'.{hint}")
@@ -260,12 +267,15 @@ def parse_set_args(items: list[str]) -> dict[str, Any]:
 
 
 def save_config(cfg: TrialConfig, path: Path) -> None:
+    """Write cfg to `path` as YAML (every field, in declaration order), atomically."""
     from study.core.io import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def load_config(path: Path) -> TrialConfig:
+    """The validated TrialConfig of a config.yaml (fields it lacks take the defaults it ran with: LEGACY_DEFAULTS,
+    then today's); UserError when the file cannot be read or is not a config."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:

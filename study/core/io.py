@@ -21,7 +21,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def write_atomic(path: Path | str, write: Callable[[IO], None], mode: str = "w", durable: bool = True) -> None:
+def write_atomic(path: Path | str | os.PathLike[str], write: Callable[[IO], object], mode: str = "w",
+                 durable: bool = True) -> None:
     """Write through `write(file)` to a temp file beside `path`, then rename it into place.
 
     durable: the data reaches the disk (fsync) before the rename, and the rename itself after it (fsync of the
@@ -128,10 +129,13 @@ def arrays_sha256(arrays) -> str:
 
 
 def write_text_atomic(path: Path | str, text: str, durable: bool = True) -> None:
+    """Write `text` to `path` through write_atomic (the old file or the new one, never half of it)."""
     write_atomic(path, lambda fh: fh.write(text), durable=durable)
 
 
 def write_json_atomic(path: Path | str, data: Any, durable: bool = True) -> None:
+    """Write `data` to `path` as indented JSON through write_atomic; numpy and torch scalars as numbers, paths and
+    other objects as strings."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n", durable)
 
 

@@ -101,13 +101,16 @@ class Registry(Mapping[str, T], Generic[T]):
         return add if entry is _DECORATE else add(entry)
 
     def add_prefix(self, prefix: str, resolver: Resolver) -> None:
+        """Resolve names "prefix:rest" with resolver(rest) (as torchvision: and timm: model names are)."""
         self._resolvers[prefix] = resolver
 
     @property
     def prefixes(self) -> list[str]:
+        """The name prefixes this registry resolves: python, then those added with add_prefix."""
         return ["python", *self._resolvers]
 
     def valid_names(self) -> str:
+        """The registered names and the prefixes ("python:...") as one comma-separated text, for error messages."""
         return ", ".join([*self._entries, *(f"{p}:..." for p in self.prefixes)])
 
     def resolve(self, name: str) -> T:

@@ -53,7 +53,9 @@ class Dataset:
 
     def __post_init__(self) -> None:
         splits = [("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)]
-        if self.val_x is not None:
+        if self.val_x is not None or self.val_y is not None:
+            if self.val_x is None or self.val_y is None:
+                raise ValueError(f"{self.name} val split: want both images and labels, or neither")
             splits.append(("val", self.val_x, self.val_y))
         for split, x, y in splits:
             if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.int64 or y.shape != (x.shape[0],):
@@ -93,19 +95,39 @@ def split_train_val(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = 
     """Hold out a stratified validation split of ds's training set; the same seed gives the same split.
 
     `val_size` is a count (int) or a fraction of the training set (float in (0, 1)).
-    Returns (train_x, train_y, val_x, val_y), each in the original order.
+    Returns (train_x, train_y, val_x, val_y), each in the original order (split_indices' rows).
     """
-    if ds.val_x is not None:  # the data set's own validation split (imagefolder's val/)
+    if ds.val_x is not None and ds.val_y is not None:  # the data set's own validation split (imagefolder's val/)
         return ds.train_x, ds.train_y, ds.val_x, ds.val_y
-    keep, held = holdout_indices(ds, val_size, seed)
-    keep_t, held_t = torch.from_numpy(keep), torch.from_numpy(held)
-    return ds.train_x[keep_t], ds.train_y[keep_t], ds.train_x[held_t], ds.train_y[held_t]
+    keep, held = (torch.from_numpy(i) for i in split_indices(ds, val_size, seed))
+    return ds.train_x[keep], ds.train_y[keep], ds.train_x[held], ds.train_y[held]
 
 
-def holdout_indices(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = count, float = fraction)
-                    seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held out) row indices of ds's training set for split_train_val (and the streamed splits)."""
-    return _stratified_holdout(ds.train_y.numpy(), holdout_count(ds, val_size), seed)
+def split_indices(ds: Dataset, val_size: int | float,  # noqa: PYI041  (int = count, float = fraction)
+                  seed: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The one train / validation draw: (training rows of ds.train_x, validation rows), each sorted.
+
+    The validation rows are a stratified holdout of `val_size` training images (a count, or a fraction) drawn
+    with `seed`, or, where the data set has its own validation split (imagefolder's val/), every row of ds.val_x
+    beside all of ds.train_x. `train_size` (0: all) keeps a stratified subset of the training rows, drawn with a
+    seed derived from `seed`. The resident and the streamed splits, split_train_val and the teacher-logit cache
+    key all rest on these rows.
+    """
+    if ds.val_y is not None:
+        keep, held = np.arange(len(ds.train_y)), np.arange(len(ds.val_y))
+    else:
+        keep, held = _stratified_holdout(ds.train_y.numpy(), holdout_count(ds, val_size), seed)
+    if train_size and train_size < len(keep):
+        # A draw apart from the holdout's: the subset's seed is derived from the split seed.
+        _, chosen = _stratified_holdout(ds.train_y.numpy()[keep], int(train_size), seed * 7919 + 1)
+        keep = keep[chosen]
+    return keep, held
+
+
+def count_or_fraction(val_size: float) -> int | float:
+    """A config's val_size as split_indices takes it: a whole number of images (>= 1) as an int count, a fraction
+    in (0, 1) as it is."""
+    return int(val_size) if val_size >= 1 else val_size
 
 
 def holdout_count(ds: Dataset, val_size: int | float) -> int:  # noqa: PYI041
@@ -121,16 +143,6 @@ def holdout_count(ds: Dataset, val_size: int | float) -> int:  # noqa: PYI041
         raise DataError(f"val_size={val_size!r} must leave both splits non-empty: the {ds.name} training set has "
                         f"{n} images, so use a count from 1 to {n - 1} or a fraction between 0 and 1.")
     return n_val
-
-
-def train_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A stratified subset of `size` training images (class proportions kept, original order), drawn with a seed
-    derived from the split seed; `size` at least the set's size keeps all of it."""
-    if size >= len(y):
-        return x, y
-    _, chosen = _stratified_holdout(y.numpy(), int(size), seed * 7919 + 1)  # a draw apart from the holdout's
-    idx = torch.from_numpy(chosen)
-    return x[idx], y[idx]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,8 +163,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_digits() -> tuple[np.ndarray, np.ndarray]:
-    # load_digits reads sklearn/datasets/data/digits.csv.gz; reading that file directly skips the ~0.7 s
-    # import of sklearn.datasets. Fall back to the public API if the wheel's layout ever changes.
+    # load_digits reads sklearn/datasets/data/digits.csv.gz; reading that file directly skips the slow import of
+    # sklearn.datasets (docs/HOW_IT_RUNS.md, "Training speed"). Fall back to the public API if the wheel's layout
+    # ever changes.
     import importlib.util
     spec = importlib.util.find_spec("sklearn")
     if spec is not None and spec.origin is not None:
@@ -269,7 +282,8 @@ def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
     for package in ("numpy.core", "numpy._core"):  # pickles written by numpy 1.x and 2.x name different modules
         allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct  # ndarray, protocol < 5
         allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar  # numpy scalars
-        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # ndarray, protocol 5
+        # ndarray, protocol 5 (numpy's private reader: absent from its stubs)
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
     return allowed
 
 
@@ -280,6 +294,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that can build only dicts, lists, strings, numbers and numpy arrays, so a file cannot run code."""
 
     def find_class(self, module: str, name: str) -> Any:
+        """The allowed global `module.name`; UnpicklingError for any other."""
         try:
             return _PICKLE_GLOBALS[(module, name)]
         except KeyError:
@@ -482,8 +497,9 @@ def _load_tinyimagenet(root: Path, download: bool, **_: Any) -> Dataset:
         try:
             from study.core.io import write_atomic  # temp file beside it, then renamed: never a half-written cache
 
-            write_atomic(cache, lambda f: np.savez(f, version=np.asarray(_TINY_CACHE_VERSION),
-                                                  wnids=np.asarray(wnids), **arrays), "wb")
+            members: dict[str, Any] = {"version": np.asarray(_TINY_CACHE_VERSION), "wnids": np.asarray(wnids),
+                                       **arrays}
+            write_atomic(cache, lambda f: np.savez(f, **members), "wb")
         except OSError as e:  # e.g. a read-only shared copy: still usable, only slower next time
             warnings.warn(f"Could not write the Tiny-ImageNet cache {cache} ({e}); the next load decodes again.",
                           stacklevel=2)
@@ -543,7 +559,8 @@ def stats(normalize: str, ds) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return own_stats(ds)
     if normalize == "none":
         return (0.0,) * channels, (1.0,) * channels
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalize == "imagenet" else explicit_values(normalize)
+    explicit = explicit_values(normalize)  # None: "imagenet", the one name left
+    mean, std = explicit if explicit is not None else (IMAGENET_MEAN, IMAGENET_STD)
     if len(mean) != channels:
         what = "imagenet has 3 values" if normalize == "imagenet" else f"normalize gives {len(mean)} values"
         raise UserError(f"normalize: {what} per statistic, but the {ds.name} images have {channels} channel(s); "

@@ -89,7 +89,7 @@ def _decode(path: Path, image_size: int) -> np.ndarray | str:
         with Image.open(path) as im:
             rgb = im.convert("RGB")  # grey, palette and RGBA images become 3 channels
             if image_size and rgb.size != (image_size, image_size):
-                rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+                rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(rgb).transpose(2, 0, 1)
     except (OSError, ValueError) as e:  # missing, truncated or not an image (UnidentifiedImageError: OSError)
         return f"{type(e).__name__}: {e}"

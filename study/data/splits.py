@@ -1,4 +1,8 @@
-"""Stratified index splits: the one draw behind validation holdouts, training subsets and default test splits."""
+"""Stratified index splits: the one draw behind validation holdouts, training subsets and default test splits.
+
+A trial's training and validation rows are drawn with it by study.data.datasets.split_indices (which needs the
+Dataset type, so it lives there; this module stays a leaf that imagefolder can import as well).
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 
 `make_resident` holds the padded training set (uint8) and the normalised validation / test sets (float32) in
 memory. When those would take more than `max_resident_mb` (0: half the memory available when the trial starts),
-`make_data` builds a `StreamingData` instead: the same splits (the same indices, drawn by the same seeded code),
+`make_data` builds a `StreamingData` instead: the same splits (the rows of datasets.split_indices, as resident),
 but each split is a `DiskRows` over the data set's memory-mapped uint8 array (imagefolder's cache; any tensor
 works), and a batch is read, padded, moved and normalised only when it is indexed. The augmentation schedule
 (`epoch_schedule`) and `crop_flip` are the same functions, so a streamed batch equals the resident one bit for
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 
-from study.data.datasets import Dataset, holdout_count, split_train_val, train_subset
+from study.data.datasets import Dataset, count_or_fraction, holdout_count, split_indices
 
 
 @dataclass
@@ -53,15 +54,17 @@ class ResidentData:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one (unpadded) image."""
         return tuple(self.val_x.shape[1:])  # type: ignore[return-value]
 
 
 def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device, train_size: int = 0) -> ResidentData:
     """Split off the validation set (seeded), keep a stratified `train_size` subset of the rest (0: all of it;
-    seeded by the same seed), normalise once and move everything to `device`."""
-    tr_x, tr_y, va_x, va_y = split_train_val(ds, int(val_size) if val_size >= 1 else val_size, seed)
-    if train_size:
-        tr_x, tr_y = train_subset(tr_x, tr_y, train_size, seed)
+    seeded by the same seed), normalise once and move everything to `device` (the rows of split_indices)."""
+    keep, held = split_indices(ds, count_or_fraction(val_size), seed, train_size)
+    tr_x, tr_y = _rows(ds.train_x, keep), _rows(ds.train_y, keep)
+    va_x, va_y = _val_source(ds)
+    va_x, va_y = _rows(va_x, held), _rows(va_y, held)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -77,9 +80,21 @@ def make_resident(ds: Dataset, val_size: float, seed: int, device: torch.device,
                         ds.test_y.to(device), p, ds.hflip, ds.num_classes, mean.to(device), std.to(device))
 
 
+def _val_source(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) split_indices' validation rows index: the data set's own validation split, else its
+    training set."""
+    return (ds.val_x, ds.val_y) if ds.val_x is not None and ds.val_y is not None else (ds.train_x, ds.train_y)
+
+
+def _rows(x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """x's rows `rows` (sorted, distinct): x itself, uncopied, when they are all of it."""
+    return x if len(rows) == len(x) else x[torch.from_numpy(rows)]
+
+
 def crop_flip(xp: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
     """Batched random crop (offsets dy, dx into the padded images) and horizontal flip, in one gather over the
-    flattened pixels (2-3.5x faster on the CPU than indexing with four broadcast index tensors)."""
+    flattened pixels (faster on the CPU than indexing with four broadcast index tensors: docs/HOW_IT_RUNS.md,
+    "Training speed")."""
     b, c, hp, wp = xp.shape
     h, w = hp - 2 * pad, wp - 2 * pad
     dev = xp.device
@@ -98,11 +113,16 @@ class DiskRows:
     def __init__(self, base: torch.Tensor, index: torch.Tensor, device: torch.device, pad: int = 0,
                  fill: torch.Tensor | None = None, mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None) -> None:
-        self.base, self.index, self.pad, self.fill = base, index, pad, fill
+        _, c, h, w = base.shape
+        if pad and fill is None:
+            raise ValueError("DiskRows: padding needs a fill colour")
+        if (mean is None) != (std is None):
+            raise ValueError("DiskRows: normalising needs both mean and std")
+        self.base, self.index, self.pad = base, index, pad
+        self.fill = fill if fill is not None else torch.zeros((1, c, 1, 1), dtype=torch.uint8)  # used when pad
         self.device = torch.device(device)
         self.mean, self.std = mean, std
         self.dtype = torch.float32 if mean is not None else torch.uint8
-        _, c, h, w = base.shape
         self.shape = torch.Size((len(index), c, h + 2 * pad, w + 2 * pad))
 
     def __len__(self) -> int:
@@ -124,7 +144,7 @@ class DiskRows:
             padded[:, :, p:-p, p:-p] = x
             x = padded
         x = x.to(self.device, non_blocking=True)
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:
             x = (x.float() / 255.0 - self.mean) / self.std
         return x
 
@@ -163,8 +183,7 @@ def make_data(ds: Dataset, val_size: float, seed: int, device: torch.device, tra
               max_resident_mb: float = 0.0, log=None) -> ResidentData:
     """make_resident's splits, in memory when they fit the budget, else streamed from disk (StreamingData)."""
     budget = max_resident_mb or available_mb() / 2
-    need = resident_mb(ds, 0 if ds.val_x is not None else holdout_count(ds, int(val_size) if val_size >= 1
-                                                                      else val_size))
+    need = resident_mb(ds, 0 if ds.val_x is not None else holdout_count(ds, count_or_fraction(val_size)))
     if need <= budget:
         return make_resident(ds, val_size, seed, device, train_size)
     if log:
@@ -178,34 +197,25 @@ def data_for(cfg, ds: Dataset, device: torch.device, log=None) -> ResidentData:
     return make_data(ds, cfg.val_size, cfg.val_split_seed, device, cfg.train_size, cfg.max_resident_mb, log)
 
 
-def split_indices(ds: Dataset, val_size: float, seed: int, train_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(train, validation) row indices into ds.train_x as make_resident draws them (an own val split: all of
-    train, and the validation rows index ds.val_x)."""
-    from study.data.datasets import holdout_indices, train_subset
-
-    y = ds.train_y
-    if ds.val_x is not None:
-        keep, held = np.arange(len(y)), np.arange(len(ds.val_y))
-    else:
-        keep, held = holdout_indices(ds, int(val_size) if val_size >= 1 else val_size, seed)  # as make_resident
-    if train_size and train_size < len(keep):
-        sub_x, _ = train_subset(torch.from_numpy(keep)[:, None], y[torch.from_numpy(keep)], train_size, seed)
-        keep = sub_x[:, 0].numpy()
-    return keep, held
-
-
 def make_streaming(ds: Dataset, val_size: float, seed: int, device: torch.device, train_size: int = 0
                    ) -> StreamingData:
-    keep, held = split_indices(ds, val_size, seed, train_size)
+    """make_resident's splits (the same rows of split_indices) as DiskRows, read from disk batch by batch."""
+    keep, held = split_indices(ds, count_or_fraction(val_size), seed, train_size)
     mean = torch.tensor(ds.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(ds.std, dtype=torch.float32).view(1, -1, 1, 1)
     c = ds.train_x.shape[1]
     fill = (mean.view(-1) * 255).round().to(torch.uint8).view(1, c, 1, 1)  # as make_resident pads
     keep_t, held_t = torch.from_numpy(np.asarray(keep)), torch.from_numpy(np.asarray(held))
-    val_base, val_y = (ds.val_x, ds.val_y) if ds.val_x is not None else (ds.train_x, ds.train_y)
+    val_base, val_y = _val_source(ds)
     dev_mean, dev_std = mean.to(device), std.to(device)
     return StreamingData(
-        DiskRows(ds.train_x, keep_t, device, ds.crop_pad, fill), ds.train_y[keep_t].to(device),
-        DiskRows(val_base, held_t, device, mean=dev_mean, std=dev_std), val_y[held_t].to(device),
-        DiskRows(ds.test_x, torch.arange(len(ds.test_y)), device, mean=dev_mean, std=dev_std), ds.test_y.to(device),
-        ds.crop_pad, ds.hflip, ds.num_classes, dev_mean, dev_std)
+        _as_tensor(DiskRows(ds.train_x, keep_t, device, ds.crop_pad, fill)), ds.train_y[keep_t].to(device),
+        _as_tensor(DiskRows(val_base, held_t, device, mean=dev_mean, std=dev_std)), val_y[held_t].to(device),
+        _as_tensor(DiskRows(ds.test_x, torch.arange(len(ds.test_y)), device, mean=dev_mean, std=dev_std)),
+        ds.test_y.to(device), ds.crop_pad, ds.hflip, ds.num_classes, dev_mean, dev_std)
+
+
+def _as_tensor(rows: DiskRows) -> torch.Tensor:
+    """DiskRows where ResidentData types a tensor: it answers what the trial asks of one (indexing, shape,
+    device, dtype, len())."""
+    return cast(torch.Tensor, rows)

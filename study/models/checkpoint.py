@@ -37,7 +37,7 @@ def _check_plain(value: object, where: str) -> None:
         raise TypeError(f"{where} has type {type(value).__name__}; meta may hold only plain Python values")
 
 
-def save_model(path: str | os.PathLike, model: nn.Module, meta: dict) -> None:
+def save_model(path: str | os.PathLike[str], model: nn.Module, meta: dict) -> None:
     """Atomically write {"format", "state_dict", "meta"} to `path` (temp file in the same dir + rename)."""
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
@@ -110,10 +110,12 @@ class Frozen(nn.Module):
         self.inner = inner
 
     def train(self, mode: bool = True) -> Frozen:  # noqa: ARG002  frozen on purpose
+        """Stay in inference mode whatever `mode` asks."""
         self.training = False
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped program's output for x."""
         return self.inner(x)
 
 

@@ -40,6 +40,7 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     def forward(self, x: Tensor) -> Tensor:
+        """ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x)), (B, out_ch, H / stride, W / stride)."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
@@ -73,6 +74,7 @@ class ResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
+        """Class scores (B, num_classes) of images x."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.pool(self.layers(x)).flatten(1)  # (B, C_last)
         return self.fc(x)  # (B, num_classes)
@@ -94,6 +96,7 @@ class WideBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """conv(ReLU(BN(conv(ReLU(BN(x)))))) + shortcut: x itself, or the projection of ReLU(BN(x))."""
         act = self.relu(self.bn1(x))
         out = self.conv1(act)
         out = self.conv2(self.relu(self.bn2(out)))
@@ -134,6 +137,7 @@ class WideResNet(nn.Module):
         _init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
+        """Class scores (B, num_classes) of images x."""
         x = self.layers(self.conv1(x))
         x = self.pool(self.relu(self.bn(x))).flatten(1)  # (B, C_last)
         return self.fc(x)  # (B, num_classes)
@@ -219,7 +223,7 @@ def _python_model(obj: object, name: str) -> ModelSpec:
 
 
 MODELS: Registry[ModelSpec] = Registry("model", _python_model)
-for _name, _build in {
+_BUILTIN_FAMILIES: dict[str, ModelFactory] = {
     **{f"resnet{d}": partial(_cifar_resnet, d) for d in (8, 14, 20, 32, 44, 56, 110)},
     # RepDistiller's x4 variants: stem 32, stages 64/128/256.
     "resnet8x4": partial(_cifar_resnet, 8, stem=32, widths=(64, 128, 256)),
@@ -227,7 +231,8 @@ for _name, _build in {
     "resnet18": partial(_imagenet_depth_resnet, [2, 2, 2, 2]),
     "resnet34": partial(_imagenet_depth_resnet, [3, 4, 6, 3]),
     **{f"wrn_{d}_{k}": partial(WideResNet, d, k) for d, k in ((16, 1), (16, 2), (40, 1), (40, 2))},
-}.items():
+}
+for _name, _build in _BUILTIN_FAMILIES.items():
     MODELS.register(_name, ModelSpec(_build))
 
 
@@ -290,6 +295,11 @@ def register_model(name: str, build: ModelFactory | None = None, *, width: str =
     return add if build is None else add(build)
 
 
+def _pair(t: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's (H, W) setting (stored as tuple[int, ...]) as the pair its constructor takes."""
+    return (t[0], t[1])
+
+
 def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Give the model's first Conv2d `in_channels` inputs (grey images for an RGB family); weights, where the
     conv has any worth keeping, are averaged over the old channels and repeated (timm's adapt_input_conv)."""
@@ -301,11 +311,12 @@ def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
                 if child.groups != 1:
                     raise UserError(f"cannot change the first convolution to {in_channels} input channels (it is "
                                     "grouped); give the data set the channel count the model expects.")
-                new = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                child.dilation, 1, child.bias is not None, child.padding_mode)
+                padding = child.padding if isinstance(child.padding, str) else _pair(child.padding)
+                new = nn.Conv2d(in_channels, child.out_channels, _pair(child.kernel_size), _pair(child.stride),
+                                padding, _pair(child.dilation), 1, child.bias is not None, child.padding_mode)
                 with torch.no_grad():
                     new.weight.copy_(adapt_conv_weight(child.weight, in_channels))
-                    if child.bias is not None:
+                    if child.bias is not None and new.bias is not None:
                         new.bias.copy_(child.bias)
                 setattr(parent, child_name, new)
                 return model
@@ -329,6 +340,7 @@ def model_names() -> list[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
+    """The ModelSpec of a registered or python: family name; UserError listing the valid names otherwise."""
     return MODELS.resolve(name)
 
 

@@ -26,6 +26,8 @@ Pruner = Callable[[nn.Module, float, Tensor, int], None]  # (model, ratio, examp
 
 @dataclass(frozen=True)
 class PruneMethod:
+    """A prune_method entry: how it prunes, and what its ratio counts."""
+
     apply: Pruner  # prunes the model in place; called only with 0 < ratio < 1
     ratio_unit: str  # what `prune_ratio` is a fraction of: "channels" or "weights"
     structured: bool  # True: channels removed (shapes change); False: zeros kept in dense tensors

@@ -16,16 +16,15 @@ manifest, so a longer cache serves shorter trials and a longer trial extends it.
 (epochs beyond it) go to the live teacher.
 
 Exactness: the cache pass runs the teacher in fp32 (eval, inference_mode, batches of 512); channels_last on CPU,
-where it was 1.3x faster for a ResNet-34 and equal within 1e-4. Logits are stored as fp16 when every |logit| is
+where it is faster and equal within 1e-4. Logits are stored as fp16 when every |logit| is
 below 64, so rounding adds at most 2^-6 = 0.016 (half of fp16's step 2^-5 between 32 and 64; 0.008 below 32);
 otherwise fp32. Each build checks a batch against a fresh fp32 NCHW teacher forward and fails if the difference
 exceeds LOGIT_TOLERANCE (0.05). On GPUs where torch runs fp32 convolutions as TF32 (cuDNN's default on Ampere and
 later) the pass, the check and a live teacher all do so: the cache equals the live teacher, TF32 included.
-Not done, by measurement: bf16 autocast in the pass (max error 0.4-0.7 on ResNet-34 logits: over the tolerance);
-torch.compile (25 s to compile a ResNet-34 on this 2-core CPU, then no faster: the convolutions are the same
-oneDNN kernels); top-k storage for many classes (full fp16 is exact and small enough: 2 bytes per logit, so
-CIFAR-100 (45k images x 100 classes) is 9 MB per epoch and Tiny-ImageNet (90k x 200) 36 MB per epoch, on disk
-and shared through the page cache). Caches are never deleted automatically: remove <cache_dir>/teacher_logits.
+Not done, by measurement (docs/HOW_IT_RUNS.md, "Training speed"): bf16 autocast in the pass (over the
+tolerance), torch.compile (slow to compile, then no faster on the CPU), top-k storage for many classes (full fp16
+is exact and small enough: 2 bytes per logit). Caches are never deleted automatically: remove
+<cache_dir>/teacher_logits.
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ BUILD_BATCH = 512  # images per teacher forward in the cache pass
 
 
 def default_logits_dir(cache_dir: Path | None = None) -> Path:
+    """The folder of the logit caches: <cache_dir>/teacher_logits (default_cache_dir() when none is given)."""
     from study.core.io import default_cache_dir
 
     return (cache_dir or default_cache_dir()) / "teacher_logits"
@@ -103,6 +103,7 @@ def cache_identity(teacher_path: Path | str, data: ResidentData, *, dataset: str
 
 
 def cache_key(identity: dict) -> str:
+    """The cache's file stem: data set, seed and a 16-digit hash of the whole identity (cache_identity)."""
     digest = _sha256(json.dumps(identity, sort_keys=True).encode())[:16]
     return f"{identity['dataset']}-s{identity['seed']}-{digest}"
 
@@ -117,6 +118,7 @@ class TeacherCache:
 
     @property
     def epochs(self) -> int:
+        """How many schedule epochs the cache holds."""
         return int(self.logits.shape[0])
 
     def lookup(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -199,9 +201,9 @@ def build_teacher_cache(teacher: nn.Module, data: ResidentData, identity: dict, 
     t0 = time.time()
     teacher.eval()
     dev = data.train_x.device
-    channels_last = dev.type == "cpu"  # fp32 NHWC: 1.3x faster on this CPU (ResNet-34), equal within 1e-4
+    channels_last = dev.type == "cpu"  # fp32 NHWC: faster on the CPU, equal within 1e-4 (docs/HOW_IT_RUNS.md)
     tmp = root / f".{key}.{os.getpid()}.tmp.npy"
-    out: np.ndarray | None = None
+    out: np.memmap | None = None
     log(f"caching teacher logits for schedule epochs {start}..{epochs - 1} ({n:,} images, {k} classes) -> {npy}")
     try:
         first = np.dtype(previous.logits.dtype) if previous is not None else np.dtype(np.float16)

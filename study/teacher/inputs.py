@@ -38,10 +38,9 @@ SCORE_BATCH = 256  # images per teacher forward while scoring
 
 
 def _val_split(cfg, ds) -> tuple[torch.Tensor, torch.Tensor]:
-    from study.data.datasets import split_train_val
+    from study.data.datasets import count_or_fraction, split_train_val
 
-    val_size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size
-    _, _, va_x, va_y = split_train_val(ds, val_size, cfg.val_split_seed)
+    _, _, va_x, va_y = split_train_val(ds, count_or_fraction(cfg.val_size), cfg.val_split_seed)
     return va_x, va_y
 
 

@@ -58,6 +58,8 @@ def _data_parts(cfg: TrialConfig) -> dict:
 
 
 def teacher_key(cfg: TrialConfig) -> str:
+    """The cached teacher's file stem: readable parts (data set, architecture, width, epochs, seed) and a hash of
+    every setting that changes the teacher, or, for the user's teacher, of its file and the split it is scored on."""
     if cfg.teacher_checkpoint:  # the user's teacher: named by its file's content and the split it is scored on
         from study.teacher.user import checkpoint_file, checkpoint_sha256
 
@@ -82,6 +84,8 @@ def teacher_path(cfg: TrialConfig, cache_dir: Path | None = None) -> Path:
 
 
 def train_teacher(cfg: TrialConfig, data: ResidentData, log=print) -> nn.Module:
+    """Train cfg's teacher (teacher_arch, teacher_width, teacher_epochs, teacher_lr, teacher_precision) on data
+    with cross-entropy, seeded by cfg.seed; return it in eval mode."""
     torch.manual_seed(cfg.seed)
     c = data.input_shape[0]
     model = build_model(cfg.teacher_arch, data.num_classes, c, cfg.teacher_width).to(data.train_x.device)
@@ -162,6 +166,8 @@ def _check_user_teacher(cfg: TrialConfig, record: Path, data: ResidentData, devi
 
 
 def load_teacher(path: Path | str, device: torch.device) -> tuple[nn.Module, dict]:
+    """(model in eval mode on `device`, its teacher info) from a teacher file: a trained teacher's .pt, or a user
+    teacher's record (.json) whose checkpoint is loaded; CheckpointError for a file that is neither."""
     rec = None
     if Path(path).suffix == ".json":  # a user teacher's record (study.teacher.user); a trained teacher is a .pt
         from study.teacher import user as user_teacher

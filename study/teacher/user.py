@@ -41,6 +41,7 @@ def checkpoint_sha256(path: Path) -> str:
 
 
 def checkpoint_file(name: str) -> Path:
+    """The resolved path of a teacher_checkpoint setting; CheckpointError when no such file exists."""
     path = Path(name).expanduser().resolve()
     if not path.is_file():
         raise CheckpointError(f"teacher_checkpoint {name}: no such file; give the path of your "
@@ -123,13 +124,14 @@ def load_checkpoint(path: Path, arch: str, width: float, num_classes: int, input
                         "this image shape with a dynamic batch size (torch.export.export(model, (x,), "
                         "dynamic_shapes=({0: torch.export.Dim('batch')},))), or set image_size.") from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(f"{path}: the teacher returned {shape} for a batch of 2 images, but the data set has "
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{path}: the teacher returned {got} for a batch of 2 images, but the data set has "
                         f"{num_classes} classes (want (2, {num_classes})); give the teacher trained on these classes.")
     return model, fmt
 
 
 def write_record(record_path: Path, checkpoint: Path, fmt: str, info: dict) -> None:
+    """Write a user teacher's record (read_record reads it): its checkpoint's path and format, and its info."""
     from study.core.io import write_json_atomic
 
     write_json_atomic(record_path, {"format": RECORD_FORMAT, "checkpoint": str(checkpoint), "checkpoint_format": fmt,

@@ -12,14 +12,12 @@ The workaround does by hand what that kernel's workspace does: it computes such 
 convolution of the subsampled input, ``conv2d(x[:, :, ::s, ::s], w)`` (the same output, the same gradients, the same
 weights and state_dict), so oneDNN never takes the strided 1x1 path for it. The rule: every 1x1 Conv2d with stride
 > 1 and fewer than 16 input channels per group, on the CPU, in any layout and precision. 16 is the AVX-512 block
-of the upstream report (AVX2's is 8), so one rule covers both without reading the ISA. Measured with
-``python -m devbench.layout --guard`` (README): students with such convolutions train with the rewrite within
-noise of the NCHW fallback on an AMD EPYC Zen 4 (bf16, and fp32 capped to AVX2), and faster on the Zen 3 of the
-report (pruned demo trial 5.4 s against 8.0 s in NCHW), while every wider model is 1.14-1.37x faster in
-channels_last than in NCHW; rewriting the wider convolutions too cost 6-14 % in bf16 on the Zen 4, so those are
-left to oneDNN. Only the backward pass is affected
-upstream; forward-only passes (evaluation, latency, export, the teacher-logit pass) never compute a weight
-gradient and run the model untouched.
+of the upstream report (AVX2's is 8), so one rule covers both without reading the ISA. With the rewrite every
+model keeps channels_last: these students train within noise of NCHW (the other way around the bug), wider models
+faster; wider convolutions are left to oneDNN, as rewriting them too costs time. The numbers, from
+``python -m devbench.layout --guard``: docs/PLATFORMS.md, "Framework bugs and their workarounds". Only the
+backward pass is affected upstream; forward-only passes (evaluation, latency, export, the teacher-logit pass)
+never compute a weight gradient and run the model untouched.
 
 Remove this part when the torch release in requirements.txt ships a oneDNN with #6035 fixed:
 ``tests/test_kernels.py::test_upstream_bug_still_present`` then reports (as a skip) that the raw pattern no longer
@@ -28,15 +26,18 @@ crashes under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``.
 A second oneDNN defect, in bf16 only (found here 2026-12-02; no upstream report found): the bf16 weight-gradient
 kernel ("jit_bf16:avx512_core_bf16 backward_weights", channels_last) leaves the taps of a k > 1 convolution whose
 input is one pixel wide or high (W == 1 or H == 1, padded) unwritten, so their gradients are whatever the buffer
-held: 1e13, inf or nan, depending on the memory (NCHW and fp32, on AVX-512 and AVX2, are exact). A MobileNetV3-small
-student on 16x16 images got one nan weight that way in 3 of 36 trainings, and reported chance accuracy.
-Those taps only ever multiply padding, so the guard computes such a convolution, while the input is that thin, with
-the one tap row / column that meets the input, unpadded, at stride 1 along that axis: the same output, exact
-gradients (zero for the other taps, as they should be). Only in bf16 on the CPU, and only for that call's shape.
+held: 1e13, inf or nan, depending on the memory (NCHW and fp32, on AVX-512 and AVX2, are exact), and a student can
+come back with a nan weight and chance accuracy (docs/PLATFORMS.md, "The bf16 thin-input defect"). Those taps
+only ever multiply padding, so the guard computes such a convolution, while the input is that thin, with the one
+tap row / column that meets the input, unpadded, at stride 1 along that axis: the same output, exact gradients
+(zero for the other taps, as they should be). Only in bf16 on the CPU, and only for that call's shape.
 ``tests/test_kernels.py::test_bf16_thin_input_bug_still_present`` reports (as a skip) when the raw pattern is exact.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -45,27 +46,31 @@ from torch.nn import functional as F
 GUARD_BELOW_CHANNELS = 16  # input channels per group: the AVX-512 kernel's block (AVX2: 8), oneDNN #6035
 
 
-def needs_unit_stride_rewrite(module: nn.Module) -> bool:
+def needs_unit_stride_rewrite(module: nn.Module) -> TypeGuard[nn.Conv2d]:
     """Whether `module` is a convolution of the known-bad case of oneDNN #6035: 1x1, stride > 1, fewer than
     GUARD_BELOW_CHANNELS input channels per group."""
     return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
             and any(s > 1 for s in module.stride) and module.in_channels // module.groups < GUARD_BELOW_CHANNELS)
 
 
-def _subsample_input(stride: tuple[int, int]):
+def _subsample_input(stride: tuple[int, ...]) -> Callable[[nn.Module, tuple], tuple]:
+    """A forward pre-hook that feeds the convolution its input subsampled by `stride` (H, W)."""
+
     def hook(module: nn.Module, args: tuple) -> tuple:
         x = args[0]  # (B, C, H, W)
         return (x[:, :, ::stride[0], ::stride[1]], *args[1:])  # (B, C, ceil(H/s), ceil(W/s))
     return hook
 
 
-def _subsample_output(stride: tuple[int, int]):
+def _subsample_output(stride: tuple[int, ...]) -> Callable[[nn.Module, tuple, torch.Tensor], torch.Tensor]:
+    """A forward hook that subsamples the convolution's output by `stride` (H, W)."""
+
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         return out[:, :, ::stride[0], ::stride[1]]
     return hook
 
 
-def may_see_thin_input(module: nn.Module) -> bool:
+def may_see_thin_input(module: nn.Module) -> TypeGuard[nn.Conv2d]:
     """A Conv2d the bf16 thin-input defect can hit: a kernel wider than 1 along some axis, zero padding given as
     numbers (padding="same" and the reflect/circular modes are left alone)."""
     return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
@@ -76,6 +81,8 @@ def thin_input_conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     """m(x) computed with only the weight taps that meet a one-pixel-wide / -high input (see the module docstring),
     or None where x is not that thin or the output along a thin axis is not a single position (then m's own
     forward runs)."""
+    if isinstance(m.padding, str):  # "same" / "valid": may_see_thin_input leaves those to the kernel
+        return None
     weight = m.weight
     stride, padding, dilation = list(m.stride), list(m.padding), list(m.dilation)
     thin = False
@@ -93,7 +100,9 @@ def thin_input_conv(m: nn.Conv2d, x: torch.Tensor) -> torch.Tensor | None:
     return F.conv2d(x, weight, m.bias, tuple(stride), tuple(padding), tuple(dilation), m.groups)
 
 
-def _thin_input_forward(m: nn.Conv2d):
+def _thin_input_forward(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward for m that computes a one-pixel-thin CPU input with thin_input_conv, any other with m's own."""
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and (x.shape[-1] == 1 or x.shape[-2] == 1):
             out = thin_input_conv(m, x)
@@ -135,7 +144,8 @@ class ConvKernelGuard:
                 m.stride = (1, 1)
                 self._active.append((m, stride, handle))
             for m in self.thin_convs:
-                m.forward = _thin_input_forward(m)  # an instance attribute: nn.Module.__call__ finds it first
+                # an instance attribute on purpose: nn.Module.__call__ finds it before the class's forward
+                m.forward = _thin_input_forward(m)  # type: ignore[method-assign,assignment]
                 self._forwards.append(m)
         except BaseException:
             self.__exit__()

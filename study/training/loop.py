@@ -59,7 +59,7 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, dtype: str = "fp32",
              channels_last: bool = False) -> float:
     """Top-1 accuracy in percent. fp32 by default (every reported metric); the per-epoch validation inside
-    train_phase passes the training precision (bf16 + channels_last: 1.6x faster on the digits student)."""
+    train_phase passes the training precision, which is faster (docs/PLATFORMS.md, "Precision and layout")."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=x.device)  # summed on the device: one sync at the end
@@ -74,7 +74,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    """SGD parameter groups: weight decay on the trainable weights (ndim > 1), none on biases and norm scales."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
@@ -82,29 +84,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- precision
-# Student training step (fwd + KD loss + bwd + SGD), batch 128, median of interleaved runs, measured on this
-# project's 2-core Sapphire Rapids VM (avx512_bf16; torch 2.14), speed-up over fp32 NCHW (higher is faster):
-#                        threads  fp32-NHWC  bf16-NCHW  bf16-NHWC (channels_last)
-#   resnet8  1x8x8  (digits)  1     1.26x      1.16x      1.43x
-#   resnet20 1x8x8  (digits)  1     1.19x      1.14x      1.34x
-#   resnet8  3x32x32          1     1.64x      2.13x      2.44x
-#   resnet20 3x32x32          1     1.47x      2.07x      2.54x
-#   resnet20 3x32x32          2     1.40x      1.93x      2.37x
-# Re-measured on an AMD EPYC 2-core VM (avx512_bf16, no AMX), resnet8 digits, 1 thread, best of 3 runs of 40 steps,
-# speed-up over fp32 NCHW:
-#   width 1.0   fp32-NHWC 1.44x   bf16-NCHW 1.24x   bf16-NHWC 1.47x
-#   width 0.25  fp32-NHWC 1.01x   bf16-NCHW 0.90x   bf16-NHWC 0.98x   (tiny channels: per-op overhead dominates)
-# `python -m devbench.layout` on the AMD VM (1 thread, best of 3 alternating rounds; README shows the table):
-#   fp32-NHWC 1.13x (resnet8 w0.25 digits) to 1.69x (resnet8 3x32x32); bf16-NHWC 0.92x (w0.25 digits: 1.07x and
-#   1.06x in two other runs; the tiniest student is a tie within noise) to 2.93x. Also measured
-#   by hand: resnet8 digits fp32-NHWC 1.24x with oneDNN capped to AVX2 (as on CPUs without AVX-512); a 40-epoch
-#   digits teacher (resnet20, 2 threads, interleaved, median of 3) 6.35 s NCHW -> 5.69 s NHWC, same val accuracy.
-# bf16 + channels_last won every shape but the tiniest (a tie within noise; with 3x32x32 images it was 2.4x on
-# the AMD VM too), so "auto" picks it on CPUs with native bf16 (avx512_bf16 / AMX); elsewhere (no bf16 units:
-# emulated bf16 is slower) fp32, in channels_last like every CPU run. On CUDA it picks bf16 + channels_last
-# where the GPU has bf16 tensor cores (compute capability >= 8.0): the usual result, NOT measured here (no GPU
-# was lent to this work; `python -m devbench.speed` on a GPU shows it). Final metrics are evaluated in fp32;
-# the per-epoch validation (logs, scheduler rungs) runs in the training precision.
+# "auto" trains in bf16 + channels_last where the hardware has native bf16 (CPU: avx512_bf16 / AMX; GPU: bf16
+# tensor cores), else in fp32; final metrics are evaluated in fp32, the per-epoch validation in the training
+# precision. Why: the measurements in docs/PLATFORMS.md, "Precision and layout".
+
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which it has no native bf16 kernels
 _ONEDNN_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
@@ -128,8 +111,9 @@ def _cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, bool]:
     """(autocast dtype name "fp32" | "bf16", use channels_last) for a training precision setting on `device`.
 
-    channels_last on the CPU in both precisions (fp32 NHWC measured faster than NCHW in every shape above), on a
-    GPU with bf16 only (fp32 there keeps NCHW: not measured)."""
+    channels_last on the CPU in both precisions (fp32 NHWC was faster than NCHW in every shape measured), on a
+    GPU with bf16 only (fp32 there keeps NCHW: not measured). The numbers: docs/PLATFORMS.md, "Precision and
+    layout"."""
     if precision == "auto":
         if device.type == "cuda":
             fast = torch.cuda.is_bf16_supported() and torch.cuda.get_device_capability(device)[0] >= 8
@@ -144,6 +128,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, bool]:
 
 
 def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for dtype "bf16", a no-op context for "fp32"."""
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -154,9 +139,9 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total: int,
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """torch.optim.SGD (nesterov, momentum 0.9, L2 decay on weights only) and its per-step LR schedule (lr_at).
 
-    fused=True where the device has the fused kernel: measured 0.06 ms a step on the digits student against
-    0.19-0.31 ms for the foreach form (AMD EPYC Zen 4, 1 thread). Constructing the first optimiser of a process
-    imports torch._dynamo (about 1.2 s here), once per Ray worker: trials reuse their actors."""
+    fused=True where the device has the fused kernel (several times faster than the foreach form). The first
+    optimiser of a process imports torch._dynamo, once per Ray worker: trials reuse their actors. The numbers:
+    docs/HOW_IT_RUNS.md, "Training speed"."""
     fused = model_device(model).type in ("cpu", "cuda")
     opt = torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=0.9, nesterov=True,
                           **({"fused": True} if fused else {"foreach": True}))
@@ -165,6 +150,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, total: int,
 
 
 def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -225,15 +211,7 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
                     after_step()
                 sums += torch.stack([loss.detach(), ce.detach(), kd.detach()]) * len(y)
                 seen += len(y)
-            loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
-            if not math.isfinite(loss_m):
-                raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
-            # a finite loss can hide a non-finite weight (its last step, or a kernel writing garbage gradients:
-            # study.training.kernels); such a model scores chance accuracy and must not pass as a result
-            bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
-            if bad is not None:
-                raise FloatingPointError(f"parameter {bad} became non-finite in epoch {epoch} (mean loss {loss_m:.4g});"
-                                         " lower the learning rate, or train with precision: fp32.")
+            loss_m, ce_m, kd_m = _finite_means(model, sums, seen, epoch)
             # in the training precision: the per-epoch curve and the scheduler's rungs; final metrics are fp32
             val_acc = evaluate(model, data.val_x, data.val_y, dtype=dtype, channels_last=channels_last)
             log = {"epoch": epoch, "loss": loss_m, "ce": ce_m, "kd": kd_m, "val_acc": val_acc,
@@ -245,6 +223,21 @@ def train_phase(model: nn.Module, data: ResidentData, *, epochs: int, first_epoc
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
     return logs
+
+
+def _finite_means(model: nn.Module, sums: torch.Tensor, seen: int, epoch: int) -> tuple[float, float, float]:
+    """The epoch's mean (loss, ce, kd) from their image-weighted sums; FloatingPointError when the loss or a weight
+    is not finite."""
+    loss_m, ce_m, kd_m = (sums / max(1, seen)).tolist()
+    if not math.isfinite(loss_m):
+        raise FloatingPointError(f"training loss became {loss_m} in epoch {epoch}; lower the learning rate.")
+    # a finite loss can hide a non-finite weight (its last step, or a kernel writing garbage gradients:
+    # study.training.kernels); such a model scores chance accuracy and must not pass as a result
+    bad = next((name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise FloatingPointError(f"parameter {bad} became non-finite in epoch {epoch} (mean loss {loss_m:.4g});"
+                                 " lower the learning rate, or train with precision: fp32.")
+    return loss_m, ce_m, kd_m
 
 
 def live_teacher(teacher: nn.Module, precision: str = "fp32") -> TeacherFn:

@@ -28,6 +28,7 @@ def _kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
 
 
 def kd_term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, **_: float) -> torch.Tensor:
+    """Hinton KD: KL(teacher || student) of the logits softened by `temperature`, times temperature^2."""
     return _kl(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1)) * temperature**2
 
 
@@ -36,6 +37,7 @@ def _standardise(z: torch.Tensor) -> torch.Tensor:
 
 
 def kd_ls_term(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float, **_: float) -> torch.Tensor:
+    """kd_term on logits standardised per image (zero mean, unit std): logit-standardised KD."""
     return kd_term(_standardise(s), _standardise(t), y, temperature)
 
 
@@ -59,7 +61,7 @@ def _python_loss(obj: object, name: str) -> Callable[..., torch.Tensor]:
     if not callable(obj):
         raise UserError(f"kd_loss {name!r}: {type(obj).__name__} is not callable; point the import string at a "
                         "function term(student_logits, teacher_logits, targets, temperature, **kw) -> loss.")
-    return obj  # type: ignore[return-value]
+    return obj
 
 
 # term(student_logits, teacher_logits, targets, temperature, **kw) -> scalar; None: no distillation term
