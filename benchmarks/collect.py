@@ -38,6 +38,7 @@ import pandas as pd
 
 from benchmarks import latency, pareto
 from study.core.errors import UserError
+from study.core.fmt import fmt_value
 from study.core.io import portable_path, write_json_atomic, write_text_atomic
 from study.search.references import REFERENCES
 from study.search.results import load_study_meta, open_study
@@ -390,10 +391,6 @@ def objective_values(df: pd.DataFrame, objectives: list[dict]) -> tuple[np.ndarr
     return values, swapped
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
-
-
 def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
     """Each baseline (beside the search, or enqueued as a trial) against the *searched* trials' front (enqueued
     baselines excluded: the question is whether the search found something better than the hand-picked
@@ -453,7 +450,7 @@ def _baseline_line(name: str, by: list[int], mine: list[int], gain: dict | None,
     else:
         unit = " points" if pareto.is_accuracy(gain["objective"]) else ""
         parts.append(f"at no more than its {' and '.join(costs)} the best searched trial ({gain['trial']}) reaches "
-                     f"{gain['objective']} {_fmt(gain['value'])} against {_fmt(gain['baseline_value'])} "
+                     f"{gain['objective']} {fmt_value(gain['value'])} against {fmt_value(gain['baseline_value'])} "
                      f"({gain['difference']:+.2f}{unit})")
     parts.append(f"it dominates searched front trial(s) {', '.join(map(str, mine))}" if mine
                  else "it dominates no searched front trial")

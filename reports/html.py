@@ -38,6 +38,7 @@ from benchmarks.recommend import (
     short_config,
 )
 from study.core.errors import UserError
+from study.core.fmt import fmt_value
 from study.core.io import write_text_atomic
 
 ACC = "val_acc"
@@ -77,24 +78,6 @@ esc = html.escape
 
 # ------------------------------------------------------------------------------------------------------- helpers
 
-def fmt(value: Any) -> str:
-    """A cell's text: counts with thousands separators, other numbers to 4 significant digits, escaped."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return esc(str(bool(value)))
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if not math.isfinite(v):
-            return esc(str(v))
-        if v.is_integer() and abs(v) >= 1000:
-            return f"{int(v):,}"
-        return f"{v:.4g}"
-    return esc(str(value))
-
-
 def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str], table_id: str,
                raw_cols: Sequence[int] = ()) -> str:
     """A table in a box that scrolls it sideways if it must (the page never does); every cell is escaped except
@@ -102,7 +85,7 @@ def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str], table_id: s
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for row in rows:
-        cells = "".join(f"<td>{v if i in raw_cols else fmt(v)}</td>" for i, v in enumerate(row))
+        cells = "".join(f"<td>{v if i in raw_cols else fmt_value(v, html=True)}</td>" for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     return (f'<div class="wide"><table id="{esc(table_id)}"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -123,8 +106,8 @@ def _hover(row: pd.Series, params: Sequence[str], extra: Sequence[str]) -> str:
     # Plotly renders a few tags in hover text and decodes entities into text nodes: escape everything we insert.
     label = row_label(row)
     lines = [f"<b>{esc(label)}</b> ({esc(str(row.get('prune_kind', '')))}, {esc(str(row.get('state', '')))})"]
-    lines += [f"{esc(c)} = {fmt(row.get(c))}" for c in extra if c in row.index]
-    lines += [f"{esc(c[len('param_'):])} = {fmt(row.get(c))}" for c in params if fmt(row.get(c)) != ""]
+    lines += [f"{esc(c)} = {fmt_value(row.get(c), html=True)}" for c in extra if c in row.index]
+    lines += [f"{esc(c[len('param_'):])} = {text}" for c in params if (text := fmt_value(row.get(c), html=True))]
     return "<br>".join(lines)
 
 
@@ -451,7 +434,7 @@ def pareto_table_full(front: pd.DataFrame, objectives: Sequence[dict]) -> str:
     header = ["trial", "prune kind", *names, *extra, "parameters", "note"]
     rows = []
     for _, r in front.iterrows():
-        p = "; ".join(f"{c[len('param_'):]}={fmt(r[c])}" for c in params if fmt(r[c]) != "")
+        p = "; ".join(f"{c[len('param_'):]}={text}" for c in params if (text := fmt_value(r[c], html=True)))
         rows.append([r["number"], r["prune_kind"], *(r[n] for n in names), *(r[c] for c in extra), p, r.get("note")])
     # `p` holds already escaped text: mark it raw.
     return html_table(rows, header, "table-pareto-full", raw_cols=(len(header) - 2,))
@@ -467,7 +450,7 @@ def baselines_table(df: pd.DataFrame, compared: Sequence[dict], objectives: Sequ
                        "finetune_epochs", "quantize") if c in rows_df.columns]
     rows = []
     for _, r in rows_df.iterrows():
-        recipe = "; ".join(f"{c}={fmt(r[c])}" for c in cfg if fmt(r[c]) != "")
+        recipe = "; ".join(f"{c}={text}" for c in cfg if (text := fmt_value(r[c], html=True)))
         rows.append([_baseline_label(r), *(r[n] for n in names), *(r[c] for c in extra), recipe,
                      lines.get(r["baseline"], "")])
     return html_table(rows, ["baseline", *names, *extra, "configuration", "against the searched trials"],
@@ -514,8 +497,9 @@ def teacher_note(meta: dict) -> str:
     norm = meta.get("normalization") or t.get("normalization") or {}
     how = (f"; input normalisation <code>{esc(str(norm.get('normalize')))}</code> (mean {esc(str(norm.get('mean')))}, "
            f"std {esc(str(norm.get('std')))}; {esc(str(norm.get('chosen_by', '')))})" if norm else "")
-    out = [f'<p id="teacher-note">Teacher {esc(str(t.get("arch", "")))}: val_acc {fmt(t.get("val_acc"))} %, '
-           f'test_acc {fmt(t.get("test_acc"))} %{how}.</p>']
+    out = [f'<p id="teacher-note">Teacher {esc(str(t.get("arch", "")))}: '
+           f'val_acc {fmt_value(t.get("val_acc"), html=True)} %, test_acc {fmt_value(t.get("test_acc"), html=True)} '
+           f'%{how}.</p>']
     out += [f'<p class="warning"><strong>{esc(w)}</strong></p>' for w in t.get("warnings") or []]
     return "\n".join(out)
 
@@ -673,7 +657,8 @@ def _summary_html(results: pd.DataFrame, benchmark: dict, meta: dict, objectives
     counts = ", ".join(f"{esc(k)}: {v}" for k, v in (benchmark.get("counts") or {}).items())
     return (f"<p>{int(benchmark.get('n_trials', 0))} trials ({counts}). Objectives: "
             + ", ".join(f"{esc(o['name'])} ({esc(o['direction'])})" for o in objectives)
-            + f". Hypervolume {fmt(benchmark.get('hypervolume'))} (normalised; see settings for the rule).</p>")
+            + f". Hypervolume {fmt_value(benchmark.get('hypervolume'), html=True)} (normalised; see settings for the "
+            "rule).</p>")
 
 
 def _pair_plot(results: pd.DataFrame, col: str, label: str, objectives: Sequence[dict], knee: int | None) -> str:

@@ -26,12 +26,12 @@ import copy
 import json
 import statistics
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
+from study.core.fmt import fmt_value
 from study.core.io import write_json_atomic, write_path_atomic, write_text_atomic
 
 META_NAME = "kdstudy.json"  # extra file inside model.pt2
@@ -255,12 +255,6 @@ def _pm(mean: float | None, std: float | None, n: int, unit: str = "%") -> str:
     return f"{mean:.2f}{unit} +- {std or 0.0:.2f}{unit} (n={n})"
 
 
-def _num(v: Any, fmt: str = ",") -> str:
-    if v is None:
-        return "-"
-    return format(v, fmt)
-
-
 def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, exported_metrics: dict,
                export_info: dict) -> str:
     """A short markdown model card: data, use, metrics (mean +- std over seeds), costs, recipe, config."""
@@ -334,9 +328,9 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"{exported_seed}) |",
         "|---|---|---|---|",
         f"| test accuracy | {_pm(summary['test_acc_mean'], summary['test_acc_std'], n)} | "
-        f"{_num(summary.get('test_acc_search'), '.2f')}% | {exported_metrics['test_acc']:.2f}% |",
+        f"{fmt_value(summary.get('test_acc_search'), '.2f')}% | {exported_metrics['test_acc']:.2f}% |",
         f"| validation accuracy | {_pm(summary['val_acc_mean'], summary['val_acc_std'], n)} | "
-        f"{_num(summary.get('val_acc_search'), '.2f')}% | {exported_metrics['val_acc']:.2f}% |",
+        f"{fmt_value(summary.get('val_acc_search'), '.2f')}% | {exported_metrics['val_acc']:.2f}% |",
         *(["", f"Accuracies are the int8 model's (model_int8.onnx) in ONNX Runtime; the fp32 model (model.pt2, "
            f"model.onnx) tested {_pm(summary.get('test_acc_fp32_mean'), summary.get('test_acc_fp32_std'), n)} over "
            "the same seeds."] if c.get("quantize") == "int8" else []),
@@ -344,12 +338,12 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"Distillation budget: {summary['epochs']} epochs (search: {summary['epochs_search']})"
         + (" -- a longer/shorter budget than the search, so the difference is not a pure reproduction check."
            if summary["budget_changed"] else ".")
-        + f" Test accuracy minus the search's: {_num(summary.get('diff_test_acc'), '+.2f')} points.",
+        + f" Test accuracy minus the search's: {fmt_value(summary.get('diff_test_acc'), '+.2f')} points.",
         "",
         "## Cost",
         "",
-        f"- Parameters: {_num(summary['params'])} (non-zero: {_num(summary['nonzero_params'])}).",
-        f"- MACs (multiply-accumulates, batch 1): {_num(summary['macs'])}.",
+        f"- Parameters: {fmt_value(summary['params'], ',')} (non-zero: {fmt_value(summary['nonzero_params'], ',')}).",
+        f"- MACs (multiply-accumulates, batch 1): {fmt_value(summary['macs'], ',')}.",
         f"- Latency, batch 1, {_latency_where(summary, c)}, {summary.get('latency_backend_used') or 'torch'}, "
         f"eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
         f"({summary['latency_threads']} thread(s)) on the machine that ran the reproduction.",
