@@ -5,8 +5,9 @@ Edges (disk, Optuna storage): `collect_results`, `run_benchmarks` (the run folde
 Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
 
 Table columns: `number` (Optuna trial number; empty for references and baselines), `reference` (teacher /
-student_ce / student_kd, else empty), `baseline` (the baseline's name, else empty), `state` (COMPLETE, PRUNED =
-early stopped, INFEASIBLE, FAIL, REFERENCE, BASELINE, or Optuna's RUNNING/WAITING), `prune_kind` (unpruned /
+student_ce / student_kd, else empty), `baseline` (the baseline's name, else empty), `state` (COMPLETE,
+EARLY_STOPPED (Optuna's PRUNED: stopped by the trial scheduler), INFEASIBLE, FAIL, REFERENCE, BASELINE, or Optuna's
+RUNNING/WAITING), `prune_kind` (unpruned /
 structured / unstructured), `note`, `error`, `wall_s`, `param_<name>` for every sampled parameter, every metric
 (metrics.json updated with user_attrs["metrics"]), `trial_dir`, `on_front`, and after re-measurement
 `latency_ms_bs1_remeasured`, `latency_iqr_ms_bs1_remeasured`, `throughput_ips_remeasured`.
@@ -16,7 +17,9 @@ validation accuracy the front reaches at no more than its cost in every cost obj
 it dominates itself.
 
 Only COMPLETE trials can be on the front. A trial counts as COMPLETE only when Optuna says COMPLETE *and* its
-user_attrs status (if any) is "complete": an early-stopped trial that reached Optuna as COMPLETE is PRUNED here.
+user_attrs status (if any) is "complete": an early-stopped trial that reached Optuna as COMPLETE is EARLY_STOPPED
+here. Our tables say EARLY_STOPPED where Optuna says PRUNED ("pruning" always means weights here); a results.csv
+written before this name reads back with PRUNED mapped to it (`read_results`).
 The hypervolume rule is in `benchmarks.pareto` (fixed 0..100 % for accuracies, 0..1.1 x max for costs,
 reference point (1, ..., 1) of the normalised minimisation problem).
 """
@@ -43,8 +46,11 @@ from study.core.io import portable_path, write_json_atomic, write_text_atomic
 from study.search.references import REFERENCES
 from study.search.results import load_study_meta, open_study
 
-STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
-STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
+EARLY_STOPPED = "EARLY_STOPPED"  # the table's name for a trial the scheduler stopped (Optuna's TrialState.PRUNED)
+STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": EARLY_STOPPED, "infeasible": "INFEASIBLE",
+                   "failed": "FAIL"}
+OPTUNA_TO_STATE = {"PRUNED": EARLY_STOPPED}  # Optuna state names that our tables spell otherwise
+STATES = ("COMPLETE", EARLY_STOPPED, "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
 MEASURED = ("REFERENCE", "BASELINE")  # rows that are not Optuna trials: trained once per study beside them
 BASE_COLUMNS = ["number", "reference", "baseline", "state", "prune_kind", "note", "error", "wall_s"]
 UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
@@ -127,9 +133,10 @@ def prune_kind(method: str | None) -> str:
 def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
     attrs = t.user_attrs
     status = attrs.get("status")
-    state = STATUS_TO_STATE.get(status, t.state.name) if status else t.state.name
+    optuna_state = OPTUNA_TO_STATE.get(t.state.name, t.state.name)
+    state = STATUS_TO_STATE.get(status, optuna_state) if status else optuna_state
     if state == "COMPLETE" and t.state.name != "COMPLETE":
-        state = t.state.name
+        state = optuna_state
     trial_dir = attrs.get("trial_dir") or f"trials/{t.number}"
     metrics = _read_json(run_dir / trial_dir / "metrics.json", log)
     metrics.update(attrs.get("metrics") or {})
@@ -526,7 +533,7 @@ def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> di
     for _, row in df[~df["state"].isin(MEASURED)].iterrows():
         if row["state"] == "COMPLETE":
             trial_epochs += total(row)
-        elif row["state"] == "PRUNED":
+        elif row["state"] == EARLY_STOPPED:
             stopped = pd.to_numeric(row.get("epoch"), errors="coerce")
             trial_epochs += 0 if pd.isna(stopped) else int(stopped)
     side = int(sum(total(r) for _, r in df[df["state"].isin(MEASURED)].iterrows() if r.get("reference") != "teacher"))
@@ -749,7 +756,9 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
 
 
 def read_results(run_dir: str | Path) -> pd.DataFrame:
-    """results.csv as written by `run_benchmarks` (number as nullable integers)."""
+    """results.csv as written by `run_benchmarks` (number as nullable integers; an older file's PRUNED state read
+    as EARLY_STOPPED)."""
     df = pd.read_csv(Path(run_dir) / "results.csv")
     df["number"] = df["number"].astype("Int64")
+    df["state"] = df["state"].replace(OPTUNA_TO_STATE)
     return df

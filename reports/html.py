@@ -27,7 +27,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from benchmarks import pareto
-from benchmarks.collect import MEASURED, is_baseline, row_label
+from benchmarks.collect import EARLY_STOPPED, MEASURED, is_baseline, row_label
 from benchmarks.latency import LATENCY_COL
 from benchmarks.recommend import (
     CONFIG_LEGEND,
@@ -62,7 +62,7 @@ REFERENCE_COLORS = ("#d62728", "#a50f15", "#fb6a4a")
 REFERENCE_SYMBOLS = ("star", "star-triangle-up", "star-square")
 KIND_COLORS = {"unpruned": "#1f77b4", "structured": "#2ca02c", "unstructured": "#ff7f0e", "unknown": "#7f7f7f"}
 PLOTTED_STATES = ("COMPLETE", "INFEASIBLE")  # fully trained models; early-stopped ones have partial metrics
-PROBLEM_STATES = ("FAIL", "INFEASIBLE", "PRUNED")
+PROBLEM_STATES = ("FAIL", "INFEASIBLE", EARLY_STOPPED)
 LATENCY_RE = LATENCY_COL  # latency_ms_bs1 re-measured with nothing training
 KD_CONVENTION = ("KD loss convention: L = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || "
                  "softmax(student/T)); alpha weighs the cross-entropy term, T is the temperature.")
@@ -506,18 +506,17 @@ def teacher_note(meta: dict) -> str:
 
 def problems_table(df: pd.DataFrame) -> str:
     bad = df[df["state"].isin(PROBLEM_STATES)].sort_values("number")
-    default = {"PRUNED": "early stopped by the scheduler", "FAIL": "failed (no reason recorded)",
+    default = {EARLY_STOPPED: "early stopped by the scheduler", "FAIL": "failed (no reason recorded)",
                "INFEASIBLE": "infeasible (no reason recorded)"}
     rows = []
     for _, r in bad.iterrows():
         reason = r.get("error")
         if reason is None or (isinstance(reason, float) and math.isnan(reason)) or str(reason) == "":
             reason = default[r["state"]]
-        state = "PRUNED (early stopped)" if r["state"] == "PRUNED" else r["state"]
         epochs = r.get("epochs_done")
         if epochs is None or pd.isna(epochs):
             epochs = r.get("epoch")  # an early-stopped trial reports the epoch it had reached
-        rows.append([r["number"], state, reason, epochs, r.get(ACC)])
+        rows.append([r["number"], r["state"], reason, epochs, r.get(ACC)])
     return html_table(rows, ["trial", "state", "reason", "epochs done", f"{ACC} (partial)"], "table-problems")
 
 
@@ -748,8 +747,9 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
     parts = [f"<h1>{esc(title)}</h1>", _summary_html(results, benchmark, meta, objectives),
              answer_html(recs, objectives, benchmark, reproduce, run_dir_label)]
     parts += _front_html(front, objectives, run_dir_label, knee)
-    parts.append(f'<p class="note">{esc(UNSTRUCTURED_NOTE)} {esc(KD_CONVENTION)} "Early stopped" (state PRUNED '
-                 'in Optuna) means the trial scheduler stopped the trial; "pruning" always means weights.</p>')
+    parts.append(f'<p class="note">{esc(UNSTRUCTURED_NOTE)} {esc(KD_CONVENTION)} "Early stopped" (state '
+                 'EARLY_STOPPED; PRUNED in Optuna) means the trial scheduler stopped the trial; "pruning" always '
+                 'means weights.</p>')
     parts += plots_html(results, objectives, knee)
     parts += _details_html(results, benchmark, meta, objectives)
     return (
