@@ -43,6 +43,7 @@ from benchmarks import latency, pareto
 from study.core.errors import UserError
 from study.core.fmt import fmt_value
 from study.core.io import portable_path, write_json_atomic, write_text_atomic
+from study.measure.export import UNSTRUCTURED_NOTE
 from study.search.references import REFERENCES
 from study.search.results import load_study_meta, open_study
 
@@ -53,8 +54,6 @@ OPTUNA_TO_STATE = {"PRUNED": EARLY_STOPPED}  # Optuna state names that our table
 STATES = ("COMPLETE", EARLY_STOPPED, "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
 MEASURED = ("REFERENCE", "BASELINE")  # rows that are not Optuna trials: trained once per study beside them
 BASE_COLUMNS = ["number", "reference", "baseline", "state", "prune_kind", "note", "error", "wall_s"]
-UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
-                     "no latency gain")
 HV_RULE = (
     "objectives are normalised to losses in [0, 1]: accuracies (name ending in 'acc') over the fixed range "
     "0..100 %, every other objective over min(0, smallest)..1.1 x largest value of all COMPLETE trials, "
@@ -639,12 +638,13 @@ def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run
 
 # ---------------------------------------------------------------------------------------------------- orchestration
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, so that benchmark.json is strict JSON."""
+def _nonfinite_to_none(obj: Any) -> Any:
+    """`obj` with every NaN / inf (in nested dicts and lists too) replaced by None, so that benchmark.json is strict
+    JSON."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: _nonfinite_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [_nonfinite_to_none(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -751,7 +751,7 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     }
     _write_csv(df, run_dir / "results.csv")
     _write_csv(pareto_rows(df, objectives), run_dir / "pareto.csv")
-    write_json_atomic(run_dir / "benchmark.json", _finite(summary))
+    write_json_atomic(run_dir / "benchmark.json", _nonfinite_to_none(summary))
     return summary
 
 

@@ -40,6 +40,7 @@ from benchmarks.recommend import (
 from study.core.errors import UserError
 from study.core.fmt import fmt_value
 from study.core.io import write_text_atomic
+from study.measure.export import KD_CONVENTION, KD_TERMS, UNSTRUCTURED_NOTE
 
 ACC = "val_acc"
 COSTS = (("params", "parameters (count, dense)"), ("nonzero_params", "non-zero parameters (count)"),
@@ -64,12 +65,14 @@ KIND_COLORS = {"unpruned": "#1f77b4", "structured": "#2ca02c", "unstructured": "
 PLOTTED_STATES = ("COMPLETE", "INFEASIBLE")  # fully trained models; early-stopped ones have partial metrics
 PROBLEM_STATES = ("FAIL", "INFEASIBLE", EARLY_STOPPED)
 LATENCY_RE = LATENCY_COL  # latency_ms_bs1 re-measured with nothing training
-KD_CONVENTION = ("KD loss convention: L = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || "
-                 "softmax(student/T)); alpha weighs the cross-entropy term, T is the temperature.")
-UNSTRUCTURED_NOTE = ("Unstructured pruning zeroes weights inside dense tensors: its sparsity shows in nonzero_params "
-                     "only. The model keeps its dense shapes and runs on dense kernels (PyTorch's and ONNX Runtime's "
-                     "alike, measured: devbench.onnx_runtimes), so it brings no latency gain; "
-                     "only structured pruning (removed channels) can.")
+# The report's notes around the engine's texts (study.measure.export).
+KD_NOTE = (f"KD loss convention: {KD_CONVENTION}, D being the kd_loss's distillation term ({KD_TERMS['kd']} for "
+           "kd); alpha weighs the cross-entropy term, T is the temperature.")
+UNSTRUCTURED_PRUNING_NOTE = (
+    f"Unstructured pruning zeroes weights inside dense tensors (the note column: \"{UNSTRUCTURED_NOTE}\"): its "
+    "sparsity shows in nonzero_params only. The model keeps its dense shapes and runs on dense kernels (PyTorch's "
+    "and ONNX Runtime's alike, measured: devbench.onnx_runtimes), so only structured pruning (removed channels) "
+    "brings a latency gain.")
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:")
 
@@ -95,7 +98,8 @@ def _param_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith("param_")]
 
 
-def _finite(df: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
+def _finite_rows(df: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
+    """Mask of the rows whose values in every one of `cols` are finite numbers."""
     ok = pd.Series(True, index=df.index)
     for c in cols:
         ok &= pd.to_numeric(df[c], errors="coerce").apply(lambda v: v is not None and np.isfinite(v))
@@ -153,7 +157,7 @@ def _trial_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., 
     int8; infeasible trials (over a constraint) as grey crosses."""
     three_d = len(cols) == 3
     params, extra = _param_cols(df), _hover_cols(df)
-    pts = df[df["state"].isin(PLOTTED_STATES) & _finite(df, cols)]
+    pts = df[df["state"].isin(PLOTTED_STATES) & _finite_rows(df, cols)]
     prec, kinds = _precision(pts), pts["prune_kind"].fillna("unknown")
     groups = [(f"{kind}, {p}", (pts["state"] == "COMPLETE") & (kinds == kind) & (prec == p),
                (PRECISION_SYMBOLS_3D if three_d else PRECISION_SYMBOLS)[p], KIND_COLORS[kind])
@@ -177,7 +181,7 @@ def _ring_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., A
                  knee_trial: int | None) -> list[Any]:
     """Rings around the members of the study's front of all its objectives, and a larger one around the knee."""
     three_d = len(cols) == 3
-    shown = df[(df["state"] == "COMPLETE") & _finite(df, cols)]
+    shown = df[(df["state"] == "COMPLETE") & _finite_rows(df, cols)]
     out = []
     front = shown[_front_mask(shown)]
     if len(front):
@@ -200,7 +204,7 @@ def _named_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., 
     baselines come last and smaller, so that one on top of a reference (no_kd is student_ce's recipe) shows."""
     three_d, extra = len(cols) == 3, _hover_cols(df)
     out = []
-    refs = df[(df["state"] == "REFERENCE") & _finite(df, cols)]
+    refs = df[(df["state"] == "REFERENCE") & _finite_rows(df, cols)]
     for i, (_, r) in enumerate(refs.iterrows()):
         out.append(scatter(
             **_xyz(refs.loc[[r.name]], cols), mode="markers", name=f"reference {r['reference']}", meta="reference",
@@ -208,7 +212,7 @@ def _named_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., 
                     "size": 7 if three_d else 16, "color": REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
                     "line": {"width": 1, "color": "#000000"}},
             hovertext=[_hover(r, [], extra)], hoverinfo="text"))
-    rows = df[is_baseline(df) & _finite(df, cols)]
+    rows = df[is_baseline(df) & _finite_rows(df, cols)]
     for i, (_, r) in enumerate(rows.iterrows()):
         out.append(scatter(
             **_xyz(rows.loc[[r.name]], cols), mode="markers", name=f"baseline {_baseline_label(r)}", meta="baseline",
@@ -238,7 +242,7 @@ def _axis(df: pd.DataFrame, col: str) -> dict:
 
 def _staircase(df: pd.DataFrame, x: str, objectives: Sequence[dict]) -> list[Any]:
     """The front of the two objectives of this plot alone, over the complete trials drawn in it."""
-    complete = df[(df["state"] == "COMPLETE") & _finite(df, [x, ACC])]
+    complete = df[(df["state"] == "COMPLETE") & _finite_rows(df, [x, ACC])]
     if complete.empty:
         return []
     vals = np.column_stack([_num(complete, x), _num(complete, ACC)])
@@ -258,7 +262,7 @@ def pareto_figure(df: pd.DataFrame, x: str, x_label: str, objectives: Sequence[d
     fig = go.Figure(_trial_traces(df, [x, ACC], go.Scatter) + _staircase(df, x, objectives)
                     + _ring_traces(df, [x, ACC], go.Scatter, n_obj, knee_trial)
                     + _named_traces(df, [x, ACC], go.Scatter))
-    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite(df, [x, ACC])]
+    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite_rows(df, [x, ACC])]
     x_axis = _axis(shown, x)
     fig.update_layout(
         title={"text": f"{ACC} vs {SHORT.get(x, x)}"}, height=480, margin={"t": 50, "r": 10},
@@ -275,7 +279,7 @@ def scatter3d_figure(df: pd.DataFrame, cols: Sequence[str], objectives: Sequence
     fig = go.Figure(_trial_traces(df, cols, go.Scatter3d)
                     + _ring_traces(df, cols, go.Scatter3d, len(objectives) or 3, knee_trial)
                     + _named_traces(df, cols, go.Scatter3d))
-    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite(df, cols)]
+    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite_rows(df, cols)]
     axes = {}
     for axis, c in zip(("xaxis", "yaxis", "zaxis"), cols, strict=True):
         ax = _axis(shown, c)
@@ -290,7 +294,7 @@ def scatter3d_figure(df: pd.DataFrame, cols: Sequence[str], objectives: Sequence
 
 def parcoords_figure(df: pd.DataFrame) -> go.Figure | None:
     """Parallel coordinates of the parameters of COMPLETE trials, coloured by val_acc."""
-    done = df[(df["state"] == "COMPLETE") & _finite(df, [ACC])]
+    done = df[(df["state"] == "COMPLETE") & _finite_rows(df, [ACC])]
     params = [c for c in _param_cols(df) if done[c].notna().any()]
     if done.empty or not params:
         return None
@@ -668,7 +672,7 @@ def plots_html(results: pd.DataFrame, objectives: Sequence[dict], knee: int | No
     """The 2-D plots (the objectives' costs open, the other costs collapsed) and the 3-D view."""
     names = [o["name"] for o in objectives]
     drawn = [(c, label) for c, label in COSTS if c in results.columns and ACC in results.columns
-             and _finite(results, [c, ACC]).any()]
+             and _finite_rows(results, [c, ACC]).any()]
     parts = ["<h2>Accuracy against each cost</h2>",
              '<p class="note">Each plot: colour = prune kind, symbol = fp32 (circle) or int8 (triangle); the dotted '
              "step line is the front of that plot's two objectives alone; black rings mark the study's front over "
@@ -676,12 +680,12 @@ def plots_html(results: pd.DataFrame, objectives: Sequence[dict], knee: int | No
              "Hover a point for its trial, configuration and numbers.</p>"]
     if not drawn:
         parts.append(f'<p class="note">No trial has both {ACC} and a cost metric yet.</p>')
-    remeasured = LATENCY_RE in results.columns and _finite(results, [LATENCY_RE, ACC]).any()
+    remeasured = LATENCY_RE in results.columns and _finite_rows(results, [LATENCY_RE, ACC]).any()
     more = []
     for col, label in drawn:
         if col == "latency_ms_bs1" and remeasured:
             parts.append(_pair_plot(results, LATENCY_RE, LATENCY_RE_LABEL, objectives, knee))
-            n_re = int(_finite(results, [LATENCY_RE, ACC]).sum())
+            n_re = int(_finite_rows(results, [LATENCY_RE, ACC]).sum())
             parts.append(f'<p class="note">Latency plot: only the {n_re} models whose latency was re-measured '
                          "(the front, confirmed trials, baselines, references), all from that one measurement; "
                          "every trial at its search-time latency is in the collapsed plot below.</p>")
@@ -696,7 +700,7 @@ def plots_html(results: pd.DataFrame, objectives: Sequence[dict], knee: int | No
     cols3 = [n for n in names if n != ACC] + [ACC] if len(names) == 3 and ACC in names \
         else ["params", "latency_ms_bs1", ACC]
     cols3 = [c for c in cols3 if c in results.columns]
-    if len(cols3) == 3 and _finite(results, cols3).any():
+    if len(cols3) == 3 and _finite_rows(results, cols3).any():
         parts.append("<h2>The objectives in 3-D</h2>")
         parts.append(figure_html(scatter3d_figure(results, cols3, objectives, knee), "plot-3d"))
     return parts
@@ -747,7 +751,7 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
     parts = [f"<h1>{esc(title)}</h1>", _summary_html(results, benchmark, meta, objectives),
              answer_html(recs, objectives, benchmark, reproduce, run_dir_label)]
     parts += _front_html(front, objectives, run_dir_label, knee)
-    parts.append(f'<p class="note">{esc(UNSTRUCTURED_NOTE)} {esc(KD_CONVENTION)} "Early stopped" (state '
+    parts.append(f'<p class="note">{esc(UNSTRUCTURED_PRUNING_NOTE)} {esc(KD_NOTE)} "Early stopped" (state '
                  'EARLY_STOPPED; PRUNED in Optuna) means the trial scheduler stopped the trial; "pruning" always '
                  'means weights.</p>')
     parts += plots_html(results, objectives, knee)

@@ -26,15 +26,20 @@ import copy
 import json
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
-from torch import nn
 
 from study.core.fmt import fmt_value
 from study.core.io import write_json_atomic, write_path_atomic, write_text_atomic
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 META_NAME = "kdstudy.json"  # extra file inside model.pt2
+# The texts below are shared with the result pipeline and the report, which import them without loading torch:
+# this module imports torch inside the functions that export.
 KD_CONVENTION = "L = alpha * CE(student, y) + (1 - alpha) * D(student, teacher)"
 KD_TERMS = {  # the distillation term D of each kd_loss (study/training/losses.py)
     "kd": "D = T^2 * KL(softmax(teacher/T) || softmax(student/T))",
@@ -42,10 +47,15 @@ KD_TERMS = {  # the distillation term D of each kd_loss (study/training/losses.p
     "dkd": "D = T^2 * (target-vs-rest KL + dkd_beta * non-target KL) (decoupled KD, Zhao et al. 2022)",
     "ce": "no distillation term: plain cross-entropy, no teacher",
 }
+# What unstructured pruning does and does not buy: results.csv's `note` on such rows, the report, the model card.
+UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
+                     "no latency gain")
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (N, C, H, W) pixels -> the normalised float input the network expects (as in study.training.loop)."""
+    import torch
+
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (images.float() / 255.0 - m) / s
@@ -60,6 +70,8 @@ def export_model(model: nn.Module, out_dir: Path, *, meta: dict, example_images:
     closely the copy matches the model. int8_file (the trial's quantized ONNX model) is copied in as
     model_int8.onnx. ONNX Runtime's batch-1 latency of the ONNX files is measured with `threads` threads.
     """
+    import torch
+
     out_dir = Path(out_dir)
     net = copy.deepcopy(model).cpu().float().eval()
     x = normalise(example_images, meta["mean"], meta["std"])  # (N, C, H, W) float32
@@ -267,7 +279,7 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         prune_text = "none (dense student)"
     elif not get_prune_method(prune).structured:
         prune_text = (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
-                      "magnitude (shapes and dense latency unchanged; nonzero_params drops)")
+                      f"magnitude ({UNSTRUCTURED_NOTE})")
     else:
         prune_text = (f"{prune} (torch-pruning DepGraph), prune_ratio {c['prune_ratio']:.3f} = fraction of CHANNELS "
                       "removed per layer (about 1-(1-p)^2 of the parameters); classifier kept")
