@@ -269,22 +269,21 @@ def _pm(mean: float | None, std: float | None, n: int, unit: str = "%") -> str:
 
 def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, exported_metrics: dict,
                export_info: dict) -> str:
-    """A short markdown model card: data, use, metrics (mean +- std over seeds), costs, recipe, config."""
-    n = len(summary["seeds"])
-    c = config
-    from study.models.pruning import get_prune_method
+    """A short markdown model card: use, data, metrics (mean +- std over seeds), costs, recipe, config."""
+    lines = [*_card_use(summary, meta, config, export_info), *_card_data(meta, config),
+             *_card_metrics(summary, config, exported_seed, exported_metrics),
+             *_card_cost(summary, config, export_info), *_card_recipe(summary, config, export_info)]
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
+    lines += ["", "## Resolved config (seed of the exported model)", "", "```yaml",
+              yaml.safe_dump({**config, "seed": exported_seed}, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
 
-    prune = c["prune_method"]
-    if prune == "none":
-        prune_text = "none (dense student)"
-    elif not get_prune_method(prune).structured:
-        prune_text = (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
-                      f"magnitude ({UNSTRUCTURED_NOTE})")
-    else:
-        prune_text = (f"{prune} (torch-pruning DepGraph), prune_ratio {c['prune_ratio']:.3f} = fraction of CHANNELS "
-                      "removed per layer (about 1-(1-p)^2 of the parameters); classifier kept")
-    teacher = summary.get("teacher") or {}
-    lines = [
+
+def _card_use(summary: dict, meta: dict, c: dict, export_info: dict) -> list[str]:
+    """The card's title, what the model is, and how to run it with torch or with ONNX Runtime."""
+    n = len(summary["seeds"])
+    return [
         f"# Model card: {c['student_arch']} x{c['width_mult']:g} on {meta['dataset']} "
         f"(run {summary['run_name']}, {summary.get('label') or 'trial ' + str(summary['trial'])})",
         "",
@@ -320,6 +319,12 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "",
         "`python predict_onnx.py` checks it (`--int8` the quantized model, where there is one); "
         "`python predict_onnx.py IMAGES.npy` classifies a saved array.",
+    ]
+
+
+def _card_data(meta: dict, c: dict) -> list[str]:
+    """The card's data section: data set, classes, input shape and normalisation, the splits."""
+    return [
         "",
         "## Data",
         "",
@@ -331,6 +336,13 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "test split: the data set's test set, used only for reporting."
         + (f" Trained on a seeded, stratified subset of {c['train_size']:,} of the remaining training images "
            "(train_size)." if c.get("train_size") else ""),
+    ]
+
+
+def _card_metrics(summary: dict, c: dict, exported_seed: int, exported_metrics: dict) -> list[str]:
+    """The card's metrics: accuracies reproduced (mean +- std over seeds), in the search, and of the exported seed."""
+    n = len(summary["seeds"])
+    return [
         "",
         "## Metrics",
         "",
@@ -351,6 +363,12 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         + (" -- a longer/shorter budget than the search, so the difference is not a pure reproduction check."
            if summary["budget_changed"] else ".")
         + f" Test accuracy minus the search's: {fmt_value(summary.get('diff_test_acc'), '+.2f')} points.",
+    ]
+
+
+def _card_cost(summary: dict, c: dict, export_info: dict) -> list[str]:
+    """The card's costs: parameters, MACs and batch-1 latency per runtime."""
+    return [
         "",
         "## Cost",
         "",
@@ -360,6 +378,13 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
         f"({summary['latency_threads']} thread(s)) on the machine that ran the reproduction.",
         *_runtime_lines(summary, export_info.get("onnx")),
+    ]
+
+
+def _card_recipe(summary: dict, c: dict, export_info: dict) -> list[str]:
+    """The card's recipe: teacher, distillation, pruning, fine-tuning, the command and the code version."""
+    teacher = summary.get("teacher") or {}
+    return [
         "",
         "## How it was made",
         "",
@@ -369,7 +394,7 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"- Distillation ({c['kd_loss']}): {KD_CONVENTION}, {KD_TERMS.get(c['kd_loss'], c['kd_loss'])}; "
         f"T = {c['temperature']:.3f}, alpha = {c['alpha']:.3f}, "
         f"{summary['epochs']} epochs, SGD lr {c['lr']:g}, batch {c['batch_size']}.",
-        f"- Pruning after distillation: {prune_text}.",
+        f"- Pruning after distillation: {_prune_text(c)}.",
         f"- Fine-tuning after pruning: {c['finetune_epochs']} epochs at lr {c['finetune_lr']:g}"
         + (" with the same distillation loss." if c["kd_loss"] != "ce" else "."),
         f"- Command: `{summary['command']}`",
@@ -378,11 +403,20 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         + f", torch {summary['code'].get('torch')}; export check: max |logit difference| "
         f"{export_info['max_abs_diff']:.1e}.",
     ]
-    if summary.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
-    lines += ["", "## Resolved config (seed of the exported model)", "", "```yaml",
-              yaml.safe_dump({**config, "seed": exported_seed}, sort_keys=False).rstrip(), "```", ""]
-    return "\n".join(lines)
+
+
+def _prune_text(c: dict) -> str:
+    """The pruning step in words: none, unstructured (weights zeroed) or structured (channels removed)."""
+    from study.models.pruning import get_prune_method
+
+    prune = c["prune_method"]
+    if prune == "none":
+        return "none (dense student)"
+    if not get_prune_method(prune).structured:
+        return (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
+                f"magnitude ({UNSTRUCTURED_NOTE})")
+    return (f"{prune} (torch-pruning DepGraph), prune_ratio {c['prune_ratio']:.3f} = fraction of CHANNELS "
+            "removed per layer (about 1-(1-p)^2 of the parameters); classifier kept")
 
 
 def _runtime_lines(summary: dict, onnx: dict | None) -> list[str]:
