@@ -692,51 +692,13 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     df = collect_results(run_dir, study, objectives, log, baselines=outside_baselines(meta))
     df, summary = analyse(df, objectives)
     summary["knee"] = knee(df, objectives)
-
-    best = []
-    try:
-        best = sorted(t.number for t in study.best_trials)
-    except (RuntimeError, ValueError) as e:
-        log(f"note: optuna best_trials unavailable ({e})")
-    summary["optuna_best_trials"] = best
-    summary["front_matches_optuna"] = best == sorted(summary["pareto_trials"])
-    if not summary["front_matches_optuna"]:
-        log("note: the front differs from optuna's best_trials (trials whose status is not 'complete' are "
-            f"excluded here): front {sorted(summary['pareto_trials'])}, optuna {best}")
+    summary.update(_compare_with_optuna(study, summary["pareto_trials"], log))
 
     summary["remeasure"] = None
-    on_searched_front = searched_front(df, objectives)
-    baseline_rows = is_baseline(df)
     plan = read_confirm_plan(run_dir)
-    confirmed = {c["trial"] for c in plan.get("candidates", []) if c.get("trial") is not None}
     if remeasure:
-        keys = {}
-        for i, row in df.iterrows():
-            if row["on_front"] or row["state"] in MEASURED or on_searched_front[i] or baseline_rows[i] \
-                    or row["number"] in confirmed:
-                label = row_label(row)
-                keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
-        kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
-        if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
-            log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
-        backend = backend or study_backend(meta)
-        with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
-            if backend == "onnxruntime":
-                from study.measure import onnx as onnx_backend
-
-                kwargs.update(load_model=lambda p: onnx_backend.open_for_remeasure(Path(p), Path(tmp)),
-                              measure_latency=onnx_backend.remeasure_latency,
-                              measure_throughput=onnx_backend.remeasure_throughput)
-            elif backend != "torch":
-                raise UserError(f"backend must be torch or onnxruntime (got '{backend}').")
-            results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
-        info["backend"] = backend
-        for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
-            df[col] = np.nan
-        for key, res in results.items():
-            for col, v in res.items():
-                df.loc[keys[key][0], col] = v
-        summary["remeasure"] = info
+        summary["remeasure"] = _remeasure_latency(df, objectives, meta, plan, run_dir, log=log,
+                                                  remeasure_kwargs=remeasure_kwargs, backend=backend)
 
     summary["baselines"] = compare_baselines(df, objectives)
     summary["compute"] = study_compute(df, meta, plan, run_dir)
@@ -753,6 +715,65 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     _write_csv(pareto_rows(df, objectives), run_dir / "pareto.csv")
     write_json_atomic(run_dir / "benchmark.json", _nonfinite_to_none(summary))
     return summary
+
+
+def _compare_with_optuna(study: Any, front: list[int], log: Log) -> dict:
+    """Optuna's own best trials beside our front (they differ where a trial's status is not 'complete'), noted
+    through `log` when they differ."""
+    best = []
+    try:
+        best = sorted(t.number for t in study.best_trials)
+    except (RuntimeError, ValueError) as e:
+        log(f"note: optuna best_trials unavailable ({e})")
+    matches = best == sorted(front)
+    if not matches:
+        log("note: the front differs from optuna's best_trials (trials whose status is not 'complete' are "
+            f"excluded here): front {sorted(front)}, optuna {best}")
+    return {"optuna_best_trials": best, "front_matches_optuna": matches}
+
+
+def _remeasure_targets(df: pd.DataFrame, objectives: list[dict], plan: dict, run_dir: Path) -> dict:
+    """The rows whose latency is re-measured (the front, the searched front, baselines, references, confirmed
+    trials), as {row label: (row index, model.pt path)}."""
+    on_searched_front = searched_front(df, objectives)
+    baseline_rows = is_baseline(df)
+    confirmed = {c["trial"] for c in plan.get("candidates", []) if c.get("trial") is not None}
+    keys = {}
+    for i, row in df.iterrows():
+        if row["on_front"] or row["state"] in MEASURED or on_searched_front[i] or baseline_rows[i] \
+                or row["number"] in confirmed:
+            label = row_label(row)
+            keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
+    return keys
+
+
+def _remeasure_latency(df: pd.DataFrame, objectives: list[dict], meta: dict, plan: dict, run_dir: Path, *,
+                       log: Log, remeasure_kwargs: dict | None, backend: str | None) -> dict:
+    """Re-measure the latency of `_remeasure_targets` side by side (benchmarks.latency) on `backend` (default the
+    study's), with the thread count the search timed with; fills the re-measured columns of `df` in place and
+    returns the protocol for benchmark.json."""
+    keys = _remeasure_targets(df, objectives, plan, run_dir)
+    kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
+    if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
+        log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
+    backend = backend or study_backend(meta)
+    with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
+        if backend == "onnxruntime":
+            from study.measure import onnx as onnx_backend
+
+            kwargs.update(load_model=lambda p: onnx_backend.open_for_remeasure(Path(p), Path(tmp)),
+                          measure_latency=onnx_backend.remeasure_latency,
+                          measure_throughput=onnx_backend.remeasure_throughput)
+        elif backend != "torch":
+            raise UserError(f"backend must be torch or onnxruntime (got '{backend}').")
+        results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
+    info["backend"] = backend
+    for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
+        df[col] = np.nan
+    for key, res in results.items():
+        for col, v in res.items():
+            df.loc[keys[key][0], col] = v
+    return info
 
 
 def read_results(run_dir: str | Path) -> pd.DataFrame:
