@@ -296,6 +296,34 @@ def load_space(path: str | Path) -> SearchSpace:
     naming the file, the key and the fix."""
     path = resolve_space_path(path)
     p = str(path)
+    raw = _read_space_file(path)
+    _check_keys(raw, TOP_KEYS, p, "top level")
+    trial = _check_keys(raw.get("trial"), tuple(CONFIG_FIELDS), p, "trial")
+    try:
+        base = make_config(trial, source=f"{p}: trial")
+    except UserError as exc:
+        raise SpaceError(str(exc)) from None
+    params = _parse_params(raw.get("params"), trial, p)
+    _validate_values(base, trial, params, p)
+    objectives = _parse_objectives(raw.get("objectives"), p)
+    constraints = _check_keys(raw.get("constraints"), tuple(CONSTRAINTS), p, "constraints")
+    for k, v in constraints.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise _err(p, f"constraints.{k}", f"must be a positive number (got {v!r}).")
+    search = _parse_search(raw.get("search"), p)
+    cpus, gpus = _parse_resources(raw.get("resources"), p)
+    baselines = _parse_baselines(raw.get("baselines", list(BUILTIN_BASELINES)), trial, p)
+    name = str(raw.get("name") or Path(path).stem)
+    return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
+                       search["sampler"], search["seed"], search["trials"], search["concurrent"], search["scheduler"],
+                       search["grace_epochs"], search["reduction_factor"], search["report_every_s"], cpus, gpus, raw,
+                       baselines, search["confirm_seeds"])
+
+
+def _read_space_file(path: Path) -> dict:
+    """The YAML mapping in `path`; a missing, unreadable, binary or malformed file, or one that holds no mapping,
+    raises SpaceError saying what to give instead."""
+    p = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -311,25 +339,28 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{p}: a search space must be a YAML mapping with keys {', '.join(TOP_KEYS)}.")
-    _check_keys(raw, TOP_KEYS, p, "top level")
-    trial = _check_keys(raw.get("trial"), tuple(CONFIG_FIELDS), p, "trial")
-    try:
-        base = make_config(trial, source=f"{p}: trial")
-    except UserError as exc:
-        raise SpaceError(str(exc)) from None
+    return raw
 
+
+def _parse_params(raw: Any, trial: dict, p: str) -> dict[str, ParamSpec]:
+    """`params:` as ParamSpecs by name, in the file's order; none may be fixed under trial: or be a study-wide
+    setting."""
     params: dict[str, ParamSpec] = {}
-    for name, spec in _check_keys(raw.get("params"), tuple(CONFIG_FIELDS), p, "params").items():
+    for name, spec in _check_keys(raw, tuple(CONFIG_FIELDS), p, "params").items():
         if name in trial:
             raise _err(p, f"params.{name}", "is also fixed under trial:; keep it in one place.")
         if name in STUDY_FIXED:
             raise _err(p, f"params.{name}", "cannot be searched: the study trains one teacher on one data split "
                        "and every trial shares it; fix it under trial: (run one study per value).")
         params[name] = _parse_param(name, spec, p, params)
-    _validate_values(base, trial, params, p)
+    return params
 
+
+def _parse_objectives(raw: Any, p: str) -> list[tuple[str, str]]:
+    """`objectives:` as (metric, direction) pairs (default: val_acc, params and latency); val_acc must be one, test_acc
+    never."""
     objectives = []
-    obj_raw = raw.get("objectives") or {"val_acc": "maximize", "params": "minimize", "latency_ms_bs1": "minimize"}
+    obj_raw = raw or {"val_acc": "maximize", "params": "minimize", "latency_ms_bs1": "minimize"}
     if not isinstance(obj_raw, dict):
         raise _err(p, "objectives", "must be a mapping {metric: maximize|minimize}.")
     for metric, direction in obj_raw.items():
@@ -342,13 +373,13 @@ def load_space(path: str | Path) -> SearchSpace:
         objectives.append((metric, direction))
     if "val_acc" not in obj_raw:
         raise _err(p, "objectives", "must include val_acc (the accuracy a trial reports while training).")
+    return objectives
 
-    constraints = _check_keys(raw.get("constraints"), tuple(CONSTRAINTS), p, "constraints")
-    for k, v in constraints.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise _err(p, f"constraints.{k}", f"must be a positive number (got {v!r}).")
 
-    search = _check_keys(raw.get("search"), SEARCH_KEYS, p, "search")
+def _parse_search(raw: Any, p: str) -> dict[str, Any]:
+    """`search:` with its defaults: sampler, scheduler, seed, trials, concurrent, grace_epochs, reduction_factor,
+    report_every_s (a float) and confirm_seeds, each checked."""
+    search = _check_keys(raw, SEARCH_KEYS, p, "search")
     sampler = search.get("sampler", "tpe")
     try:
         SAMPLERS.check(str(sampler))
@@ -375,21 +406,20 @@ def load_space(path: str | Path) -> SearchSpace:
             import scipy  # noqa: F401
         except ImportError:
             raise _err(p, "search.sampler", "gp needs scipy; pip install scipy or choose tpe.") from None
+    return {"sampler": sampler, "scheduler": scheduler, **ints, "confirm_seeds": confirm_seeds,
+            "report_every_s": float(report_every_s)}
 
-    res = _check_keys(raw.get("resources"), RESOURCE_KEYS, p, "resources")
+
+def _parse_resources(raw: Any, p: str) -> tuple[float, float]:
+    """`resources:` as (cpus_per_trial, gpus_per_trial): numbers >= 0, not both 0."""
+    res = _check_keys(raw, RESOURCE_KEYS, p, "resources")
     cpus, gpus = res.get("cpus_per_trial", 1), res.get("gpus_per_trial", 0)
     for k, v in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise _err(p, f"resources.{k}", f"must be a number >= 0 (got {v!r}).")
     if cpus <= 0 and gpus <= 0:
         raise _err(p, "resources", "a trial needs cpus_per_trial > 0 or gpus_per_trial > 0.")
-
-    baselines = _parse_baselines(raw.get("baselines", list(BUILTIN_BASELINES)), trial, p)
-    name = str(raw.get("name") or Path(path).stem)
-    return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
-                       sampler, ints["seed"], ints["trials"], ints["concurrent"], scheduler, ints["grace_epochs"],
-                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw, baselines,
-                       confirm_seeds)
+    return float(cpus), float(gpus)
 
 
 def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, dict], ...]:
