@@ -33,6 +33,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -243,12 +244,18 @@ def param_importances(study: Any, objectives: list[dict]) -> tuple[dict[str, dic
                 warnings.filterwarnings("ignore", message=".*low `target` values.*")
                 # small studies: PED-ANOVA warns per parameter; the report notes importances are rough
                 warnings.filterwarnings("ignore", message=".*regimes for parameter.*")
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=partial(_signed_value, index=i,
+                                                                                    sign=sign))
         except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
             notes.append(f"{obj['name']}: {e}")
             continue
         out[obj["name"]] = {k: float(v) for k, v in imp.items()}
     return out, ("; ".join(notes) or None)
+
+
+def _signed_value(trial: Any, index: int, sign: float) -> float:
+    """The trial's value of objective `index`, times `sign` (-1 turns a maximised objective into a minimised one)."""
+    return sign * trial.values[index]
 
 
 # ------------------------------------------------------------------------------------ pure analysis of the table
@@ -537,8 +544,9 @@ def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> di
             trial_epochs += 0 if pd.isna(stopped) else int(stopped)
     side = int(sum(total(r) for _, r in df[df["state"].isin(MEASURED)].iterrows() if r.get("reference") != "teacher"))
     base = meta.get("base_config") or {}
-    entries = meta.get("baselines") or {}
-    ref_cfg = (entries.get("seed_recipe") or next(iter(entries.values()), {}) or {}).get("config") or base
+    entries: dict[str, Any] = meta.get("baselines") or {}
+    reference: dict[str, Any] = entries.get("seed_recipe") or next(iter(entries.values()), {}) or {}
+    ref_cfg = reference.get("config") or base
     one = int(ref_cfg.get("epochs", 0)) + int(ref_cfg.get("finetune_epochs", 0))
     done = {}
     try:

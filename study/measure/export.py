@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import statistics
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,8 +108,6 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
                  example_images: torch.Tensor, int8_file: Path | None, threads: int | None,
                  normalization: str = "") -> dict:
     """model.onnx (+ model_int8.onnx), example images and logits as .npy, predict_onnx.py; checked and timed."""
-    import shutil
-
     import numpy as np
 
     from study.measure import onnx as onnx_backend
@@ -122,7 +122,7 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
     write_path_atomic(out_dir / "example_images.npy", lambda p: np.save(p, example_images.cpu().numpy()))
     write_path_atomic(out_dir / "example_logits.npy", lambda p: np.save(p, expected.numpy()))
     if int8_file is not None:
-        write_path_atomic(out_dir / "model_int8.onnx", lambda p: shutil.copyfile(int8_file, p))
+        write_path_atomic(out_dir / "model_int8.onnx", partial(_copy_file, int8_file))
         qsess = onnx_backend.session(out_dir / "model_int8.onnx", threads)
         q_logits = onnx_backend.predict(qsess, x)
         write_path_atomic(out_dir / "example_logits_int8.npy", lambda p: np.save(p, q_logits))
@@ -132,6 +132,11 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
                                                                                    repeats=200)["median_ms"]
     write_text_atomic(out_dir / "predict_onnx.py", PREDICT_ONNX_PY.replace(NORMALIZATION_MARK, normalization))
     return info
+
+
+def _copy_file(source: Path, dest: Path) -> None:
+    """Copy `source` to `dest` (a writer for write_path_atomic)."""
+    shutil.copyfile(source, dest)
 
 
 NORMALIZATION_MARK = "@NORMALIZATION@"

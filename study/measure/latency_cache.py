@@ -23,6 +23,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 import torch.nn as nn
@@ -69,7 +70,8 @@ def _read(path: Path) -> dict | None:
         return None  # unreadable (a damaged cache file): measured again and replaced
 
 
-def _final(entry: dict | None) -> bool:
+def _final(entry: dict | None) -> TypeGuard[dict]:
+    """A cache entry that stands: a clean measurement, or one re-tried MAX_ATTEMPTS times."""
     return entry is not None and (not entry.get("interfered") or entry.get("attempts", 1) >= MAX_ATTEMPTS)
 
 

@@ -77,6 +77,8 @@ def _export_dynamo(net: nn.Module, x: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(net, (x,), dynamo=True, opset_version=max(OPSET, 18), input_names=[INPUT],
                                 output_names=[OUTPUT], dynamic_shapes={"x": {0: batch}}, verbose=False)
+    if program is None:  # torch.onnx.export returns None only for dynamo=False
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
     program.save(str(path))
 
 

@@ -84,12 +84,19 @@ class ParamSpec:
             return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return False
-        if not self.low <= value <= self.high:
+        low, high = self.bounds()
+        if not low <= value <= high:
             return False
         if self.type == "int" and value != int(value):
             return False
         step = self.step if self.step else (1 if self.type == "int" else None)
-        return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
+        return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-9
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a float or int parameter (a categorical one has choices instead)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"parameter {self.name} ({self.type}) has no bounds")
+        return self.low, self.high
 
     def describe(self) -> str:
         if self.type == "categorical":
@@ -148,7 +155,7 @@ class SearchSpace:
         top = {"epochs": base.epochs, "finetune_epochs": base.finetune_epochs}
         for p in self.params:
             if p.name in top:  # choices were checked to make valid configs: each one reads as an int
-                top[p.name] = max(int(c) for c in p.choices) if p.type == "categorical" else int(p.high)
+                top[p.name] = max(int(c) for c in p.choices) if p.type == "categorical" else int(p.bounds()[1])
         return top["epochs"] + top["finetune_epochs"]
 
     def define_by_run(self) -> DefineByRun:
@@ -191,10 +198,11 @@ class DefineByRun:
             if p.type == "categorical":
                 values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
             elif p.type == "int":
-                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1),
-                                                   log=p.log)
+                low, high = p.bounds()
+                values[p.name] = trial.suggest_int(p.name, int(low), int(high), step=int(p.step or 1), log=p.log)
             else:
-                values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+                low, high = p.bounds()
+                values[p.name] = trial.suggest_float(p.name, low, high, step=p.step, log=p.log)
         return {"trial_number": trial.number}
 
 
@@ -440,10 +448,11 @@ def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, d
             name, values = entry, dict(BUILTIN_BASELINES[entry])
         elif isinstance(entry, dict):
             values = dict(entry)
-            name = values.pop("name", None)
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            given = values.pop("name", None)
+            if not isinstance(given, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", given):
                 raise _err(path, where, "needs a `name` of letters, digits, '_', '-' or '.' (it names a folder "
-                           f"under baselines/; got {name!r}).")
+                           f"under baselines/; got {given!r}).")
+            name = given
             if name in BUILTIN_BASELINES:
                 raise _err(path, where, f"{name!r} is a built-in baseline; list it as the plain string {name!r}, "
                            "or give yours another name.")
