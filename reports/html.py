@@ -327,6 +327,7 @@ def parcoords_figure(df: pd.DataFrame) -> go.Figure | None:
 
 
 def hypervolume_figure(benchmark: dict) -> go.Figure | None:
+    """The normalised hypervolume of the complete trials after each trial (a step line); None for no trials."""
     series = benchmark.get("hypervolume_over_trials") or []
     if not series:
         return None
@@ -430,6 +431,8 @@ def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label:
 
 
 def pareto_table_full(front: pd.DataFrame, objectives: Sequence[dict]) -> str:
+    """Every column worth reading of the front trials: prune kind, objectives, costs, runtimes, re-measurement,
+    the sampled parameters and the note."""
     names = [o["name"] for o in objectives]
     extra = [c for c in ("params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(front), LATENCY_RE,
                          "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured", "test_acc")
@@ -485,6 +488,7 @@ def verdict_html(benchmark: dict, run_dir_label: str = "RUN_DIR") -> str:
 
 
 def references_table(df: pd.DataFrame) -> str:
+    """One row per reference model (teacher, student_ce, student_kd): accuracies, costs and latencies."""
     refs = df[df["state"] == "REFERENCE"]
     cols = [c for c in (ACC, "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(refs),
                         LATENCY_RE, "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured")
@@ -509,6 +513,8 @@ def teacher_note(meta: dict) -> str:
 
 
 def problems_table(df: pd.DataFrame) -> str:
+    """The failed, infeasible and early-stopped trials, each with its reason, the epochs it trained and its
+    partial validation accuracy."""
     bad = df[df["state"].isin(PROBLEM_STATES)].sort_values("number")
     default = {EARLY_STOPPED: "early stopped by the scheduler", "FAIL": "failed (no reason recorded)",
                "INFEASIBLE": "infeasible (no reason recorded)"}
@@ -612,6 +618,8 @@ def _json_cell(v: Any) -> Any:
 
 
 def settings_table(meta: dict, benchmark: dict) -> str:
+    """study.json's settings, then the hypervolume with its reference rule, the counts by state and the latency
+    re-measurement's protocol."""
     rows = [[k, _json_cell(v)] for k, v in meta.items()]
     rm = benchmark.get("remeasure")
     rows += [

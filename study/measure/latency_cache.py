@@ -49,6 +49,8 @@ def cpu_name() -> str:
 
 def architecture_key(model: nn.Module, input_shape: tuple, device: torch.device, threads: int | None,
                      kind: str, batch_size: int, repeats: int, backend: str = "torch") -> str:
+    """The cache key of one timing: a hash of the layer shapes and dtypes, the device (the CPU's model name), the
+    kernels torch may use, the runtime and its version, the threads, and what is timed how."""
     shapes = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     # the kernels torch and oneDNN may use here: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA change the timings

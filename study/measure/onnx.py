@@ -42,6 +42,7 @@ INPUT, OUTPUT = "x", "logits"
 
 
 def ort_version() -> str:
+    """The installed ONNX Runtime's version (onnxruntime imported only when asked)."""
     import onnxruntime
 
     return onnxruntime.__version__
@@ -116,6 +117,7 @@ def session(path: Path, threads: int | None = None):
 
 
 def session_threads(sess) -> int:
+    """The intra-op thread count an ONNX Runtime session runs with."""
     return int(sess.get_session_options().intra_op_num_threads)
 
 
@@ -233,6 +235,8 @@ class OrtModel:
         self.warmed = False  # the first measurement of a session gets the full warm-up
 
     def for_threads(self, threads: int | None):
+        """The session to time with `threads` threads (None: the current one), opened again (and warmed up
+        afresh) when the count changes."""
         if threads is not None and threads != session_threads(self.sess):
             self.sess, self.threads, self.warmed = session(self.path, threads), threads, False
         return self.sess
@@ -251,6 +255,7 @@ def remeasure_latency(model: OrtModel, input_shape, batch_size: int = 1, threads
 
 def remeasure_throughput(model: OrtModel, input_shape, batch_size: int = 256, threads: int | None = None,
                          repeats: int = 5) -> dict:
+    """benchmarks.latency's throughput call: images/s of `model`'s session at `batch_size` with `threads`."""
     return measure_throughput(model.for_threads(threads), input_shape, batch_size, repeats)
 
 

@@ -69,6 +69,9 @@ CONSTRAINTS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One searched parameter of a space file's `params:`, validated: its type, range or choices, and when it is
+    sampled."""
+
     name: str  # a TrialConfig field
     type: str  # float, int or categorical
     low: float | None = None
@@ -99,11 +102,13 @@ class ParamSpec:
         return self.low, self.high
 
     def describe(self) -> str:
+        """Its range in words, for messages: "choices a, b" or "LOW .. HIGH [step S]"."""
         if self.type == "categorical":
             return "choices " + ", ".join(map(str, self.choices))
         return f"{self.low:g} .. {self.high:g}" + (f" step {self.step:g}" if self.step else "")
 
     def active(self, values: dict[str, Any]) -> bool:
+        """Is it sampled, given the values of the parameters sampled before it (its `when:` rules)?"""
         for other, rule in self.when.items():
             v = values.get(other)
             if "in" in rule and v not in rule["in"]:
@@ -115,6 +120,9 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A validated space file (`load_space`): the fixed trial settings, the searched parameters, objectives,
+    constraints, the search's and resources' settings, and the baselines."""
+
     path: str  # the YAML file this came from
     name: str
     trial: dict  # fixed TrialConfig values
@@ -140,12 +148,15 @@ class SearchSpace:
     confirm_seeds: int = 2
 
     def baseline_config(self, name: str) -> TrialConfig:
+        """The configuration of baseline `name`: its values over the space's trial: section."""
         return make_config(self.trial, dict(self.baselines)[name], source=f"{self.path}: baselines.{name}")
 
     def base_config(self) -> TrialConfig:
+        """The configuration of the trial: section alone (every searched parameter at its default)."""
         return make_config(self.trial, source=self.path)
 
     def config_for(self, sampled: dict[str, Any]) -> TrialConfig:
+        """The configuration of one trial: the sampled values (config fields only) over the trial: section."""
         return make_config(self.trial, {k: v for k, v in sampled.items() if k in CONFIG_FIELDS}, source=self.path)
 
     @property
@@ -159,6 +170,7 @@ class SearchSpace:
         return top["epochs"] + top["finetune_epochs"]
 
     def define_by_run(self) -> DefineByRun:
+        """The Optuna define-by-run function that samples this space's parameters."""
         return DefineByRun(self.params)
 
     def baseline_params(self, name: str) -> tuple[dict[str, Any] | None, str]:
