@@ -646,13 +646,13 @@ def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run
 
 # ---------------------------------------------------------------------------------------------------- orchestration
 
-def _nonfinite_to_none(obj: Any) -> Any:
+def nonfinite_to_none(obj: Any) -> Any:
     """`obj` with every NaN / inf (in nested dicts and lists too) replaced by None, so that benchmark.json is strict
     JSON."""
     if isinstance(obj, dict):
-        return {k: _nonfinite_to_none(v) for k, v in obj.items()}
+        return {k: nonfinite_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_nonfinite_to_none(v) for v in obj]
+        return [nonfinite_to_none(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -721,7 +721,7 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     }
     _write_csv(df, run_dir / "results.csv")
     _write_csv(pareto_rows(df, objectives), run_dir / "pareto.csv")
-    write_json_atomic(run_dir / "benchmark.json", _nonfinite_to_none(summary))
+    write_json_atomic(run_dir / "benchmark.json", nonfinite_to_none(summary))
     return summary
 
 
