@@ -12,6 +12,8 @@ from study.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Collect RUN_DIR's results (re-measuring the front's latency unless --no-remeasure) and print the front;
+    returns the exit code (2 for a user error, said in one line)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `python -m study run`")
     p.add_argument("--no-remeasure", action="store_true",

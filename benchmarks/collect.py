@@ -5,8 +5,9 @@ Edges (disk, Optuna storage): `collect_results`, `run_benchmarks` (the run folde
 Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
 
 Table columns: `number` (Optuna trial number; empty for references and baselines), `reference` (teacher /
-student_ce / student_kd, else empty), `baseline` (the baseline's name, else empty), `state` (COMPLETE, PRUNED =
-early stopped, INFEASIBLE, FAIL, REFERENCE, BASELINE, or Optuna's RUNNING/WAITING), `prune_kind` (unpruned /
+student_ce / student_kd, else empty), `baseline` (the baseline's name, else empty), `state` (COMPLETE,
+EARLY_STOPPED (Optuna's PRUNED: stopped by the trial scheduler), INFEASIBLE, FAIL, REFERENCE, BASELINE, or Optuna's
+RUNNING/WAITING), `prune_kind` (unpruned /
 structured / unstructured), `note`, `error`, `wall_s`, `param_<name>` for every sampled parameter, every metric
 (metrics.json updated with user_attrs["metrics"]), `trial_dir`, `on_front`, and after re-measurement
 `latency_ms_bs1_remeasured`, `latency_iqr_ms_bs1_remeasured`, `throughput_ips_remeasured`.
@@ -16,7 +17,9 @@ validation accuracy the front reaches at no more than its cost in every cost obj
 it dominates itself.
 
 Only COMPLETE trials can be on the front. A trial counts as COMPLETE only when Optuna says COMPLETE *and* its
-user_attrs status (if any) is "complete": an early-stopped trial that reached Optuna as COMPLETE is PRUNED here.
+user_attrs status (if any) is "complete": an early-stopped trial that reached Optuna as COMPLETE is EARLY_STOPPED
+here. Our tables say EARLY_STOPPED where Optuna says PRUNED ("pruning" always means weights here); a results.csv
+written before this name reads back with PRUNED mapped to it (`read_results`).
 The hypervolume rule is in `benchmarks.pareto` (fixed 0..100 % for accuracies, 0..1.1 x max for costs,
 reference point (1, ..., 1) of the normalised minimisation problem).
 """
@@ -30,6 +33,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +42,19 @@ import pandas as pd
 
 from benchmarks import latency, pareto
 from study.core.errors import UserError
+from study.core.fmt import fmt_value
 from study.core.io import portable_path, write_json_atomic, write_text_atomic
+from study.measure.export import UNSTRUCTURED_NOTE
 from study.search.references import REFERENCES
 from study.search.results import load_study_meta, open_study
 
-STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": "PRUNED", "infeasible": "INFEASIBLE", "failed": "FAIL"}
-STATES = ("COMPLETE", "PRUNED", "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
+EARLY_STOPPED = "EARLY_STOPPED"  # the table's name for a trial the scheduler stopped (Optuna's TrialState.PRUNED)
+STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": EARLY_STOPPED, "infeasible": "INFEASIBLE",
+                   "failed": "FAIL"}
+OPTUNA_TO_STATE = {"PRUNED": EARLY_STOPPED}  # Optuna state names that our tables spell otherwise
+STATES = ("COMPLETE", EARLY_STOPPED, "INFEASIBLE", "FAIL", "RUNNING", "WAITING", "REFERENCE", "BASELINE")
 MEASURED = ("REFERENCE", "BASELINE")  # rows that are not Optuna trials: trained once per study beside them
 BASE_COLUMNS = ["number", "reference", "baseline", "state", "prune_kind", "note", "error", "wall_s"]
-UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
-                     "no latency gain")
 HV_RULE = (
     "objectives are normalised to losses in [0, 1]: accuracies (name ending in 'acc') over the fixed range "
     "0..100 %, every other objective over min(0, smallest)..1.1 x largest value of all COMPLETE trials, "
@@ -126,9 +133,10 @@ def prune_kind(method: str | None) -> str:
 def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
     attrs = t.user_attrs
     status = attrs.get("status")
-    state = STATUS_TO_STATE.get(status, t.state.name) if status else t.state.name
+    optuna_state = OPTUNA_TO_STATE.get(t.state.name, t.state.name)
+    state = STATUS_TO_STATE.get(status, optuna_state) if status else optuna_state
     if state == "COMPLETE" and t.state.name != "COMPLETE":
-        state = t.state.name
+        state = optuna_state
     trial_dir = attrs.get("trial_dir") or f"trials/{t.number}"
     metrics = _read_json(run_dir / trial_dir / "metrics.json", log)
     metrics.update(attrs.get("metrics") or {})
@@ -236,12 +244,18 @@ def param_importances(study: Any, objectives: list[dict]) -> tuple[dict[str, dic
                 warnings.filterwarnings("ignore", message=".*low `target` values.*")
                 # small studies: PED-ANOVA warns per parameter; the report notes importances are rough
                 warnings.filterwarnings("ignore", message=".*regimes for parameter.*")
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, s=sign: s * t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=partial(_signed_value, index=i,
+                                                                                    sign=sign))
         except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
             notes.append(f"{obj['name']}: {e}")
             continue
         out[obj["name"]] = {k: float(v) for k, v in imp.items()}
     return out, ("; ".join(notes) or None)
+
+
+def _signed_value(trial: Any, index: int, sign: float) -> float:
+    """The trial's value of objective `index`, times `sign` (-1 turns a maximised objective into a minimised one)."""
+    return sign * trial.values[index]
 
 
 # ------------------------------------------------------------------------------------ pure analysis of the table
@@ -390,10 +404,6 @@ def objective_values(df: pd.DataFrame, objectives: list[dict]) -> tuple[np.ndarr
     return values, swapped
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
-
-
 def compare_baselines(df: pd.DataFrame, objectives: list[dict]) -> list[dict]:
     """Each baseline (beside the search, or enqueued as a trial) against the *searched* trials' front (enqueued
     baselines excluded: the question is whether the search found something better than the hand-picked
@@ -453,7 +463,7 @@ def _baseline_line(name: str, by: list[int], mine: list[int], gain: dict | None,
     else:
         unit = " points" if pareto.is_accuracy(gain["objective"]) else ""
         parts.append(f"at no more than its {' and '.join(costs)} the best searched trial ({gain['trial']}) reaches "
-                     f"{gain['objective']} {_fmt(gain['value'])} against {_fmt(gain['baseline_value'])} "
+                     f"{gain['objective']} {fmt_value(gain['value'])} against {fmt_value(gain['baseline_value'])} "
                      f"({gain['difference']:+.2f}{unit})")
     parts.append(f"it dominates searched front trial(s) {', '.join(map(str, mine))}" if mine
                  else "it dominates no searched front trial")
@@ -529,13 +539,14 @@ def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> di
     for _, row in df[~df["state"].isin(MEASURED)].iterrows():
         if row["state"] == "COMPLETE":
             trial_epochs += total(row)
-        elif row["state"] == "PRUNED":
+        elif row["state"] == EARLY_STOPPED:
             stopped = pd.to_numeric(row.get("epoch"), errors="coerce")
             trial_epochs += 0 if pd.isna(stopped) else int(stopped)
     side = int(sum(total(r) for _, r in df[df["state"].isin(MEASURED)].iterrows() if r.get("reference") != "teacher"))
     base = meta.get("base_config") or {}
-    entries = meta.get("baselines") or {}
-    ref_cfg = (entries.get("seed_recipe") or next(iter(entries.values()), {}) or {}).get("config") or base
+    entries: dict[str, Any] = meta.get("baselines") or {}
+    reference: dict[str, Any] = entries.get("seed_recipe") or next(iter(entries.values()), {}) or {}
+    ref_cfg = reference.get("config") or base
     one = int(ref_cfg.get("epochs", 0)) + int(ref_cfg.get("finetune_epochs", 0))
     done = {}
     try:
@@ -635,12 +646,13 @@ def confirmed_verdicts(df: pd.DataFrame, objectives: list[dict], plan: dict, run
 
 # ---------------------------------------------------------------------------------------------------- orchestration
 
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, so that benchmark.json is strict JSON."""
+def nonfinite_to_none(obj: Any) -> Any:
+    """`obj` with every NaN / inf (in nested dicts and lists too) replaced by None, so that benchmark.json is strict
+    JSON."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: nonfinite_to_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [nonfinite_to_none(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -688,51 +700,13 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     df = collect_results(run_dir, study, objectives, log, baselines=outside_baselines(meta))
     df, summary = analyse(df, objectives)
     summary["knee"] = knee(df, objectives)
-
-    best = []
-    try:
-        best = sorted(t.number for t in study.best_trials)
-    except (RuntimeError, ValueError) as e:
-        log(f"note: optuna best_trials unavailable ({e})")
-    summary["optuna_best_trials"] = best
-    summary["front_matches_optuna"] = best == sorted(summary["pareto_trials"])
-    if not summary["front_matches_optuna"]:
-        log("note: the front differs from optuna's best_trials (trials whose status is not 'complete' are "
-            f"excluded here): front {sorted(summary['pareto_trials'])}, optuna {best}")
+    summary.update(_compare_with_optuna(study, summary["pareto_trials"], log))
 
     summary["remeasure"] = None
-    on_searched_front = searched_front(df, objectives)
-    baseline_rows = is_baseline(df)
     plan = read_confirm_plan(run_dir)
-    confirmed = {c["trial"] for c in plan.get("candidates", []) if c.get("trial") is not None}
     if remeasure:
-        keys = {}
-        for i, row in df.iterrows():
-            if row["on_front"] or row["state"] in MEASURED or on_searched_front[i] or baseline_rows[i] \
-                    or row["number"] in confirmed:
-                label = row_label(row)
-                keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
-        kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
-        if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
-            log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
-        backend = backend or study_backend(meta)
-        with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
-            if backend == "onnxruntime":
-                from study.measure import onnx as onnx_backend
-
-                kwargs.update(load_model=lambda p: onnx_backend.open_for_remeasure(Path(p), Path(tmp)),
-                              measure_latency=onnx_backend.remeasure_latency,
-                              measure_throughput=onnx_backend.remeasure_throughput)
-            elif backend != "torch":
-                raise UserError(f"backend must be torch or onnxruntime (got '{backend}').")
-            results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
-        info["backend"] = backend
-        for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
-            df[col] = np.nan
-        for key, res in results.items():
-            for col, v in res.items():
-                df.loc[keys[key][0], col] = v
-        summary["remeasure"] = info
+        summary["remeasure"] = _remeasure_latency(df, objectives, meta, plan, run_dir, log=log,
+                                                  remeasure_kwargs=remeasure_kwargs, backend=backend)
 
     summary["baselines"] = compare_baselines(df, objectives)
     summary["compute"] = study_compute(df, meta, plan, run_dir)
@@ -747,12 +721,73 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     }
     _write_csv(df, run_dir / "results.csv")
     _write_csv(pareto_rows(df, objectives), run_dir / "pareto.csv")
-    write_json_atomic(run_dir / "benchmark.json", _finite(summary))
+    write_json_atomic(run_dir / "benchmark.json", nonfinite_to_none(summary))
     return summary
 
 
+def _compare_with_optuna(study: Any, front: list[int], log: Log) -> dict:
+    """Optuna's own best trials beside our front (they differ where a trial's status is not 'complete'), noted
+    through `log` when they differ."""
+    best = []
+    try:
+        best = sorted(t.number for t in study.best_trials)
+    except (RuntimeError, ValueError) as e:
+        log(f"note: optuna best_trials unavailable ({e})")
+    matches = best == sorted(front)
+    if not matches:
+        log("note: the front differs from optuna's best_trials (trials whose status is not 'complete' are "
+            f"excluded here): front {sorted(front)}, optuna {best}")
+    return {"optuna_best_trials": best, "front_matches_optuna": matches}
+
+
+def _remeasure_targets(df: pd.DataFrame, objectives: list[dict], plan: dict, run_dir: Path) -> dict:
+    """The rows whose latency is re-measured (the front, the searched front, baselines, references, confirmed
+    trials), as {row label: (row index, model.pt path)}."""
+    on_searched_front = searched_front(df, objectives)
+    baseline_rows = is_baseline(df)
+    confirmed = {c["trial"] for c in plan.get("candidates", []) if c.get("trial") is not None}
+    keys = {}
+    for i, row in df.iterrows():
+        if row["on_front"] or row["state"] in MEASURED or on_searched_front[i] or baseline_rows[i] \
+                or row["number"] in confirmed:
+            label = row_label(row)
+            keys[label] = (i, run_dir / str(row["trial_dir"]) / "model.pt")
+    return keys
+
+
+def _remeasure_latency(df: pd.DataFrame, objectives: list[dict], meta: dict, plan: dict, run_dir: Path, *,
+                       log: Log, remeasure_kwargs: dict | None, backend: str | None) -> dict:
+    """Re-measure the latency of `_remeasure_targets` side by side (benchmarks.latency) on `backend` (default the
+    study's), with the thread count the search timed with; fills the re-measured columns of `df` in place and
+    returns the protocol for benchmark.json."""
+    keys = _remeasure_targets(df, objectives, plan, run_dir)
+    kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
+    if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
+        log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
+    backend = backend or study_backend(meta)
+    with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
+        if backend == "onnxruntime":
+            from study.measure import onnx as onnx_backend
+
+            kwargs.update(load_model=lambda p: onnx_backend.open_for_remeasure(Path(p), Path(tmp)),
+                          measure_latency=onnx_backend.remeasure_latency,
+                          measure_throughput=onnx_backend.remeasure_throughput)
+        elif backend != "torch":
+            raise UserError(f"backend must be torch or onnxruntime (got '{backend}').")
+        results, info = latency.remeasure({k: p for k, (_, p) in keys.items()}, log=log, **kwargs)
+    info["backend"] = backend
+    for col in (latency.LATENCY_COL, latency.IQR_COL, latency.THROUGHPUT_COL):
+        df[col] = np.nan
+    for key, res in results.items():
+        for col, v in res.items():
+            df.loc[keys[key][0], col] = v
+    return info
+
+
 def read_results(run_dir: str | Path) -> pd.DataFrame:
-    """results.csv as written by `run_benchmarks` (number as nullable integers)."""
+    """results.csv as written by `run_benchmarks` (number as nullable integers; an older file's PRUNED state read
+    as EARLY_STOPPED)."""
     df = pd.read_csv(Path(run_dir) / "results.csv")
     df["number"] = df["number"].astype("Int64")
+    df["state"] = df["state"].replace(OPTUNA_TO_STATE)
     return df

@@ -52,16 +52,7 @@ def remeasure(
         load_model = load_model or checkpoint.load_model
         measure_latency = measure_latency or measure.measure_latency
         measure_throughput = measure_throughput or measure.measure_throughput
-    from study.core.errors import UserError
-
-    models: dict[str, tuple[Any, tuple[int, ...]]] = {}
-    for key, path in checkpoints.items():
-        try:
-            model, meta = load_model(path)
-        except UserError as e:
-            log(f"note: latency of {key} not re-measured: {e}")
-            continue
-        models[key] = (model, tuple(meta["input_shape"]))
+    models = _load_models(checkpoints, load_model, log)
     info: dict[str, Any] = {
         "models": list(models),
         "rounds": rounds,
@@ -76,34 +67,73 @@ def remeasure(
     }
     if not models:
         return {}, info
-
-    keys = list(models)
-    for key in keys:
-        model, shape = models[key]
+    for model, shape in models.values():  # one warm-up each before any is timed
         measure_latency(model, shape, batch_size=1, threads=threads, warmup=warmup, repeats=1)
-
-    lat: dict[str, list[float]] = {k: [] for k in keys}
-    iqr: dict[str, list[float]] = {k: [] for k in keys}
-    ips: dict[str, list[float]] = {k: [] for k in keys}
-    for r in range(rounds):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            model, shape = models[key]
-            res = measure_latency(model, shape, batch_size=1, threads=threads, warmup=round_warmup, repeats=repeats)
-            lat[key].append(float(res["median_ms"]))
-            iqr[key].append(float(res["iqr_ms"]))
-            info["device"], info["threads"] = res.get("device"), res.get("threads", threads)
-    for r in range(min(rounds, throughput_repeats)):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            model, shape = models[key]
-            res = measure_throughput(model, shape, batch_size=throughput_batch, threads=threads, repeats=3)
-            ips[key].append(float(res["images_per_s"]))
-
+    lat, iqr = _time_latency_rounds(models, measure_latency, info, rounds=rounds, round_warmup=round_warmup,
+                                    repeats=repeats, threads=threads)
+    ips = _time_throughput_rounds(models, measure_throughput, rounds=min(rounds, throughput_repeats),
+                                  batch=throughput_batch, threads=threads)
     results = {
         k: {
             LATENCY_COL: float(np.median(lat[k])),
             IQR_COL: float(np.median(iqr[k])),
             THROUGHPUT_COL: float(np.median(ips[k])) if ips[k] else float("nan"),
         }
-        for k in keys
+        for k in models
     }
     return results, info
+
+
+Model = tuple[Any, tuple[int, ...]]  # a loaded model and its input shape (C, H, W)
+
+
+def _load_models(checkpoints: Mapping[str, str | Path], load_model: Callable[..., Any],
+                 log: Callable[[str], None]) -> dict[str, Model]:
+    """Every checkpoint that loads, by key, with its input shape; the others skipped with a note."""
+    from study.core.errors import UserError
+
+    models: dict[str, Model] = {}
+    for key, path in checkpoints.items():
+        try:
+            model, meta = load_model(path)
+        except UserError as e:
+            log(f"note: latency of {key} not re-measured: {e}")
+            continue
+        models[key] = (model, tuple(meta["input_shape"]))
+    return models
+
+
+def _rotated(keys: list[str], r: int) -> list[str]:
+    """The keys in round r's order: rotated by r, so that no model always runs first."""
+    return keys[r % len(keys):] + keys[: r % len(keys)]
+
+
+def _time_latency_rounds(models: dict[str, Model], measure_latency: Callable[..., dict], info: dict[str, Any], *,
+                         rounds: int, round_warmup: int, repeats: int,
+                         threads: int | None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per model, each round's burst median and IQR of batch-1 latency (ms); records the device and threads the
+    timing used in `info`."""
+    keys = list(models)
+    lat: dict[str, list[float]] = {k: [] for k in keys}
+    iqr: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in _rotated(keys, r):
+            model, shape = models[key]
+            res = measure_latency(model, shape, batch_size=1, threads=threads, warmup=round_warmup, repeats=repeats)
+            lat[key].append(float(res["median_ms"]))
+            iqr[key].append(float(res["iqr_ms"]))
+            info["device"], info["threads"] = res.get("device"), res.get("threads", threads)
+    return lat, iqr
+
+
+def _time_throughput_rounds(models: dict[str, Model], measure_throughput: Callable[..., dict], *, rounds: int,
+                            batch: int, threads: int | None) -> dict[str, list[float]]:
+    """Per model, each round's images/s at batch size `batch`."""
+    keys = list(models)
+    ips: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in _rotated(keys, r):
+            model, shape = models[key]
+            res = measure_throughput(model, shape, batch_size=batch, threads=threads, repeats=3)
+            ips[key].append(float(res["images_per_s"]))
+    return ips

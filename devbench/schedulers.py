@@ -35,10 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import pareto
-from benchmarks.collect import (
-    _finite,  # NaN/inf -> None for strict JSON
-    mean_std,
-)
+from benchmarks.collect import mean_std, nonfinite_to_none
 
 SCHEDULERS = ("none", "asha", "mo_asha")
 DEFAULT_SPACE = "search_spaces/demo.yaml"
@@ -364,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         from study.core.io import write_json_atomic
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(args.json), _finite(summary))
+        write_json_atomic(Path(args.json), nonfinite_to_none(summary))
         print(f"summary: {args.json}")
     return 1 if leaks else 0
 

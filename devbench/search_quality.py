@@ -209,11 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(summary))
     if args.json:
-        from benchmarks.collect import _finite
+        from benchmarks.collect import nonfinite_to_none
         from study.core.io import write_json_atomic
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(args.json), _finite(summary))
+        write_json_atomic(Path(args.json), nonfinite_to_none(summary))
         print(f"summary: {args.json}")
     return 0
 

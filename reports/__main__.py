@@ -11,6 +11,8 @@ from study.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write RUN_DIR/report.html (and front.png with --png); returns the exit code (2 for a user error, said in one
+    line)."""
     p = argparse.ArgumentParser(prog="python -m reports", description=__doc__)
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `python -m study run`")
     p.add_argument("--png", action="store_true", help="also write RUN_DIR/front.png (matplotlib)")

@@ -27,7 +27,7 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from benchmarks import pareto
-from benchmarks.collect import MEASURED, is_baseline, row_label
+from benchmarks.collect import EARLY_STOPPED, MEASURED, is_baseline, row_label
 from benchmarks.latency import LATENCY_COL
 from benchmarks.recommend import (
     CONFIG_LEGEND,
@@ -38,7 +38,9 @@ from benchmarks.recommend import (
     short_config,
 )
 from study.core.errors import UserError
+from study.core.fmt import fmt_value
 from study.core.io import write_text_atomic
+from study.measure.export import KD_CONVENTION, KD_TERMS, UNSTRUCTURED_NOTE
 
 ACC = "val_acc"
 COSTS = (("params", "parameters (count, dense)"), ("nonzero_params", "non-zero parameters (count)"),
@@ -61,14 +63,16 @@ REFERENCE_COLORS = ("#d62728", "#a50f15", "#fb6a4a")
 REFERENCE_SYMBOLS = ("star", "star-triangle-up", "star-square")
 KIND_COLORS = {"unpruned": "#1f77b4", "structured": "#2ca02c", "unstructured": "#ff7f0e", "unknown": "#7f7f7f"}
 PLOTTED_STATES = ("COMPLETE", "INFEASIBLE")  # fully trained models; early-stopped ones have partial metrics
-PROBLEM_STATES = ("FAIL", "INFEASIBLE", "PRUNED")
+PROBLEM_STATES = ("FAIL", "INFEASIBLE", EARLY_STOPPED)
 LATENCY_RE = LATENCY_COL  # latency_ms_bs1 re-measured with nothing training
-KD_CONVENTION = ("KD loss convention: L = alpha * CE(student, y) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || "
-                 "softmax(student/T)); alpha weighs the cross-entropy term, T is the temperature.")
-UNSTRUCTURED_NOTE = ("Unstructured pruning zeroes weights inside dense tensors: its sparsity shows in nonzero_params "
-                     "only. The model keeps its dense shapes and runs on dense kernels (PyTorch's and ONNX Runtime's "
-                     "alike, measured: devbench.onnx_runtimes), so it brings no latency gain; "
-                     "only structured pruning (removed channels) can.")
+# The report's notes around the engine's texts (study.measure.export).
+KD_NOTE = (f"KD loss convention: {KD_CONVENTION}, D being the kd_loss's distillation term ({KD_TERMS['kd']} for "
+           "kd); alpha weighs the cross-entropy term, T is the temperature.")
+UNSTRUCTURED_PRUNING_NOTE = (
+    f"Unstructured pruning zeroes weights inside dense tensors (the note column: \"{UNSTRUCTURED_NOTE}\"): its "
+    "sparsity shows in nonzero_params only. The model keeps its dense shapes and runs on dense kernels (PyTorch's "
+    "and ONNX Runtime's alike, measured: devbench.onnx_runtimes), so only structured pruning (removed channels) "
+    "brings a latency gain.")
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:")
 
@@ -77,24 +81,6 @@ esc = html.escape
 
 # ------------------------------------------------------------------------------------------------------- helpers
 
-def fmt(value: Any) -> str:
-    """A cell's text: counts with thousands separators, other numbers to 4 significant digits, escaped."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return esc(str(bool(value)))
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if not math.isfinite(v):
-            return esc(str(v))
-        if v.is_integer() and abs(v) >= 1000:
-            return f"{int(v):,}"
-        return f"{v:.4g}"
-    return esc(str(value))
-
-
 def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str], table_id: str,
                raw_cols: Sequence[int] = ()) -> str:
     """A table in a box that scrolls it sideways if it must (the page never does); every cell is escaped except
@@ -102,7 +88,7 @@ def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str], table_id: s
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for row in rows:
-        cells = "".join(f"<td>{v if i in raw_cols else fmt(v)}</td>" for i, v in enumerate(row))
+        cells = "".join(f"<td>{v if i in raw_cols else fmt_value(v, html=True)}</td>" for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     return (f'<div class="wide"><table id="{esc(table_id)}"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -112,7 +98,8 @@ def _param_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith("param_")]
 
 
-def _finite(df: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
+def _finite_rows(df: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
+    """Mask of the rows whose values in every one of `cols` are finite numbers."""
     ok = pd.Series(True, index=df.index)
     for c in cols:
         ok &= pd.to_numeric(df[c], errors="coerce").apply(lambda v: v is not None and np.isfinite(v))
@@ -123,8 +110,8 @@ def _hover(row: pd.Series, params: Sequence[str], extra: Sequence[str]) -> str:
     # Plotly renders a few tags in hover text and decodes entities into text nodes: escape everything we insert.
     label = row_label(row)
     lines = [f"<b>{esc(label)}</b> ({esc(str(row.get('prune_kind', '')))}, {esc(str(row.get('state', '')))})"]
-    lines += [f"{esc(c)} = {fmt(row.get(c))}" for c in extra if c in row.index]
-    lines += [f"{esc(c[len('param_'):])} = {fmt(row.get(c))}" for c in params if fmt(row.get(c)) != ""]
+    lines += [f"{esc(c)} = {fmt_value(row.get(c), html=True)}" for c in extra if c in row.index]
+    lines += [f"{esc(c[len('param_'):])} = {text}" for c in params if (text := fmt_value(row.get(c), html=True))]
     return "<br>".join(lines)
 
 
@@ -170,7 +157,7 @@ def _trial_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., 
     int8; infeasible trials (over a constraint) as grey crosses."""
     three_d = len(cols) == 3
     params, extra = _param_cols(df), _hover_cols(df)
-    pts = df[df["state"].isin(PLOTTED_STATES) & _finite(df, cols)]
+    pts = df[df["state"].isin(PLOTTED_STATES) & _finite_rows(df, cols)]
     prec, kinds = _precision(pts), pts["prune_kind"].fillna("unknown")
     groups = [(f"{kind}, {p}", (pts["state"] == "COMPLETE") & (kinds == kind) & (prec == p),
                (PRECISION_SYMBOLS_3D if three_d else PRECISION_SYMBOLS)[p], KIND_COLORS[kind])
@@ -194,7 +181,7 @@ def _ring_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., A
                  knee_trial: int | None) -> list[Any]:
     """Rings around the members of the study's front of all its objectives, and a larger one around the knee."""
     three_d = len(cols) == 3
-    shown = df[(df["state"] == "COMPLETE") & _finite(df, cols)]
+    shown = df[(df["state"] == "COMPLETE") & _finite_rows(df, cols)]
     out = []
     front = shown[_front_mask(shown)]
     if len(front):
@@ -217,7 +204,7 @@ def _named_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., 
     baselines come last and smaller, so that one on top of a reference (no_kd is student_ce's recipe) shows."""
     three_d, extra = len(cols) == 3, _hover_cols(df)
     out = []
-    refs = df[(df["state"] == "REFERENCE") & _finite(df, cols)]
+    refs = df[(df["state"] == "REFERENCE") & _finite_rows(df, cols)]
     for i, (_, r) in enumerate(refs.iterrows()):
         out.append(scatter(
             **_xyz(refs.loc[[r.name]], cols), mode="markers", name=f"reference {r['reference']}", meta="reference",
@@ -225,7 +212,7 @@ def _named_traces(df: pd.DataFrame, cols: Sequence[str], scatter: Callable[..., 
                     "size": 7 if three_d else 16, "color": REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
                     "line": {"width": 1, "color": "#000000"}},
             hovertext=[_hover(r, [], extra)], hoverinfo="text"))
-    rows = df[is_baseline(df) & _finite(df, cols)]
+    rows = df[is_baseline(df) & _finite_rows(df, cols)]
     for i, (_, r) in enumerate(rows.iterrows()):
         out.append(scatter(
             **_xyz(rows.loc[[r.name]], cols), mode="markers", name=f"baseline {_baseline_label(r)}", meta="baseline",
@@ -255,7 +242,7 @@ def _axis(df: pd.DataFrame, col: str) -> dict:
 
 def _staircase(df: pd.DataFrame, x: str, objectives: Sequence[dict]) -> list[Any]:
     """The front of the two objectives of this plot alone, over the complete trials drawn in it."""
-    complete = df[(df["state"] == "COMPLETE") & _finite(df, [x, ACC])]
+    complete = df[(df["state"] == "COMPLETE") & _finite_rows(df, [x, ACC])]
     if complete.empty:
         return []
     vals = np.column_stack([_num(complete, x), _num(complete, ACC)])
@@ -275,7 +262,7 @@ def pareto_figure(df: pd.DataFrame, x: str, x_label: str, objectives: Sequence[d
     fig = go.Figure(_trial_traces(df, [x, ACC], go.Scatter) + _staircase(df, x, objectives)
                     + _ring_traces(df, [x, ACC], go.Scatter, n_obj, knee_trial)
                     + _named_traces(df, [x, ACC], go.Scatter))
-    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite(df, [x, ACC])]
+    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite_rows(df, [x, ACC])]
     x_axis = _axis(shown, x)
     fig.update_layout(
         title={"text": f"{ACC} vs {SHORT.get(x, x)}"}, height=480, margin={"t": 50, "r": 10},
@@ -292,7 +279,7 @@ def scatter3d_figure(df: pd.DataFrame, cols: Sequence[str], objectives: Sequence
     fig = go.Figure(_trial_traces(df, cols, go.Scatter3d)
                     + _ring_traces(df, cols, go.Scatter3d, len(objectives) or 3, knee_trial)
                     + _named_traces(df, cols, go.Scatter3d))
-    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite(df, cols)]
+    shown = df[df["state"].isin((*PLOTTED_STATES, *MEASURED)) & _finite_rows(df, cols)]
     axes = {}
     for axis, c in zip(("xaxis", "yaxis", "zaxis"), cols, strict=True):
         ax = _axis(shown, c)
@@ -307,7 +294,7 @@ def scatter3d_figure(df: pd.DataFrame, cols: Sequence[str], objectives: Sequence
 
 def parcoords_figure(df: pd.DataFrame) -> go.Figure | None:
     """Parallel coordinates of the parameters of COMPLETE trials, coloured by val_acc."""
-    done = df[(df["state"] == "COMPLETE") & _finite(df, [ACC])]
+    done = df[(df["state"] == "COMPLETE") & _finite_rows(df, [ACC])]
     params = [c for c in _param_cols(df) if done[c].notna().any()]
     if done.empty or not params:
         return None
@@ -340,6 +327,7 @@ def parcoords_figure(df: pd.DataFrame) -> go.Figure | None:
 
 
 def hypervolume_figure(benchmark: dict) -> go.Figure | None:
+    """The normalised hypervolume of the complete trials after each trial (a step line); None for no trials."""
     series = benchmark.get("hypervolume_over_trials") or []
     if not series:
         return None
@@ -443,6 +431,8 @@ def pareto_table(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label:
 
 
 def pareto_table_full(front: pd.DataFrame, objectives: Sequence[dict]) -> str:
+    """Every column worth reading of the front trials: prune kind, objectives, costs, runtimes, re-measurement,
+    the sampled parameters and the note."""
     names = [o["name"] for o in objectives]
     extra = [c for c in ("params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(front), LATENCY_RE,
                          "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured", "test_acc")
@@ -451,7 +441,7 @@ def pareto_table_full(front: pd.DataFrame, objectives: Sequence[dict]) -> str:
     header = ["trial", "prune kind", *names, *extra, "parameters", "note"]
     rows = []
     for _, r in front.iterrows():
-        p = "; ".join(f"{c[len('param_'):]}={fmt(r[c])}" for c in params if fmt(r[c]) != "")
+        p = "; ".join(f"{c[len('param_'):]}={text}" for c in params if (text := fmt_value(r[c], html=True)))
         rows.append([r["number"], r["prune_kind"], *(r[n] for n in names), *(r[c] for c in extra), p, r.get("note")])
     # `p` holds already escaped text: mark it raw.
     return html_table(rows, header, "table-pareto-full", raw_cols=(len(header) - 2,))
@@ -467,7 +457,7 @@ def baselines_table(df: pd.DataFrame, compared: Sequence[dict], objectives: Sequ
                        "finetune_epochs", "quantize") if c in rows_df.columns]
     rows = []
     for _, r in rows_df.iterrows():
-        recipe = "; ".join(f"{c}={fmt(r[c])}" for c in cfg if fmt(r[c]) != "")
+        recipe = "; ".join(f"{c}={text}" for c in cfg if (text := fmt_value(r[c], html=True)))
         rows.append([_baseline_label(r), *(r[n] for n in names), *(r[c] for c in extra), recipe,
                      lines.get(r["baseline"], "")])
     return html_table(rows, ["baseline", *names, *extra, "configuration", "against the searched trials"],
@@ -498,6 +488,7 @@ def verdict_html(benchmark: dict, run_dir_label: str = "RUN_DIR") -> str:
 
 
 def references_table(df: pd.DataFrame) -> str:
+    """One row per reference model (teacher, student_ce, student_kd): accuracies, costs and latencies."""
     refs = df[df["state"] == "REFERENCE"]
     cols = [c for c in (ACC, "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", *backend_cols(refs),
                         LATENCY_RE, "latency_iqr_ms_bs1_remeasured", "throughput_ips_remeasured")
@@ -514,26 +505,28 @@ def teacher_note(meta: dict) -> str:
     norm = meta.get("normalization") or t.get("normalization") or {}
     how = (f"; input normalisation <code>{esc(str(norm.get('normalize')))}</code> (mean {esc(str(norm.get('mean')))}, "
            f"std {esc(str(norm.get('std')))}; {esc(str(norm.get('chosen_by', '')))})" if norm else "")
-    out = [f'<p id="teacher-note">Teacher {esc(str(t.get("arch", "")))}: val_acc {fmt(t.get("val_acc"))} %, '
-           f'test_acc {fmt(t.get("test_acc"))} %{how}.</p>']
+    out = [f'<p id="teacher-note">Teacher {esc(str(t.get("arch", "")))}: '
+           f'val_acc {fmt_value(t.get("val_acc"), html=True)} %, test_acc {fmt_value(t.get("test_acc"), html=True)} '
+           f'%{how}.</p>']
     out += [f'<p class="warning"><strong>{esc(w)}</strong></p>' for w in t.get("warnings") or []]
     return "\n".join(out)
 
 
 def problems_table(df: pd.DataFrame) -> str:
+    """The failed, infeasible and early-stopped trials, each with its reason, the epochs it trained and its
+    partial validation accuracy."""
     bad = df[df["state"].isin(PROBLEM_STATES)].sort_values("number")
-    default = {"PRUNED": "early stopped by the scheduler", "FAIL": "failed (no reason recorded)",
+    default = {EARLY_STOPPED: "early stopped by the scheduler", "FAIL": "failed (no reason recorded)",
                "INFEASIBLE": "infeasible (no reason recorded)"}
     rows = []
     for _, r in bad.iterrows():
         reason = r.get("error")
         if reason is None or (isinstance(reason, float) and math.isnan(reason)) or str(reason) == "":
             reason = default[r["state"]]
-        state = "PRUNED (early stopped)" if r["state"] == "PRUNED" else r["state"]
         epochs = r.get("epochs_done")
         if epochs is None or pd.isna(epochs):
             epochs = r.get("epoch")  # an early-stopped trial reports the epoch it had reached
-        rows.append([r["number"], state, reason, epochs, r.get(ACC)])
+        rows.append([r["number"], r["state"], reason, epochs, r.get(ACC)])
     return html_table(rows, ["trial", "state", "reason", "epochs done", f"{ACC} (partial)"], "table-problems")
 
 
@@ -625,6 +618,8 @@ def _json_cell(v: Any) -> Any:
 
 
 def settings_table(meta: dict, benchmark: dict) -> str:
+    """study.json's settings, then the hypervolume with its reference rule, the counts by state and the latency
+    re-measurement's protocol."""
     rows = [[k, _json_cell(v)] for k, v in meta.items()]
     rm = benchmark.get("remeasure")
     rows += [
@@ -673,7 +668,8 @@ def _summary_html(results: pd.DataFrame, benchmark: dict, meta: dict, objectives
     counts = ", ".join(f"{esc(k)}: {v}" for k, v in (benchmark.get("counts") or {}).items())
     return (f"<p>{int(benchmark.get('n_trials', 0))} trials ({counts}). Objectives: "
             + ", ".join(f"{esc(o['name'])} ({esc(o['direction'])})" for o in objectives)
-            + f". Hypervolume {fmt(benchmark.get('hypervolume'))} (normalised; see settings for the rule).</p>")
+            + f". Hypervolume {fmt_value(benchmark.get('hypervolume'), html=True)} (normalised; see settings for the "
+            "rule).</p>")
 
 
 def _pair_plot(results: pd.DataFrame, col: str, label: str, objectives: Sequence[dict], knee: int | None) -> str:
@@ -684,7 +680,7 @@ def plots_html(results: pd.DataFrame, objectives: Sequence[dict], knee: int | No
     """The 2-D plots (the objectives' costs open, the other costs collapsed) and the 3-D view."""
     names = [o["name"] for o in objectives]
     drawn = [(c, label) for c, label in COSTS if c in results.columns and ACC in results.columns
-             and _finite(results, [c, ACC]).any()]
+             and _finite_rows(results, [c, ACC]).any()]
     parts = ["<h2>Accuracy against each cost</h2>",
              '<p class="note">Each plot: colour = prune kind, symbol = fp32 (circle) or int8 (triangle); the dotted '
              "step line is the front of that plot's two objectives alone; black rings mark the study's front over "
@@ -692,12 +688,12 @@ def plots_html(results: pd.DataFrame, objectives: Sequence[dict], knee: int | No
              "Hover a point for its trial, configuration and numbers.</p>"]
     if not drawn:
         parts.append(f'<p class="note">No trial has both {ACC} and a cost metric yet.</p>')
-    remeasured = LATENCY_RE in results.columns and _finite(results, [LATENCY_RE, ACC]).any()
+    remeasured = LATENCY_RE in results.columns and _finite_rows(results, [LATENCY_RE, ACC]).any()
     more = []
     for col, label in drawn:
         if col == "latency_ms_bs1" and remeasured:
             parts.append(_pair_plot(results, LATENCY_RE, LATENCY_RE_LABEL, objectives, knee))
-            n_re = int(_finite(results, [LATENCY_RE, ACC]).sum())
+            n_re = int(_finite_rows(results, [LATENCY_RE, ACC]).sum())
             parts.append(f'<p class="note">Latency plot: only the {n_re} models whose latency was re-measured '
                          "(the front, confirmed trials, baselines, references), all from that one measurement; "
                          "every trial at its search-time latency is in the collapsed plot below.</p>")
@@ -712,7 +708,7 @@ def plots_html(results: pd.DataFrame, objectives: Sequence[dict], knee: int | No
     cols3 = [n for n in names if n != ACC] + [ACC] if len(names) == 3 and ACC in names \
         else ["params", "latency_ms_bs1", ACC]
     cols3 = [c for c in cols3 if c in results.columns]
-    if len(cols3) == 3 and _finite(results, cols3).any():
+    if len(cols3) == 3 and _finite_rows(results, cols3).any():
         parts.append("<h2>The objectives in 3-D</h2>")
         parts.append(figure_html(scatter3d_figure(results, cols3, objectives, knee), "plot-3d"))
     return parts
@@ -763,8 +759,9 @@ def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, m
     parts = [f"<h1>{esc(title)}</h1>", _summary_html(results, benchmark, meta, objectives),
              answer_html(recs, objectives, benchmark, reproduce, run_dir_label)]
     parts += _front_html(front, objectives, run_dir_label, knee)
-    parts.append(f'<p class="note">{esc(UNSTRUCTURED_NOTE)} {esc(KD_CONVENTION)} "Early stopped" (state PRUNED '
-                 'in Optuna) means the trial scheduler stopped the trial; "pruning" always means weights.</p>')
+    parts.append(f'<p class="note">{esc(UNSTRUCTURED_PRUNING_NOTE)} {esc(KD_NOTE)} "Early stopped" (state '
+                 'EARLY_STOPPED; PRUNED in Optuna) means the trial scheduler stopped the trial; "pruning" always '
+                 'means weights.</p>')
     parts += plots_html(results, objectives, knee)
     parts += _details_html(results, benchmark, meta, objectives)
     return (

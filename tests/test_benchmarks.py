@@ -28,7 +28,7 @@ def test_results_table_states_references_and_kinds(tmp_path: Path) -> None:
     df = read_results(run)
     trials = df[df["state"] != "REFERENCE"].set_index("number")
     assert trials["state"].to_dict() == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "COMPLETE", 4: "COMPLETE",
-                                         5: "COMPLETE", 6: "PRUNED", 7: "FAIL", 8: "INFEASIBLE"}
+                                         5: "COMPLETE", 6: "EARLY_STOPPED", 7: "FAIL", 8: "INFEASIBLE"}
     assert trials.loc[7, "error"] == XSS and trials.loc[8, "error"] == INFEASIBLE_REASON
     assert trials.loc[3, "prune_kind"] == "unstructured" and "no latency gain" in trials.loc[3, "note"]
     assert trials.loc[1, "prune_kind"] == "structured" and trials.loc[0, "prune_kind"] == "unpruned"
@@ -46,7 +46,7 @@ def test_results_table_states_references_and_kinds(tmp_path: Path) -> None:
     assert sorted(front_csv["number"]) == FRONT and list(front_csv.columns) == list(df.columns)
 
     bench = json.loads((run / "benchmark.json").read_text())
-    assert bench["counts"] == {"COMPLETE": 6, "PRUNED": 1, "INFEASIBLE": 1, "FAIL": 1, "REFERENCE": 3}
+    assert bench["counts"] == {"COMPLETE": 6, "EARLY_STOPPED": 1, "INFEASIBLE": 1, "FAIL": 1, "REFERENCE": 3}
     assert bench["pareto_trials"] == summary["pareto_trials"] and sorted(bench["pareto_trials"]) == FRONT
     assert bench["front_matches_optuna"] and bench["optuna_best_trials"] == FRONT
     assert bench["remeasure"] is None
@@ -70,10 +70,24 @@ def test_leaked_early_stop_is_not_on_front(tmp_path: Path) -> None:
     notes: list[str] = []
     bench = run_benchmarks(run, remeasure=False, log=notes.append)
     df = read_results(run).set_index("number")
-    assert df.loc[9, "state"] == "PRUNED" and not df.loc[9, "on_front"]
+    assert df.loc[9, "state"] == "EARLY_STOPPED" and not df.loc[9, "on_front"]
     assert sorted(bench["pareto_trials"]) == FRONT
     assert 9 in bench["optuna_best_trials"] and not bench["front_matches_optuna"]
     assert any("best_trials" in n for n in notes)
+
+
+def test_optuna_pruned_reads_as_early_stopped_in_old_studies_and_old_tables(tmp_path: Path) -> None:
+    """Optuna keeps PRUNED; our tables say EARLY_STOPPED, also for a trial told before the status attribute existed
+    and for a results.csv written before the name changed."""
+    from benchmarks.collect import _trial_row
+
+    old = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={})
+    assert _trial_row(old, tmp_path, OBJECTIVES, QUIET["log"])["state"] == "EARLY_STOPPED"
+    run = make_run_dir(tmp_path / "run")
+    run_benchmarks(run, remeasure=False, **QUIET)
+    table = (run / "results.csv").read_text()
+    (run / "results.csv").write_text(table.replace("EARLY_STOPPED", "PRUNED"))
+    assert read_results(run).set_index("number").loc[6, "state"] == "EARLY_STOPPED"
 
 
 def test_missing_references_are_skipped_with_a_note(tmp_path: Path) -> None:
@@ -199,7 +213,7 @@ def test_remeasure_uses_the_thread_count_the_search_timed_with(tmp_path: Path) -
     assert study_latency_threads({"base_config": {"threads": 1}}) == 1
     assert study_latency_threads({"base_config": {"threads": 0}}) is None
     assert study_latency_threads({}) is None
-    trials = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "PRUNED", "REFERENCE"],
+    trials = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "EARLY_STOPPED", "REFERENCE"],
                            "latency_threads": [2, 2, 2, 16]})
     # threads: 0 in the config: what the trials recorded (Ray's per-worker thread count), not the driver's
     assert timed_threads(trials, {"base_config": {"threads": 0}}) == 2

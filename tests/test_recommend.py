@@ -27,7 +27,7 @@ def table() -> pd.DataFrame:
         _row(1, "COMPLETE", 95.0, 80_000, 2.0, front=True, remeasured=1.4),  # 1.5 ms only once re-measured
         _row(2, "COMPLETE", 95.0, 90_000, 1.0),  # as accurate as 1, off the front
         _row(3, "COMPLETE", 90.0, 20_000, 0.5, front=True),  # the knee
-        _row(4, "PRUNED", 99.5, 10_000, 0.5),  # early stopped: never recommended
+        _row(4, "EARLY_STOPPED", 99.5, 10_000, 0.5),  # early stopped: never recommended
         _row(6, "COMPLETE", 92.0, 45_000, 0.9, front=True),
         _row(math.nan, "REFERENCE", 99.9, 300_000, 5.0),
     ]
@@ -84,7 +84,7 @@ def test_recommendations_pick_knee_most_accurate_and_best_under_each_constraint(
 
 def test_no_complete_trial_recommends_nothing() -> None:
     df = table()
-    df["state"] = df["state"].replace({"COMPLETE": "PRUNED"})
+    df["state"] = df["state"].replace({"COMPLETE": "EARLY_STOPPED"})
     assert recommendations(df, OBJECTIVES, {}, {}) == []
     assert answer_lines([], [])[0].startswith("No complete searched trial")
 

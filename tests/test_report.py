@@ -150,7 +150,7 @@ def test_report_renders_in_headless_chromium(report: Path, browser: object) -> N
     problems = {int(r[0]): r for r in rows("table-problems")}
     assert sorted(problems) == [6, 7, 8]
     assert problems[7][2] == XSS  # shown as text, literally
-    assert problems[6][1].startswith("PRUNED") and problems[8][1] == "INFEASIBLE"
+    assert problems[6][1] == "EARLY_STOPPED" and problems[8][1] == "INFEASIBLE"
     assert sorted(r[0] for r in rows("table-references")) == ["student_ce", "student_kd", "teacher"]
     assert [r[0] for r in rows("table-reproduce")] == ["1"]
     settings = {r[0]: r[1] for r in rows("table-settings")}

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 _UMASK = os.umask(0)
@@ -186,6 +184,8 @@ def dataset_arrays(ds) -> list:
 
 def code_version(root: Path = REPO) -> dict:
     """git commit (+ whether the working tree has uncommitted changes) and a sha256 of the project's .py files."""
+    import torch  # here, so that reading results (benchmarks, reports) loads no torch
+
     h = hashlib.sha256()
     for p in sorted(root.glob("study/**/*.py")):
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())

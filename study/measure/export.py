@@ -24,17 +24,24 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import statistics
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
-from torch import nn
 
+from study.core.fmt import fmt_value
 from study.core.io import write_json_atomic, write_path_atomic, write_text_atomic
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 META_NAME = "kdstudy.json"  # extra file inside model.pt2
+# The texts below are shared with the result pipeline and the report, which import them without loading torch:
+# this module imports torch inside the functions that export.
 KD_CONVENTION = "L = alpha * CE(student, y) + (1 - alpha) * D(student, teacher)"
 KD_TERMS = {  # the distillation term D of each kd_loss (study/training/losses.py)
     "kd": "D = T^2 * KL(softmax(teacher/T) || softmax(student/T))",
@@ -42,10 +49,15 @@ KD_TERMS = {  # the distillation term D of each kd_loss (study/training/losses.p
     "dkd": "D = T^2 * (target-vs-rest KL + dkd_beta * non-target KL) (decoupled KD, Zhao et al. 2022)",
     "ce": "no distillation term: plain cross-entropy, no teacher",
 }
+# What unstructured pruning does and does not buy: results.csv's `note` on such rows, the report, the model card.
+UNSTRUCTURED_NOTE = ("unstructured sparsity: fewer nonzero_params, same dense shapes and kernels; "
+                     "no latency gain")
 
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (N, C, H, W) pixels -> the normalised float input the network expects (as in study.training.loop)."""
+    import torch
+
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (images.float() / 255.0 - m) / s
@@ -60,6 +72,8 @@ def export_model(model: nn.Module, out_dir: Path, *, meta: dict, example_images:
     closely the copy matches the model. int8_file (the trial's quantized ONNX model) is copied in as
     model_int8.onnx. ONNX Runtime's batch-1 latency of the ONNX files is measured with `threads` threads.
     """
+    import torch
+
     out_dir = Path(out_dir)
     net = copy.deepcopy(model).cpu().float().eval()
     x = normalise(example_images, meta["mean"], meta["std"])  # (N, C, H, W) float32
@@ -94,8 +108,6 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
                  example_images: torch.Tensor, int8_file: Path | None, threads: int | None,
                  normalization: str = "") -> dict:
     """model.onnx (+ model_int8.onnx), example images and logits as .npy, predict_onnx.py; checked and timed."""
-    import shutil
-
     import numpy as np
 
     from study.measure import onnx as onnx_backend
@@ -110,7 +122,7 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
     write_path_atomic(out_dir / "example_images.npy", lambda p: np.save(p, example_images.cpu().numpy()))
     write_path_atomic(out_dir / "example_logits.npy", lambda p: np.save(p, expected.numpy()))
     if int8_file is not None:
-        write_path_atomic(out_dir / "model_int8.onnx", lambda p: shutil.copyfile(int8_file, p))
+        write_path_atomic(out_dir / "model_int8.onnx", partial(_copy_file, int8_file))
         qsess = onnx_backend.session(out_dir / "model_int8.onnx", threads)
         q_logits = onnx_backend.predict(qsess, x)
         write_path_atomic(out_dir / "example_logits_int8.npy", lambda p: np.save(p, q_logits))
@@ -120,6 +132,11 @@ def _export_onnx(net: nn.Module, out_dir: Path, x: torch.Tensor, expected: torch
                                                                                    repeats=200)["median_ms"]
     write_text_atomic(out_dir / "predict_onnx.py", PREDICT_ONNX_PY.replace(NORMALIZATION_MARK, normalization))
     return info
+
+
+def _copy_file(source: Path, dest: Path) -> None:
+    """Copy `source` to `dest` (a writer for write_path_atomic)."""
+    shutil.copyfile(source, dest)
 
 
 NORMALIZATION_MARK = "@NORMALIZATION@"
@@ -255,30 +272,23 @@ def _pm(mean: float | None, std: float | None, n: int, unit: str = "%") -> str:
     return f"{mean:.2f}{unit} +- {std or 0.0:.2f}{unit} (n={n})"
 
 
-def _num(v: Any, fmt: str = ",") -> str:
-    if v is None:
-        return "-"
-    return format(v, fmt)
-
-
 def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, exported_metrics: dict,
                export_info: dict) -> str:
-    """A short markdown model card: data, use, metrics (mean +- std over seeds), costs, recipe, config."""
-    n = len(summary["seeds"])
-    c = config
-    from study.models.pruning import get_prune_method
+    """A short markdown model card: use, data, metrics (mean +- std over seeds), costs, recipe, config."""
+    lines = [*_card_use(summary, meta, config, export_info), *_card_data(meta, config),
+             *_card_metrics(summary, config, exported_seed, exported_metrics),
+             *_card_cost(summary, config, export_info), *_card_recipe(summary, config, export_info)]
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
+    lines += ["", "## Resolved config (seed of the exported model)", "", "```yaml",
+              yaml.safe_dump({**config, "seed": exported_seed}, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
 
-    prune = c["prune_method"]
-    if prune == "none":
-        prune_text = "none (dense student)"
-    elif not get_prune_method(prune).structured:
-        prune_text = (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
-                      "magnitude (shapes and dense latency unchanged; nonzero_params drops)")
-    else:
-        prune_text = (f"{prune} (torch-pruning DepGraph), prune_ratio {c['prune_ratio']:.3f} = fraction of CHANNELS "
-                      "removed per layer (about 1-(1-p)^2 of the parameters); classifier kept")
-    teacher = summary.get("teacher") or {}
-    lines = [
+
+def _card_use(summary: dict, meta: dict, c: dict, export_info: dict) -> list[str]:
+    """The card's title, what the model is, and how to run it with torch or with ONNX Runtime."""
+    n = len(summary["seeds"])
+    return [
         f"# Model card: {c['student_arch']} x{c['width_mult']:g} on {meta['dataset']} "
         f"(run {summary['run_name']}, {summary.get('label') or 'trial ' + str(summary['trial'])})",
         "",
@@ -314,6 +324,12 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "",
         "`python predict_onnx.py` checks it (`--int8` the quantized model, where there is one); "
         "`python predict_onnx.py IMAGES.npy` classifies a saved array.",
+    ]
+
+
+def _card_data(meta: dict, c: dict) -> list[str]:
+    """The card's data section: data set, classes, input shape and normalisation, the splits."""
+    return [
         "",
         "## Data",
         "",
@@ -325,6 +341,13 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         "test split: the data set's test set, used only for reporting."
         + (f" Trained on a seeded, stratified subset of {c['train_size']:,} of the remaining training images "
            "(train_size)." if c.get("train_size") else ""),
+    ]
+
+
+def _card_metrics(summary: dict, c: dict, exported_seed: int, exported_metrics: dict) -> list[str]:
+    """The card's metrics: accuracies reproduced (mean +- std over seeds), in the search, and of the exported seed."""
+    n = len(summary["seeds"])
+    return [
         "",
         "## Metrics",
         "",
@@ -334,9 +357,9 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"{exported_seed}) |",
         "|---|---|---|---|",
         f"| test accuracy | {_pm(summary['test_acc_mean'], summary['test_acc_std'], n)} | "
-        f"{_num(summary.get('test_acc_search'), '.2f')}% | {exported_metrics['test_acc']:.2f}% |",
+        f"{fmt_value(summary.get('test_acc_search'), '.2f')}% | {exported_metrics['test_acc']:.2f}% |",
         f"| validation accuracy | {_pm(summary['val_acc_mean'], summary['val_acc_std'], n)} | "
-        f"{_num(summary.get('val_acc_search'), '.2f')}% | {exported_metrics['val_acc']:.2f}% |",
+        f"{fmt_value(summary.get('val_acc_search'), '.2f')}% | {exported_metrics['val_acc']:.2f}% |",
         *(["", f"Accuracies are the int8 model's (model_int8.onnx) in ONNX Runtime; the fp32 model (model.pt2, "
            f"model.onnx) tested {_pm(summary.get('test_acc_fp32_mean'), summary.get('test_acc_fp32_std'), n)} over "
            "the same seeds."] if c.get("quantize") == "int8" else []),
@@ -344,16 +367,29 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"Distillation budget: {summary['epochs']} epochs (search: {summary['epochs_search']})"
         + (" -- a longer/shorter budget than the search, so the difference is not a pure reproduction check."
            if summary["budget_changed"] else ".")
-        + f" Test accuracy minus the search's: {_num(summary.get('diff_test_acc'), '+.2f')} points.",
+        + f" Test accuracy minus the search's: {fmt_value(summary.get('diff_test_acc'), '+.2f')} points.",
+    ]
+
+
+def _card_cost(summary: dict, c: dict, export_info: dict) -> list[str]:
+    """The card's costs: parameters, MACs and batch-1 latency per runtime."""
+    return [
         "",
         "## Cost",
         "",
-        f"- Parameters: {_num(summary['params'])} (non-zero: {_num(summary['nonzero_params'])}).",
-        f"- MACs (multiply-accumulates, batch 1): {_num(summary['macs'])}.",
+        f"- Parameters: {fmt_value(summary['params'], ',')} (non-zero: {fmt_value(summary['nonzero_params'], ',')}).",
+        f"- MACs (multiply-accumulates, batch 1): {fmt_value(summary['macs'], ',')}.",
         f"- Latency, batch 1, {_latency_where(summary, c)}, {summary.get('latency_backend_used') or 'torch'}, "
         f"eval mode: {summary['latency_ms_bs1']:.3f} ms median over seeds "
         f"({summary['latency_threads']} thread(s)) on the machine that ran the reproduction.",
         *_runtime_lines(summary, export_info.get("onnx")),
+    ]
+
+
+def _card_recipe(summary: dict, c: dict, export_info: dict) -> list[str]:
+    """The card's recipe: teacher, distillation, pruning, fine-tuning, the command and the code version."""
+    teacher = summary.get("teacher") or {}
+    return [
         "",
         "## How it was made",
         "",
@@ -363,7 +399,7 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         f"- Distillation ({c['kd_loss']}): {KD_CONVENTION}, {KD_TERMS.get(c['kd_loss'], c['kd_loss'])}; "
         f"T = {c['temperature']:.3f}, alpha = {c['alpha']:.3f}, "
         f"{summary['epochs']} epochs, SGD lr {c['lr']:g}, batch {c['batch_size']}.",
-        f"- Pruning after distillation: {prune_text}.",
+        f"- Pruning after distillation: {_prune_text(c)}.",
         f"- Fine-tuning after pruning: {c['finetune_epochs']} epochs at lr {c['finetune_lr']:g}"
         + (" with the same distillation loss." if c["kd_loss"] != "ce" else "."),
         f"- Command: `{summary['command']}`",
@@ -372,11 +408,20 @@ def model_card(summary: dict, meta: dict, config: dict, exported_seed: int, expo
         + f", torch {summary['code'].get('torch')}; export check: max |logit difference| "
         f"{export_info['max_abs_diff']:.1e}.",
     ]
-    if summary.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
-    lines += ["", "## Resolved config (seed of the exported model)", "", "```yaml",
-              yaml.safe_dump({**config, "seed": exported_seed}, sort_keys=False).rstrip(), "```", ""]
-    return "\n".join(lines)
+
+
+def _prune_text(c: dict) -> str:
+    """The pruning step in words: none, unstructured (weights zeroed) or structured (channels removed)."""
+    from study.models.pruning import get_prune_method
+
+    prune = c["prune_method"]
+    if prune == "none":
+        return "none (dense student)"
+    if not get_prune_method(prune).structured:
+        return (f"{prune}, prune_ratio {c['prune_ratio']:.3f} = fraction of conv WEIGHTS zeroed by global "
+                f"magnitude ({UNSTRUCTURED_NOTE})")
+    return (f"{prune} (torch-pruning DepGraph), prune_ratio {c['prune_ratio']:.3f} = fraction of CHANNELS "
+            "removed per layer (about 1-(1-p)^2 of the parameters); classifier kept")
 
 
 def _runtime_lines(summary: dict, onnx: dict | None) -> list[str]:

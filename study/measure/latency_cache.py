@@ -23,6 +23,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,8 @@ def cpu_name() -> str:
 
 def architecture_key(model: nn.Module, input_shape: tuple, device: torch.device, threads: int | None,
                      kind: str, batch_size: int, repeats: int, backend: str = "torch") -> str:
+    """The cache key of one timing: a hash of the layer shapes and dtypes, the device (the CPU's model name), the
+    kernels torch may use, the runtime and its version, the threads, and what is timed how."""
     shapes = [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     # the kernels torch and oneDNN may use here: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA change the timings
@@ -69,7 +72,8 @@ def _read(path: Path) -> dict | None:
         return None  # unreadable (a damaged cache file): measured again and replaced
 
 
-def _final(entry: dict | None) -> bool:
+def _final(entry: dict | None) -> TypeGuard[dict]:
+    """A cache entry that stands: a clean measurement, or one re-tried MAX_ATTEMPTS times."""
     return entry is not None and (not entry.get("interfered") or entry.get("attempts", 1) >= MAX_ATTEMPTS)
 
 

@@ -1,13 +1,13 @@
 """ONNX export, ONNX Runtime inference and latency, and int8 post-training quantization.
 
 The students a study finds are small, and PyTorch eager at batch 1 times mostly Python and dispatch overhead for
-them (on an AVX-512 EPYC, 1 thread: a resnet8 student 0.29-0.37 ms eager, 0.025-0.030 ms in ONNX Runtime 1.32).
+them (measured side by side with ONNX Runtime in docs/RUNTIMES.md).
 With `latency_backend: onnxruntime` a trial is timed where such models are served: exported to ONNX, checked
 against PyTorch, and run by ONNX Runtime's CPU execution provider with the trial's thread count and every graph
 optimisation on.
 
-- Export: torch's TorchScript-based exporter (`dynamo=False`) while torch has it: 0.17 s per student here, against
-  1.7 s (11 s for the first call of a process) for the torch.export-based one, and a trial exports once or twice.
+- Export: torch's TorchScript-based exporter (`dynamo=False`) while torch has it: it is several times faster than the
+  torch.export-based one (docs/RUNTIMES.md), and a trial exports once or twice.
   Torch deprecates it (2.9+); where it is gone or cannot export a model, `export_onnx` uses the torch.export-based
   exporter (`dynamo=True`, needs onnxscript). Both are public `torch.onnx.export` modes; the exporter used is
   recorded. The batch dimension is dynamic.
@@ -42,6 +42,7 @@ INPUT, OUTPUT = "x", "logits"
 
 
 def ort_version() -> str:
+    """The installed ONNX Runtime's version (onnxruntime imported only when asked)."""
     import onnxruntime
 
     return onnxruntime.__version__
@@ -77,6 +78,8 @@ def _export_dynamo(net: nn.Module, x: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(net, (x,), dynamo=True, opset_version=max(OPSET, 18), input_names=[INPUT],
                                 output_names=[OUTPUT], dynamic_shapes={"x": {0: batch}}, verbose=False)
+    if program is None:  # torch.onnx.export returns None only for dynamo=False
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
     program.save(str(path))
 
 
@@ -114,6 +117,7 @@ def session(path: Path, threads: int | None = None):
 
 
 def session_threads(sess) -> int:
+    """The intra-op thread count an ONNX Runtime session runs with."""
     return int(sess.get_session_options().intra_op_num_threads)
 
 
@@ -187,9 +191,9 @@ def _example(input_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
     return rng.standard_normal((batch_size, *tuple(input_shape)[-3:])).astype(np.float32)
 
 
-# ONNX Runtime runs these students in 20-50 us: a fixed 30 repeats is 1 ms of timing, and the first few hundred
-# calls of a new session are slower (measured here: 30 repeats after 10 warm-up calls gave 0.024-0.036 ms for one
-# model, 2000 after 200 gave 0.023-0.024). So both the warm-up and the timed part run for at least this long.
+# ONNX Runtime runs these students in tens of microseconds, so a few dozen repeats time about a millisecond in all,
+# and a new session is slower for its first few hundred calls (docs/RUNTIMES.md, "Warm-up of a new ONNX Runtime
+# session"). So both the warm-up and the timed part run for at least this long.
 MIN_WARMUP_S, MIN_TIMED_S, MAX_REPEATS = 0.03, 0.1, 100_000
 
 
@@ -231,6 +235,8 @@ class OrtModel:
         self.warmed = False  # the first measurement of a session gets the full warm-up
 
     def for_threads(self, threads: int | None):
+        """The session to time with `threads` threads (None: the current one), opened again (and warmed up
+        afresh) when the count changes."""
         if threads is not None and threads != session_threads(self.sess):
             self.sess, self.threads, self.warmed = session(self.path, threads), threads, False
         return self.sess
@@ -249,6 +255,7 @@ def remeasure_latency(model: OrtModel, input_shape, batch_size: int = 1, threads
 
 def remeasure_throughput(model: OrtModel, input_shape, batch_size: int = 256, threads: int | None = None,
                          repeats: int = 5) -> dict:
+    """benchmarks.latency's throughput call: images/s of `model`'s session at `batch_size` with `threads`."""
     return measure_throughput(model.for_threads(threads), input_shape, batch_size, repeats)
 
 

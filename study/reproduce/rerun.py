@@ -50,6 +50,7 @@ import torch
 
 from study.config import CONFIG_FIELDS, TrialConfig, load_config, make_config
 from study.core.errors import UserError
+from study.core.fmt import fmt_value
 from study.core.io import (
     code_version,
     dataset_sha256,
@@ -580,4 +581,4 @@ def _export(out: Path, summary: dict, base: TrialConfig, ds, seed: int, seed_dir
 
 
 def _f(v: Any, fmt: str = ".2f") -> str:
-    return "-" if v is None else format(v, fmt)
+    return fmt_value(v, fmt)

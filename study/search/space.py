@@ -69,6 +69,9 @@ CONSTRAINTS = {"max_params": "params", "max_nonzero_params": "nonzero_params", "
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One searched parameter of a space file's `params:`, validated: its type, range or choices, and when it is
+    sampled."""
+
     name: str  # a TrialConfig field
     type: str  # float, int or categorical
     low: float | None = None
@@ -84,19 +87,28 @@ class ParamSpec:
             return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in self.choices)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             return False
-        if not self.low <= value <= self.high:
+        low, high = self.bounds()
+        if not low <= value <= high:
             return False
         if self.type == "int" and value != int(value):
             return False
         step = self.step if self.step else (1 if self.type == "int" else None)
-        return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
+        return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-9
+
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a float or int parameter (a categorical one has choices instead)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"parameter {self.name} ({self.type}) has no bounds")
+        return self.low, self.high
 
     def describe(self) -> str:
+        """Its range in words, for messages: "choices a, b" or "LOW .. HIGH [step S]"."""
         if self.type == "categorical":
             return "choices " + ", ".join(map(str, self.choices))
         return f"{self.low:g} .. {self.high:g}" + (f" step {self.step:g}" if self.step else "")
 
     def active(self, values: dict[str, Any]) -> bool:
+        """Is it sampled, given the values of the parameters sampled before it (its `when:` rules)?"""
         for other, rule in self.when.items():
             v = values.get(other)
             if "in" in rule and v not in rule["in"]:
@@ -108,6 +120,9 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """A validated space file (`load_space`): the fixed trial settings, the searched parameters, objectives,
+    constraints, the search's and resources' settings, and the baselines."""
+
     path: str  # the YAML file this came from
     name: str
     trial: dict  # fixed TrialConfig values
@@ -133,12 +148,15 @@ class SearchSpace:
     confirm_seeds: int = 2
 
     def baseline_config(self, name: str) -> TrialConfig:
+        """The configuration of baseline `name`: its values over the space's trial: section."""
         return make_config(self.trial, dict(self.baselines)[name], source=f"{self.path}: baselines.{name}")
 
     def base_config(self) -> TrialConfig:
+        """The configuration of the trial: section alone (every searched parameter at its default)."""
         return make_config(self.trial, source=self.path)
 
     def config_for(self, sampled: dict[str, Any]) -> TrialConfig:
+        """The configuration of one trial: the sampled values (config fields only) over the trial: section."""
         return make_config(self.trial, {k: v for k, v in sampled.items() if k in CONFIG_FIELDS}, source=self.path)
 
     @property
@@ -148,10 +166,11 @@ class SearchSpace:
         top = {"epochs": base.epochs, "finetune_epochs": base.finetune_epochs}
         for p in self.params:
             if p.name in top:  # choices were checked to make valid configs: each one reads as an int
-                top[p.name] = max(int(c) for c in p.choices) if p.type == "categorical" else int(p.high)
+                top[p.name] = max(int(c) for c in p.choices) if p.type == "categorical" else int(p.bounds()[1])
         return top["epochs"] + top["finetune_epochs"]
 
     def define_by_run(self) -> DefineByRun:
+        """The Optuna define-by-run function that samples this space's parameters."""
         return DefineByRun(self.params)
 
     def baseline_params(self, name: str) -> tuple[dict[str, Any] | None, str]:
@@ -191,10 +210,11 @@ class DefineByRun:
             if p.type == "categorical":
                 values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
             elif p.type == "int":
-                values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1),
-                                                   log=p.log)
+                low, high = p.bounds()
+                values[p.name] = trial.suggest_int(p.name, int(low), int(high), step=int(p.step or 1), log=p.log)
             else:
-                values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+                low, high = p.bounds()
+                values[p.name] = trial.suggest_float(p.name, low, high, step=p.step, log=p.log)
         return {"trial_number": trial.number}
 
 
@@ -296,6 +316,34 @@ def load_space(path: str | Path) -> SearchSpace:
     naming the file, the key and the fix."""
     path = resolve_space_path(path)
     p = str(path)
+    raw = _read_space_file(path)
+    _check_keys(raw, TOP_KEYS, p, "top level")
+    trial = _check_keys(raw.get("trial"), tuple(CONFIG_FIELDS), p, "trial")
+    try:
+        base = make_config(trial, source=f"{p}: trial")
+    except UserError as exc:
+        raise SpaceError(str(exc)) from None
+    params = _parse_params(raw.get("params"), trial, p)
+    _validate_values(base, trial, params, p)
+    objectives = _parse_objectives(raw.get("objectives"), p)
+    constraints = _check_keys(raw.get("constraints"), tuple(CONSTRAINTS), p, "constraints")
+    for k, v in constraints.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise _err(p, f"constraints.{k}", f"must be a positive number (got {v!r}).")
+    search = _parse_search(raw.get("search"), p)
+    cpus, gpus = _parse_resources(raw.get("resources"), p)
+    baselines = _parse_baselines(raw.get("baselines", list(BUILTIN_BASELINES)), trial, p)
+    name = str(raw.get("name") or Path(path).stem)
+    return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
+                       search["sampler"], search["seed"], search["trials"], search["concurrent"], search["scheduler"],
+                       search["grace_epochs"], search["reduction_factor"], search["report_every_s"], cpus, gpus, raw,
+                       baselines, search["confirm_seeds"])
+
+
+def _read_space_file(path: Path) -> dict:
+    """The YAML mapping in `path`; a missing, unreadable, binary or malformed file, or one that holds no mapping,
+    raises SpaceError saying what to give instead."""
+    p = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -311,25 +359,28 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{p}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax.") from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{p}: a search space must be a YAML mapping with keys {', '.join(TOP_KEYS)}.")
-    _check_keys(raw, TOP_KEYS, p, "top level")
-    trial = _check_keys(raw.get("trial"), tuple(CONFIG_FIELDS), p, "trial")
-    try:
-        base = make_config(trial, source=f"{p}: trial")
-    except UserError as exc:
-        raise SpaceError(str(exc)) from None
+    return raw
 
+
+def _parse_params(raw: Any, trial: dict, p: str) -> dict[str, ParamSpec]:
+    """`params:` as ParamSpecs by name, in the file's order; none may be fixed under trial: or be a study-wide
+    setting."""
     params: dict[str, ParamSpec] = {}
-    for name, spec in _check_keys(raw.get("params"), tuple(CONFIG_FIELDS), p, "params").items():
+    for name, spec in _check_keys(raw, tuple(CONFIG_FIELDS), p, "params").items():
         if name in trial:
             raise _err(p, f"params.{name}", "is also fixed under trial:; keep it in one place.")
         if name in STUDY_FIXED:
             raise _err(p, f"params.{name}", "cannot be searched: the study trains one teacher on one data split "
                        "and every trial shares it; fix it under trial: (run one study per value).")
         params[name] = _parse_param(name, spec, p, params)
-    _validate_values(base, trial, params, p)
+    return params
 
+
+def _parse_objectives(raw: Any, p: str) -> list[tuple[str, str]]:
+    """`objectives:` as (metric, direction) pairs (default: val_acc, params and latency); val_acc must be one, test_acc
+    never."""
     objectives = []
-    obj_raw = raw.get("objectives") or {"val_acc": "maximize", "params": "minimize", "latency_ms_bs1": "minimize"}
+    obj_raw = raw or {"val_acc": "maximize", "params": "minimize", "latency_ms_bs1": "minimize"}
     if not isinstance(obj_raw, dict):
         raise _err(p, "objectives", "must be a mapping {metric: maximize|minimize}.")
     for metric, direction in obj_raw.items():
@@ -342,13 +393,13 @@ def load_space(path: str | Path) -> SearchSpace:
         objectives.append((metric, direction))
     if "val_acc" not in obj_raw:
         raise _err(p, "objectives", "must include val_acc (the accuracy a trial reports while training).")
+    return objectives
 
-    constraints = _check_keys(raw.get("constraints"), tuple(CONSTRAINTS), p, "constraints")
-    for k, v in constraints.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise _err(p, f"constraints.{k}", f"must be a positive number (got {v!r}).")
 
-    search = _check_keys(raw.get("search"), SEARCH_KEYS, p, "search")
+def _parse_search(raw: Any, p: str) -> dict[str, Any]:
+    """`search:` with its defaults: sampler, scheduler, seed, trials, concurrent, grace_epochs, reduction_factor,
+    report_every_s (a float) and confirm_seeds, each checked."""
+    search = _check_keys(raw, SEARCH_KEYS, p, "search")
     sampler = search.get("sampler", "tpe")
     try:
         SAMPLERS.check(str(sampler))
@@ -375,21 +426,20 @@ def load_space(path: str | Path) -> SearchSpace:
             import scipy  # noqa: F401
         except ImportError:
             raise _err(p, "search.sampler", "gp needs scipy; pip install scipy or choose tpe.") from None
+    return {"sampler": sampler, "scheduler": scheduler, **ints, "confirm_seeds": confirm_seeds,
+            "report_every_s": float(report_every_s)}
 
-    res = _check_keys(raw.get("resources"), RESOURCE_KEYS, p, "resources")
+
+def _parse_resources(raw: Any, p: str) -> tuple[float, float]:
+    """`resources:` as (cpus_per_trial, gpus_per_trial): numbers >= 0, not both 0."""
+    res = _check_keys(raw, RESOURCE_KEYS, p, "resources")
     cpus, gpus = res.get("cpus_per_trial", 1), res.get("gpus_per_trial", 0)
     for k, v in (("cpus_per_trial", cpus), ("gpus_per_trial", gpus)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise _err(p, f"resources.{k}", f"must be a number >= 0 (got {v!r}).")
     if cpus <= 0 and gpus <= 0:
         raise _err(p, "resources", "a trial needs cpus_per_trial > 0 or gpus_per_trial > 0.")
-
-    baselines = _parse_baselines(raw.get("baselines", list(BUILTIN_BASELINES)), trial, p)
-    name = str(raw.get("name") or Path(path).stem)
-    return SearchSpace(p, name, dict(trial), tuple(params.values()), tuple(objectives), dict(constraints),
-                       sampler, ints["seed"], ints["trials"], ints["concurrent"], scheduler, ints["grace_epochs"],
-                       ints["reduction_factor"], float(report_every_s), float(cpus), float(gpus), raw, baselines,
-                       confirm_seeds)
+    return float(cpus), float(gpus)
 
 
 def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, dict], ...]:
@@ -410,10 +460,11 @@ def _parse_baselines(entries: Any, trial: dict, path: str) -> tuple[tuple[str, d
             name, values = entry, dict(BUILTIN_BASELINES[entry])
         elif isinstance(entry, dict):
             values = dict(entry)
-            name = values.pop("name", None)
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            given = values.pop("name", None)
+            if not isinstance(given, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", given):
                 raise _err(path, where, "needs a `name` of letters, digits, '_', '-' or '.' (it names a folder "
-                           f"under baselines/; got {name!r}).")
+                           f"under baselines/; got {given!r}).")
+            name = given
             if name in BUILTIN_BASELINES:
                 raise _err(path, where, f"{name!r} is a built-in baseline; list it as the plain string {name!r}, "
                            "or give yours another name.")
