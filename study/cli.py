@@ -22,7 +22,7 @@ def _space_config(space_path: str, sets: list[str]):
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from study.trial.run import TrialHooks, run_trial
+    from study.trial.run import TrialHooks, execute_trial
 
     _, cfg = _space_config(args.space, args.set)
     out = Path(args.out or f"out/trial-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -34,7 +34,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
             print(f"  epoch {epoch + 1}/{total} [{log['phase']}] loss {log['loss']:.3f} (ce {log['ce']:.3f}, "
                   f"kd {log['kd']:.3f})  val_acc {val_acc:.2f}%", flush=True)
 
-    m = run_trial(cfg, out_dir=out, hooks=Hooks(), stage=True)  # a failed trial leaves --out as it was
+    m = execute_trial(cfg, out_dir=out, hooks=Hooks(), stage=True)  # a failed trial leaves --out as it was
     print(f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%  params {m['params']:,} "
           f"(nonzero {m['nonzero_params']:,})  MACs {m['macs']:,}  latency {m['latency_ms_bs1']:.3f} ms "
           f"(bs1, {m['latency_threads']} threads, {m['latency_backend_used']})  wall {m['wall_s']:.1f}s")

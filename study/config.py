@@ -103,6 +103,11 @@ class TrialConfig:
     def val_split_seed(self) -> int:
         return self.seed if self.split_seed < 0 else self.split_seed
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether this trial distils from a teacher: a KD loss (not ce) with some weight on it (alpha < 1)."""
+        return self.kd_loss != "ce" and self.alpha < 1.0
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -30,7 +30,7 @@ try:  # the pure ranking functions below work (and are tested) without Ray
     from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 except ImportError:  # pragma: no cover
     FIFOScheduler = object  # type: ignore[assignment,misc]
-    TrialScheduler = None  # type: ignore[assignment]
+    TrialScheduler = None  # type: ignore[assignment,misc]
 
 
 def non_dominated_fronts(points: np.ndarray) -> list[list[int]]:
@@ -104,7 +104,7 @@ def rung_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[in
     return rungs
 
 
-class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
+class MOASHAScheduler(FIFOScheduler):
     """Ray Tune scheduler for MO-ASHA. `objectives` is [(metric, "maximize"|"minimize"), ...]; results must carry
     `time_attr` and the objectives (cost objectives in every intermediate result)."""
 
