@@ -91,6 +91,7 @@ class FrontTrial:
     baseline: str | None = None  # the baseline's name (an enqueued baseline has its trial number too)
 
     def get(self, key: str) -> Any:
+        """A metric the search measured (None when absent)."""
         return self.metrics.get(key)
 
     @property
@@ -105,11 +106,13 @@ class FrontTrial:
 
     @property
     def label(self) -> str:
+        """How the model is named in lines: trial N (baseline NAME), or baseline NAME."""
         if self.number is None:
             return f"baseline {self.baseline}"
         return f"trial {self.number}" + (f" (baseline {self.baseline})" if self.baseline else "")
 
     def sort_key(self) -> tuple:
+        """The rank rule's order: higher val_acc, then fewer params, lower latency, lower number."""
         inf = float("inf")
         val, params, lat = self.get("val_acc"), self.get("params"), self.get("latency_ms_bs1")
         return (-(val if val is not None else -inf), params if params is not None else inf,

@@ -105,6 +105,7 @@ class Normalization:
         return np.where(maximize, 1.0 - scaled, scaled)
 
     def to_json(self) -> list[dict]:
+        """The ranges as a JSON object (benchmark.json)."""
         return [
             {"name": n, "direction": d, "range": [lo, hi], "fixed_range": f, "reference": r}
             for n, d, lo, hi, f, r in zip(self.names, self.directions, self.lo, self.hi, self.fixed,

@@ -44,11 +44,13 @@ class Progress(Callback):
         return {**self.__dict__, "_trials": []}
 
     def setup(self, *args, **info):
+        """Tune's start (also after Tuner.restore): the clock and the done count start again."""
         # Tuner.restore unpickles this callback as it was when the study started (tuner.pkl): start the clock
         # again, and count the trials the earlier run finished at the first step (they are not printed again).
         self.t0, self.done, self._counted = time.time(), 0, False
 
     def on_step_begin(self, iteration, trials, **info):
+        """Keep Tune's trial list; on the first step, count the trials already done."""
         self._trials = trials  # Tune's trial list: the ones in flight, for the running summary
         if not self._counted:
             told = self._told()
@@ -62,14 +64,17 @@ class Progress(Callback):
         return None if run_dir is None else sum(1 for _ in RunDir(run_dir).trial_files(TOLD_FILE))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """The line of a trial that ended (not one replayed after a driver kill)."""
         if (trial.last_result or {}).get("replayed"):  # finished before a driver kill: counted, not shown again
             return
         self._line(trial, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """The line of a trial whose process died, with the reason from its stderr.log."""
         self._line(trial, {**(trial.last_result or {}), "status": "failed", "error": self._crash(trial)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        """The line of a crashed trial that Tune starts again from its last checkpoint."""
         print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {trial.config.get('trial_number', '?')} "
               f"crashed, retrying once from its last checkpoint: {self._crash(trial)}", flush=True)
 
@@ -123,6 +128,7 @@ class SoFar:
     eta_s: float | None  # mean wall time of the ended trials x (running + left) / concurrency
 
     def line(self) -> str:
+        """The running summary as one line."""
         best = f"best {self.best[0]} {self.best[1]:.2f}% (trial {self.best[2]})" if self.best else "no complete trial"
         hv = f"hypervolume {self.hypervolume:.4f}" if self.hypervolume is not None else "hypervolume -"
         eta = _duration(self.eta_s) if self.eta_s is not None else "-"

@@ -87,6 +87,7 @@ class RayHooks(TrialHooks):
         return self._due
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
+        """Report to Tune (with the checkpoint kept first) when a report is due; update progress.json."""
         from ray import tune
 
         if self._due:

@@ -40,8 +40,9 @@ class TrialHooks:
     architecture_checked = False
 
     def wants_checkpoint(self, epoch: int, total_epochs: int) -> bool:
-        """Whether to write a resumable checkpoint after this epoch (schedule epoch, 0-based). Writing one costs
-        about 8% of a small CPU trial, so only runners that can resume from it ask (the default: never)."""
+        """Whether to write a resumable checkpoint after this epoch (schedule epoch, 0-based). Writing one is a
+        noticeable share of a small CPU trial (docs/HOW_IT_RUNS.md), so only runners that can resume from it ask
+        (the default: never)."""
         return False
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
@@ -53,6 +54,7 @@ class TrialHooks:
         return None
 
     def log(self, msg: str) -> None:
+        """A message of the trial (on stdout by default)."""
         print(msg, flush=True)
 
 
@@ -62,6 +64,7 @@ def latency_device(cfg: TrialConfig) -> torch.device:
 
 
 def model_meta(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float, **extra: Any) -> dict:
+    """model.pt's meta: what load_model needs to rebuild the architecture, plus `extra`."""
     return {"arch": arch, "num_classes": num_classes, "in_channels": input_shape[0], "width_mult": width,
             "input_shape": list(input_shape), **extra}
 
@@ -454,6 +457,7 @@ def _measure_onnxruntime(student: nn.Module, timed: nn.Module, data: ResidentDat
 
 
 def write_epochs_csv(path: Path, rows: list[dict]) -> None:
+    """Write the epochs' rows (distillation, then fine-tuning) as epochs.csv."""
     if not rows:
         return
     keys = list(rows[0])
