@@ -174,7 +174,7 @@ def _measured_row(path: Path, label: dict, state: str, trial_dir: str, log: Log)
 def _reference_rows(run_dir: Path, log: Log) -> list[dict]:
     rows = []
     for name in REFERENCES:
-        path = run_dir / "references" / name / "metrics.json"
+        path = RunDir(run_dir).reference(name) / "metrics.json"
         if not path.is_file():
             log(f"note: reference {name!r} skipped: {path} not found")
             continue
@@ -188,7 +188,7 @@ def _baseline_result_rows(run_dir: Path, names: list[str], log: Log) -> list[dic
     """The baselines study.json names (a run from before baselines has none), in its order."""
     rows = []
     for name in names:
-        path = run_dir / "baselines" / name / "metrics.json"
+        path = RunDir(run_dir).baseline(name) / "metrics.json"
         if not path.is_file():
             log(f"note: baseline {name!r} skipped: {path} not found (it failed, or the study is still running)")
             continue

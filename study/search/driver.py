@@ -539,11 +539,11 @@ def _finish(plan: StudyPlan, s: _Settings, inputs: _Inputs, refs, log) -> StudyP
 
 def dashboard_url(storage_url: str, run_dir: Path) -> str:
     """The storage URL for optuna-dashboard, relative to the working directory where the run's own SQLite file is."""
-    own = f"sqlite:///{run_dir / 'optuna.db'}"
-    if storage_url != own:
+    run = RunDir(run_dir)
+    if storage_url != run.default_storage_url:
         return storage_url
     try:
-        return f"sqlite:///{(run_dir / 'optuna.db').relative_to(Path.cwd().resolve())}"
+        return f"sqlite:///{run.optuna_db.relative_to(Path.cwd().resolve())}"
     except ValueError:  # the run folder is outside the working directory
         return storage_url
 
