@@ -113,8 +113,9 @@ def test_a_baseline_in_the_space_is_the_first_trial_and_never_trained_twice(smal
 def test_confirmation_seeds_and_verdicts_on_seed_means(small_study):
     from benchmarks.collect import run_benchmarks
     from study.app import confirm_front
+    from study.search.results import load_study_plan
 
-    meta = json.loads((small_study / "study.json").read_text())
+    meta = load_study_plan(small_study)
     printed: list[str] = []
     confirm_front(small_study, meta, log=printed.append)
     plan = json.loads((small_study / "confirm" / "plan.json").read_text())
