@@ -96,9 +96,10 @@ class StudyPlan:
         return [(o.name, o.direction) for o in self.objectives]
 
     @property
-    def optuna_name(self) -> str:
-        """The Optuna study's name (a study.json from before study_name: the run's name)."""
-        return self.study_name or self.name
+    def optuna_name(self) -> str | None:
+        """The Optuna study's name (a study.json from before study_name: the run's name; None when it names
+        neither, which Optuna reads as the storage's only study)."""
+        return self.study_name or self.name or None
 
     @property
     def data_sha(self) -> str | None:
