@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import pandas as pd
-
-from benchmarks.collect import front_table, objectives_of, read_results, run_benchmarks
+from benchmarks.collect import front_lines, front_table, read_results, run_benchmarks
 from study.core.errors import UserError
 
 
@@ -52,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
               f"batch sizes {rm['batch_sizes']}")
     elif rm:
         print("latency: no checkpoint of a front trial or reference could be loaded; nothing re-measured")
-    front = front_table(df, objectives_of({"objectives": objectives}))
+    front = front_table(df, objectives)
     print(f"Pareto front ({len(front)} trials):")
-    with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(front.to_string(index=False) if len(front) else "(empty: no COMPLETE trial)")
+    print("\n".join(front_lines(df, objectives)) if len(front) else "(empty: no COMPLETE trial)")
     for b in summary.get("baselines") or []:
         print(f"baseline {b['line']}")
     if summary.get("knee"):

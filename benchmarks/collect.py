@@ -1,8 +1,9 @@
 """Gather a study's trials and reference models into one results table, and analyse it.
 
-Edges (disk, Optuna storage): `collect_results`, `run_benchmarks` (the run folder's readers `load_study_meta`,
+Edges (disk, Optuna storage): `collect_results`, `run_benchmarks` (the run folder's readers `load_study_plan`,
 `open_study` are study.search.results').
-Pure functions over the table: `prune_kind`, `analyse`, `front_table`.
+Pure functions over the table: `prune_kind`, `analyse`, `front_table`, `front_lines` (the front printed by the
+engine's one table printer, study.search.summary.table_lines).
 
 Table columns: `number` (Optuna trial number; empty for references and baselines), `reference` (teacher /
 student_ce / student_kd, else empty), `baseline` (the baseline's name, else empty), `state` (COMPLETE,
@@ -44,9 +45,12 @@ from benchmarks import latency, pareto
 from study.core.errors import UserError
 from study.core.fmt import fmt_value
 from study.core.io import portable_path, write_json_atomic, write_text_atomic
+from study.core.run_dir import RunDir, trial_name
 from study.measure.export import UNSTRUCTURED_NOTE
+from study.search.plan import StudyPlan
 from study.search.references import REFERENCES
-from study.search.results import load_study_meta, open_study
+from study.search.results import load_study_plan, open_study
+from study.search.summary import table_lines
 
 EARLY_STOPPED = "EARLY_STOPPED"  # the table's name for a trial the scheduler stopped (Optuna's TrialState.PRUNED)
 STATUS_TO_STATE = {"complete": "COMPLETE", "early_stopped": EARLY_STOPPED, "infeasible": "INFEASIBLE",
@@ -68,11 +72,10 @@ Log = Callable[[str], None]
 
 # ----------------------------------------------------------------------------------------------- disk and storage
 
-def objectives_of(meta: dict, study: Any = None) -> list[dict]:
+def objectives_of(plan: StudyPlan, study: Any = None) -> list[dict]:
     """[{"name", "direction"}] from study.json, else from the Optuna study's directions and metric names."""
-    objs = meta.get("objectives")
-    if objs:
-        return [{"name": str(o["name"]), "direction": str(o["direction"]).lower()} for o in objs]
+    if plan.objectives:
+        return [{"name": o.name, "direction": o.direction} for o in plan.objectives]
     if study is None:
         raise UserError("study.json has no \"objectives\" list; add [{\"name\": ..., \"direction\": ...}].")
     names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
@@ -137,7 +140,7 @@ def _trial_row(t: Any, run_dir: Path, objectives: list[dict], log: Log) -> dict:
     state = STATUS_TO_STATE.get(status, optuna_state) if status else optuna_state
     if state == "COMPLETE" and t.state.name != "COMPLETE":
         state = optuna_state
-    trial_dir = attrs.get("trial_dir") or f"trials/{t.number}"
+    trial_dir = attrs.get("trial_dir") or trial_name(t.number)
     metrics = _read_json(run_dir / trial_dir / "metrics.json", log)
     metrics.update(attrs.get("metrics") or {})
     if t.values is not None and len(t.values) == len(objectives):
@@ -178,7 +181,7 @@ def _measured_row(path: Path, label: dict, state: str, trial_dir: str, log: Log)
 def _reference_rows(run_dir: Path, log: Log) -> list[dict]:
     rows = []
     for name in REFERENCES:
-        path = run_dir / "references" / name / "metrics.json"
+        path = RunDir(run_dir).reference(name) / "metrics.json"
         if not path.is_file():
             log(f"note: reference {name!r} skipped: {path} not found")
             continue
@@ -188,11 +191,11 @@ def _reference_rows(run_dir: Path, log: Log) -> list[dict]:
     return rows
 
 
-def _baseline_rows(run_dir: Path, names: list[str], log: Log) -> list[dict]:
+def _baseline_result_rows(run_dir: Path, names: list[str], log: Log) -> list[dict]:
     """The baselines study.json names (a run from before baselines has none), in its order."""
     rows = []
     for name in names:
-        path = run_dir / "baselines" / name / "metrics.json"
+        path = RunDir(run_dir).baseline(name) / "metrics.json"
         if not path.is_file():
             log(f"note: baseline {name!r} skipped: {path} not found (it failed, or the study is still running)")
             continue
@@ -209,7 +212,7 @@ def collect_results(run_dir: Path, study: Any, objectives: list[dict], log: Log 
     run_dir = Path(run_dir)
     rows = [_trial_row(t, run_dir, objectives, log) for t in study.get_trials(deepcopy=False)]
     rows += _reference_rows(run_dir, log)
-    rows += _baseline_rows(run_dir, list(baselines or []), log)
+    rows += _baseline_result_rows(run_dir, list(baselines or []), log)
     df = pd.DataFrame(rows)
     for col in df.columns:  # counts (params, macs, ...) stay integers although other rows lack them
         vals = [r[col] for r in rows if r.get(col) is not None]
@@ -319,6 +322,18 @@ def front_table(df: pd.DataFrame, objectives: list[dict]) -> pd.DataFrame:
                 and c not in [o["name"] for o in objectives if pareto.is_accuracy(o["name"])]:
             out[c] = num.astype("Int64")
     return out
+
+
+def front_lines(df: pd.DataFrame, objectives: list[dict]) -> list[str]:
+    """The front (front_table) as printed lines, by the engine's one Pareto table printer."""
+    front = front_table(df, objectives)
+    def cell(v: Any) -> str:
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return fmt_value(None)
+        return fmt_value(v.item() if isinstance(v, np.generic) else v)
+
+    rows = [[cell(v) for v in row] for row in front.itertuples(index=False)]
+    return table_lines([str(c) for c in front.columns], rows)
 
 
 KNEE_RULE = ("knee = the front trial nearest (Euclidean) to the ideal point once every objective is scaled to "
@@ -472,16 +487,10 @@ def _baseline_line(name: str, by: list[int], mine: list[int], gain: dict | None,
 
 # ------------------------------------------------------------------------------ confirmation seeds and compute
 
-def outside_baselines(meta: dict) -> list[str]:
-    """Names of the baselines trained beside the search (under baselines/): those not enqueued as a trial."""
-    entries = meta.get("baselines") or {}
-    return [n for n, e in entries.items() if not (isinstance(e, dict) and e.get("trial") is not None)]
-
-
 def read_confirm_plan(run_dir: Path) -> dict:
     """confirm/plan.json ({} when the study confirmed nothing, or ran before confirmation seeds existed)."""
     try:
-        plan = json.loads((Path(run_dir) / "confirm" / "plan.json").read_text())
+        plan = json.loads(RunDir(run_dir).confirm_plan.read_text())
     except (OSError, ValueError):
         return {}
     return plan if isinstance(plan, dict) else {}
@@ -526,7 +535,7 @@ def confirm_candidates(df: pd.DataFrame, objectives: list[dict], knee_trial: int
     return list(out.values())
 
 
-def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> dict:
+def study_compute(df: pd.DataFrame, study: StudyPlan, plan: dict, run_dir: Path) -> dict:
     """What the study spent: epochs trained by the search trials (a complete trial all its epochs, an early-stopped
     one up to its stop, infeasible and failed ones 0), by the baselines and references beside it, and by the
     confirmation seeds; the study's wall time; and the search's epochs as a multiple of one baseline training."""
@@ -543,21 +552,20 @@ def study_compute(df: pd.DataFrame, meta: dict, plan: dict, run_dir: Path) -> di
             stopped = pd.to_numeric(row.get("epoch"), errors="coerce")
             trial_epochs += 0 if pd.isna(stopped) else int(stopped)
     side = int(sum(total(r) for _, r in df[df["state"].isin(MEASURED)].iterrows() if r.get("reference") != "teacher"))
-    base = meta.get("base_config") or {}
-    entries: dict[str, Any] = meta.get("baselines") or {}
-    reference: dict[str, Any] = entries.get("seed_recipe") or next(iter(entries.values()), {}) or {}
-    ref_cfg = reference.get("config") or base
+    recipe = study.baselines.get("seed_recipe") or next(iter(study.baselines.values()), None)
+    ref_cfg = (recipe.config if recipe is not None else None) or study.base_config
     one = int(ref_cfg.get("epochs", 0)) + int(ref_cfg.get("finetune_epochs", 0))
     done = {}
     try:
-        done = json.loads((Path(run_dir) / "confirm" / "done.json").read_text())
+        done = json.loads(RunDir(run_dir).confirm_done.read_text())
     except (OSError, ValueError):
         pass
     wall = None
     try:
-        fmt = "%Y-%m-%d %H:%M:%S"
-        wall = (datetime.strptime(meta["finished"], fmt) - datetime.strptime(meta["started"], fmt)).total_seconds()
-    except (KeyError, TypeError, ValueError):
+        if study.finished and study.started:  # a study still running (or from before these) has no wall time
+            fmt = "%Y-%m-%d %H:%M:%S"
+            wall = (datetime.strptime(study.finished, fmt) - datetime.strptime(study.started, fmt)).total_seconds()
+    except ValueError:
         pass
     out = {"trial_epochs": trial_epochs, "side_epochs": side, "confirm_epochs": int(done.get("epochs") or 0),
            "one_baseline_epochs": one, "search_wall_s": wall, "confirm_wall_s": done.get("wall_s"),
@@ -662,13 +670,13 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     write_text_atomic(path, df.to_csv(index=False))
 
 
-def study_latency_threads(meta: dict) -> int | None:
+def study_latency_threads(plan: StudyPlan) -> int | None:
     """The trials' configured torch thread count (`threads`; None where 0: the worker's default)."""
-    threads = (meta.get("base_config") or {}).get("threads")
+    threads = plan.base_config.get("threads")
     return int(threads) if isinstance(threads, (int, float)) and threads > 0 else None
 
 
-def timed_threads(df: pd.DataFrame, meta: dict) -> int | None:
+def timed_threads(df: pd.DataFrame, plan: StudyPlan) -> int | None:
     """The torch thread count the search timed latency with: what the trials recorded (`latency_threads`; with
     `threads: 0` that is what Ray gave each worker, e.g. cpus_per_trial), else the configured count."""
     if "latency_threads" in df.columns:
@@ -676,12 +684,12 @@ def timed_threads(df: pd.DataFrame, meta: dict) -> int | None:
         recorded = recorded[recorded > 0]
         if len(recorded):
             return int(recorded.mode().iloc[0])
-    return study_latency_threads(meta)
+    return study_latency_threads(plan)
 
 
-def study_backend(meta: dict) -> str:
+def study_backend(plan: StudyPlan) -> str:
     """The runtime the search timed latency on (the trials' latency_backend; torch for studies before it)."""
-    return (meta.get("base_config") or {}).get("latency_backend") or "torch"
+    return plan.base_config.get("latency_backend") or "torch"
 
 
 def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = print,
@@ -694,10 +702,10 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     import optuna
 
     run_dir = Path(run_dir)
-    meta = load_study_meta(run_dir)
-    study = open_study(run_dir, meta)
-    objectives = objectives_of(meta, study)
-    df = collect_results(run_dir, study, objectives, log, baselines=outside_baselines(meta))
+    study_plan = load_study_plan(run_dir)
+    study = open_study(run_dir, study_plan)
+    objectives = objectives_of(study_plan, study)
+    df = collect_results(run_dir, study, objectives, log, baselines=study_plan.outside_baselines())
     df, summary = analyse(df, objectives)
     summary["knee"] = knee(df, objectives)
     summary.update(_compare_with_optuna(study, summary["pareto_trials"], log))
@@ -705,23 +713,24 @@ def run_benchmarks(run_dir: str | Path, *, remeasure: bool = True, log: Log = pr
     summary["remeasure"] = None
     plan = read_confirm_plan(run_dir)
     if remeasure:
-        summary["remeasure"] = _remeasure_latency(df, objectives, meta, plan, run_dir, log=log,
+        summary["remeasure"] = _remeasure_latency(df, objectives, study_plan, plan, run_dir, log=log,
                                                   remeasure_kwargs=remeasure_kwargs, backend=backend)
 
     summary["baselines"] = compare_baselines(df, objectives)
-    summary["compute"] = study_compute(df, meta, plan, run_dir)
+    summary["compute"] = study_compute(df, study_plan, plan, run_dir)
     summary["confirmed"] = confirmed_verdicts(df, objectives, plan, run_dir, summary["compute"]) if plan else None
     summary["importances"], summary["importances_note"] = param_importances(study, objectives)
     summary = {
-        "study_name": meta.get("study_name") or meta.get("name"),
+        "study_name": study_plan.optuna_name,
         "run_dir": portable_path(run_dir),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "optuna_version": optuna.__version__,
         **summary,
     }
-    _write_csv(df, run_dir / "results.csv")
-    _write_csv(pareto_rows(df, objectives), run_dir / "pareto.csv")
-    write_json_atomic(run_dir / "benchmark.json", nonfinite_to_none(summary))
+    run = RunDir(run_dir)
+    _write_csv(df, run.results_csv)
+    _write_csv(pareto_rows(df, objectives), run.pareto_csv)
+    write_json_atomic(run.benchmark_json, nonfinite_to_none(summary))
     return summary
 
 
@@ -755,16 +764,16 @@ def _remeasure_targets(df: pd.DataFrame, objectives: list[dict], plan: dict, run
     return keys
 
 
-def _remeasure_latency(df: pd.DataFrame, objectives: list[dict], meta: dict, plan: dict, run_dir: Path, *,
+def _remeasure_latency(df: pd.DataFrame, objectives: list[dict], study_plan: StudyPlan, plan: dict, run_dir: Path, *,
                        log: Log, remeasure_kwargs: dict | None, backend: str | None) -> dict:
     """Re-measure the latency of `_remeasure_targets` side by side (benchmarks.latency) on `backend` (default the
     study's), with the thread count the search timed with; fills the re-measured columns of `df` in place and
     returns the protocol for benchmark.json."""
     keys = _remeasure_targets(df, objectives, plan, run_dir)
-    kwargs = {"threads": timed_threads(df, meta), **(remeasure_kwargs or {})}  # as the search timed them
-    if (meta.get("base_config") or {}).get("latency_device") == "trial" and meta.get("device") == "cuda":
+    kwargs = {"threads": timed_threads(df, study_plan), **(remeasure_kwargs or {})}  # as the search timed them
+    if study_plan.base_config.get("latency_device") == "trial" and study_plan.device == "cuda":
         log("note: the search timed latency on the GPU (latency_device: trial); the re-measurement is on the CPU")
-    backend = backend or study_backend(meta)
+    backend = backend or study_backend(study_plan)
     with tempfile.TemporaryDirectory(prefix="kdstudy-remeasure-") as tmp:
         if backend == "onnxruntime":
             from study.measure import onnx as onnx_backend
@@ -787,7 +796,7 @@ def _remeasure_latency(df: pd.DataFrame, objectives: list[dict], meta: dict, pla
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """results.csv as written by `run_benchmarks` (number as nullable integers; an older file's PRUNED state read
     as EARLY_STOPPED)."""
-    df = pd.read_csv(Path(run_dir) / "results.csv")
+    df = pd.read_csv(RunDir(run_dir).results_csv)
     df["number"] = df["number"].astype("Int64")
     df["state"] = df["state"].replace(OPTUNA_TO_STATE)
     return df

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.models.checkpoint import load_model
     from study.search.space import load_space
     from study.training.loop import evaluate
-    from study.trial.run import run_trial
+    from study.trial.run import execute_trial
 
     base = load_space("demo").base_config().replace(quantize="int8", latency_backend="onnxruntime",
                                                     kd_loss="kd", temperature=4.0, alpha=0.5)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / label.replace(" ", "_").replace(",", "").replace("%", "pc")
             cfg = base.replace(width_mult=width, prune_method=method, prune_ratio=ratio)
             print(f"training {label} ...", flush=True)
-            m = run_trial(cfg, out_dir=out)
+            m = execute_trial(cfg, out_dir=out)
             net, _ = load_model(out / "model.pt")
             fp32 = onnx_backend.session(out / "model.onnx", 1)
             int8 = onnx_backend.session(out / "model_int8.onnx", 1)

@@ -18,7 +18,7 @@ POINT = {"width_mult": 1.0, "kd_loss": "kd", "temperature": 4.0, "alpha": 0.5, "
 
 def run(seeds: int, space_file: str, log=print) -> dict:
     from study.search.space import load_space
-    from study.trial.run import TrialHooks, run_trial
+    from study.trial.run import TrialHooks, execute_trial
 
     class Quiet(TrialHooks):
         def log(self, msg: str) -> None:
@@ -29,7 +29,7 @@ def run(seeds: int, space_file: str, log=print) -> dict:
     for seed in range(seeds):
         for teacher_p, student_p in PAIRS:
             cfg = space.config_for(POINT).replace(seed=seed, teacher_precision=teacher_p, precision=student_p)
-            m = run_trial(cfg, hooks=Quiet())
+            m = execute_trial(cfg, hooks=Quiet())
             name = f"teacher {teacher_p}, student {student_p}"
             rows.setdefault(name, []).append({"seed": seed, "val_acc": m["val_acc"], "test_acc": m["test_acc"],
                                               "teacher_val_acc": m.get("teacher_val_acc"),

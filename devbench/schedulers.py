@@ -1,7 +1,7 @@
 """`python -m devbench.schedulers SPACE`: does early stopping keep the Pareto front? none vs asha vs mo_asha.
 
 For one search space, the same study (same sampler, same sampler seed, same trial count) is run once per
-(scheduler, seed) with the real runner (`study.search.driver.run_study`), from a copy of the space whose
+(scheduler, seed) with the real runner (`study.search.driver.run_search`), from a copy of the space whose
 `search.scheduler` and `search.seed` are replaced; each run is `RUNS_DIR/sched-<scheduler>-s<seed>/`. A run whose
 study.json says it finished is read, not rerun (delete the folder to rerun it).
 
@@ -139,12 +139,13 @@ def leak_check(trials: Sequence[Any], meta: dict, ray_last: dict[int, dict] | No
 def read_run(run_dir: str | Path, *, scheduler: str | None = None, seed: int | None = None) -> dict:
     """Everything the comparison needs from one finished run directory (raw values; no hypervolume yet)."""
     from benchmarks.collect import objectives_of
-    from study.search.results import load_study_meta, open_study
+    from study.search.results import load_study_meta, load_study_plan, open_study
 
     run_dir = Path(run_dir)
     meta = load_study_meta(run_dir)
-    study = open_study(run_dir, meta)
-    objectives = objectives_of(meta, study)
+    plan = load_study_plan(run_dir)
+    study = open_study(run_dir, plan)
+    objectives = objectives_of(plan, study)
     trials = study.get_trials(deepcopy=False)
     values, counts, epochs = [], {"complete": 0, "pruned": 0, "infeasible": 0, "failed": 0, "other": 0}, 0
     for t in trials:
@@ -299,7 +300,7 @@ def _init_ray() -> None:
 def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], trials: int | None,
             runs_dir: Path, log=print) -> list[dict]:
     from study.core.errors import UserError
-    from study.search.driver import run_study
+    from study.search.driver import run_search
     from study.search.results import load_study_meta
     from study.search.space import load_space
 
@@ -324,7 +325,7 @@ def run_all(space_file: str, schedulers: Sequence[str], seeds: Sequence[int], tr
                 _init_ray()
                 log(f"== {name}: running {variant}")
                 t0 = time.time()
-                run_study(str(variant), name=name, runs_dir=str(runs_dir), trials=trials, log=log)
+                run_search(str(variant), name=name, runs_dir=str(runs_dir), trials=trials, log=log)
                 log(f"== {name}: done in {time.time() - t0:.0f}s")
             records.append(read_run(run_dir, scheduler=sched, seed=seed))
     return records

@@ -2,7 +2,7 @@
 trial-epochs, and does it beat the configurations a user picks by hand?
 
 Variants of one space, each run once per study seed (`search.seed`) with the real engine
-(`study.search.driver.run_study`, no report, no confirmation seeds), into RUNS_DIR/<variant>-s<seed>/:
+(`study.search.driver.run_search`, no report, no confirmation seeds), into RUNS_DIR/<variant>-s<seed>/:
 
   default   the space as shipped: its sampler and scheduler, its baselines enqueued as the first trials
   random    RandomSampler, no early stopping, no baselines
@@ -61,18 +61,18 @@ def write_variant(space_file: str | Path, variant: str, seed: int, out_dir: Path
 
 def baseline_points(run_dir: Path) -> dict[str, list[float]]:
     """name -> objective values of the enqueued baselines of a default run (COMPLETE ones)."""
-    from study.search.results import load_study_meta, open_study
+    from study.search.results import load_study_plan, open_study
 
-    study = open_study(run_dir, load_study_meta(run_dir))
+    study = open_study(run_dir, load_study_plan(run_dir))
     return {t.user_attrs["baseline"]: list(t.values) for t in study.get_trials(deepcopy=False)
             if "baseline" in t.user_attrs and t.state.name == "COMPLETE"}
 
 
 def searched_timeline(run_dir: Path, record: dict) -> list[dict]:
     """The run's timeline with an `enqueued` flag on trials that are enqueued baselines."""
-    from study.search.results import load_study_meta, open_study
+    from study.search.results import load_study_plan, open_study
 
-    study = open_study(run_dir, load_study_meta(run_dir))
+    study = open_study(run_dir, load_study_plan(run_dir))
     finished = sorted((t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None),
                       key=lambda t: t.datetime_complete)
     return [{**step, "enqueued": "baseline" in t.user_attrs} for step, t in zip(record["timeline"], finished,
@@ -120,7 +120,7 @@ def rank_signal(run_dirs: list[Path], epochs: tuple[int, ...] = (2, 4, 8, 12)) -
 
 def run_all(space_file: str, seeds: list[int], asha_trials: int, runs_dir: Path, log=print,
             variants: tuple[str, ...] = CORE) -> dict:
-    from study.search.driver import run_study
+    from study.search.driver import run_search
     from study.search.results import load_study_meta
     from study.search.space import load_space
 
@@ -136,7 +136,7 @@ def run_all(space_file: str, seeds: list[int], asha_trials: int, runs_dir: Path,
                 _init_ray()
                 t0 = time.time()
                 log(f"== {name}: running {path}")
-                run_study(str(path), name=name, runs_dir=str(runs_dir),
+                run_search(str(path), name=name, runs_dir=str(runs_dir),
                           trials=asha_trials if variant == "mo_asha" else space.trials, log=log)
                 log(f"== {name}: done in {time.time() - t0:.0f}s")
             rec = read_run(run_dir, scheduler=variant, seed=seed)

@@ -1,5 +1,5 @@
 """The application layer: a whole study as `python -m study run` / `kdstudy run` and `from study import run_study`
-run it. It composes the engine (study.search.driver.run_study: the search itself) with the product's result pipeline
+run it. It composes the engine (study.search.driver.run_search: the search itself) with the product's result pipeline
 (benchmarks: results.csv, pareto.csv, benchmark.json, the front's latency re-measured with no trial training) and
 the HTML report (reports).
 
@@ -13,21 +13,24 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from study.core.run_dir import RunDir
+
 if TYPE_CHECKING:
+    from study.search.plan import StudyPlan
     from study.search.results import StudyResult
 
 
 def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Path | None = None,
               hooks=None, cache_dir: str | Path | None = None):
-    """Run one trial (no Ray): study.trial.run.run_trial, its metrics returned as a typed TrialResult. Staged: a
-    failed trial leaves out_dir as it was."""
+    """Run one trial (no Ray): study.trial.run.execute_trial, its metrics returned as a typed TrialResult. Staged:
+    a failed trial leaves out_dir as it was."""
     from study.search.results import TrialResult
-    from study.trial.run import run_trial as run
+    from study.trial.run import execute_trial
 
-    metrics = run(cfg, out_dir=Path(out_dir) if out_dir is not None else None,
+    metrics = execute_trial(cfg, out_dir=Path(out_dir) if out_dir is not None else None,
                   teacher_path=Path(teacher_path) if teacher_path is not None else None, hooks=hooks,
                   cache_dir=Path(cache_dir) if cache_dir is not None else None, stage=True)
-    return TrialResult(cfg, metrics, out_dir)
+    return TrialResult(cfg, metrics, Path(out_dir) if out_dir is not None else None)
 
 
 def run_study(space_file, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,
@@ -43,20 +46,20 @@ def run_study(space_file, *, name: str | None = None, trials: int | None = None,
     from study.search import driver as search
     from study.search.results import StudyResult
 
-    run_dir = search.run_study(space_file, name=name, trials=trials, concurrent=concurrent, storage=storage,
+    run_dir = search.run_search(space_file, name=name, trials=trials, concurrent=concurrent, storage=storage,
                                address=address, runs_dir=runs_dir, gpus_per_trial=gpus_per_trial,
                                cpus_per_trial=cpus_per_trial, summary=not report, log=log,
                                on_trial_end=LiveReport(live_report_s) if report else None)
     if not report:
         return StudyResult(run_dir)
-    from study.search.results import load_study_meta
+    from study.search.results import load_study_plan
+    from study.search.summary import print_summary
 
-    meta = load_study_meta(run_dir)
-    confirm_front(run_dir, meta, log)
+    plan = load_study_plan(run_dir)
+    confirm_front(run_dir, plan, log)
     # the front's latency measured again now that no trial trains (the search's values can carry a busy moment)
     quiet = remeasured_results(run_dir, log)
-    objectives = [(o["name"], o["direction"]) for o in meta["objectives"]]
-    search.print_summary(run_dir, meta["storage"], meta["study_name"], objectives, log, quiet_latency=quiet)
+    print_summary(run_dir, str(plan.storage), plan.study_name, plan.objective_pairs, log, quiet_latency=quiet)
     write_report(run_dir, log)
     for line in which_model_lines(run_dir):
         log(line)
@@ -114,18 +117,18 @@ def which_model_lines(run_dir: Path) -> list[str]:
 
     from benchmarks.collect import read_results
     from benchmarks.recommend import answer_lines, recommendations
-    from study.search.results import load_study_meta
+    from study.search.results import load_study_plan
 
     try:
-        bench = json.loads((run_dir / "benchmark.json").read_text())
+        bench = json.loads(RunDir(run_dir).benchmark_json.read_text())
         df = read_results(run_dir)
     except (OSError, ValueError, KeyError):
         return []
     objectives = [{"name": o["name"], "direction": o["direction"]} for o in bench.get("objectives") or []]
     if not objectives:
         return []
-    meta = load_study_meta(run_dir)
-    recs = recommendations(df, objectives, bench, meta.get("constraints") or {}, run_dir=_shown(run_dir))
+    plan = load_study_plan(run_dir)
+    recs = recommendations(df, objectives, bench, plan.constraints, run_dir=_shown(run_dir))
     return answer_lines(recs, [])  # the baselines' verdicts were printed with the Pareto table
 
 
@@ -137,7 +140,7 @@ def _shown(run_dir: Path) -> str:
         return str(run_dir)
 
 
-def confirm_front(run_dir: Path, meta: dict, log=print) -> None:
+def confirm_front(run_dir: Path, plan: StudyPlan, log=print) -> None:
     """Re-train the models a user would pick (knee, most accurate, those that beat a baseline) and the baselines
     with `confirm_seeds` more seeds (reproduce.confirm). The choice is made once, from the search's own values, and
     kept in confirm/plan.json, so a resumed study finishes the same plan."""
@@ -148,28 +151,27 @@ def confirm_front(run_dir: Path, meta: dict, log=print) -> None:
         confirm_candidates,
         knee,
         objectives_of,
-        outside_baselines,
         read_confirm_plan,
     )
     from study.core.io import write_json_atomic
     from study.reproduce.confirm import extra_seeds, run_confirmation
     from study.search.results import open_study
 
-    n = int(meta.get("confirm_seeds") or 0)
+    n = plan.confirm_seeds
     if n < 1:
         return
-    plan = read_confirm_plan(run_dir)
-    if not plan:
-        study = open_study(run_dir, meta)
-        objectives = objectives_of(meta, study)
+    confirm = read_confirm_plan(run_dir)
+    if not confirm:
+        study = open_study(run_dir, plan)
+        objectives = objectives_of(plan, study)
         df, _ = analyse(collect_results(run_dir, study, objectives, lambda m: None,
-                                        baselines=outside_baselines(meta)), objectives)
+                                        baselines=plan.outside_baselines()), objectives)
         k = knee(df, objectives)
         cands = confirm_candidates(df, objectives, k["trial"] if k else None, compare_baselines(df, objectives))
-        plan = {"seeds": extra_seeds(int((meta.get("base_config") or {}).get("seed", 0)), n),
-                "candidates": cands, "chosen_on": "the search's own values (one seed, search latency)"}
-        write_json_atomic(run_dir / "confirm" / "plan.json", plan)
-    run_confirmation(run_dir, plan, meta, log)
+        confirm = {"seeds": extra_seeds(int(plan.base_config.get("seed", 0)), n),
+                   "candidates": cands, "chosen_on": "the search's own values (one seed, search latency)"}
+        write_json_atomic(RunDir(run_dir).confirm_plan, confirm)
+    run_confirmation(run_dir, confirm, plan, log)
 
 
 def remeasured_results(run_dir: Path, log=print) -> dict:
@@ -192,6 +194,7 @@ def remeasured_results(run_dir: Path, log=print) -> dict:
 
 
 def write_report(run_dir: Path, log=print) -> Path:
+    """Write RUN_DIR/report.html and say where it is."""
     from reports import build_report
 
     path = build_report(run_dir)

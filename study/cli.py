@@ -22,7 +22,8 @@ def _space_config(space_path: str, sets: list[str]):
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from study.trial.run import TrialHooks, run_trial
+    """`trial`: one trial from a space's settings (with --set overrides), staged into --out."""
+    from study.trial.run import TrialHooks, execute_trial
 
     _, cfg = _space_config(args.space, args.set)
     out = Path(args.out or f"out/trial-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -34,7 +35,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
             print(f"  epoch {epoch + 1}/{total} [{log['phase']}] loss {log['loss']:.3f} (ce {log['ce']:.3f}, "
                   f"kd {log['kd']:.3f})  val_acc {val_acc:.2f}%", flush=True)
 
-    m = run_trial(cfg, out_dir=out, hooks=Hooks(), stage=True)  # a failed trial leaves --out as it was
+    m = execute_trial(cfg, out_dir=out, hooks=Hooks(), stage=True)  # a failed trial leaves --out as it was
     print(f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%  params {m['params']:,} "
           f"(nonzero {m['nonzero_params']:,})  MACs {m['macs']:,}  latency {m['latency_ms_bs1']:.3f} ms "
           f"(bs1, {m['latency_threads']} threads, {m['latency_backend_used']})  wall {m['wall_s']:.1f}s")
@@ -47,6 +48,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
+    """`teacher`: train (or load) the space's teacher and print its accuracy, normalisation, warnings and path."""
     from study.core.device import resolve_device
     from study.data.datasets import load_dataset_for
     from study.data.streaming import data_for
@@ -70,6 +72,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """`data`: prepare a data set's files under its root and print its size, classes and shape."""
     from study.data.datasets import load_dataset, prepare_dataset
 
     prepare_dataset(args.name, args.root)
@@ -93,6 +96,7 @@ def ray_auth_env(address: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: a whole study (study.app.run_study)."""
     import os
 
     args.address = args.address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
@@ -113,6 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """`reproduce`: rerun a model of a study with more seeds and export it."""
     from study.reproduce.rerun import reproduce
 
     summary = reproduce(Path(args.run_dir), rank=args.rank, knee=args.knee, trial=args.trial, baseline=args.baseline,
@@ -130,6 +135,7 @@ def _docstring(module_file: str) -> str | None:
 
 
 def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
+    """The command line's parser, one subcommand per cmd_* function."""
     from study import __version__
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
@@ -190,6 +196,7 @@ def build_parser(prog: str = "python -m study") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m study") -> int:
+    """Run the command line; a UserError is one line on stderr and exit code 2."""
     args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)

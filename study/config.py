@@ -107,6 +107,11 @@ class TrialConfig:
         """The seed of the train / validation split: split_seed, or the trial's seed where split_seed < 0."""
         return self.seed if self.split_seed < 0 else self.split_seed
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether this trial distils from a teacher: a KD loss (not ce) with some weight on it (alpha < 1)."""
+        return self.kd_loss != "ce" and self.alpha < 1.0
+
     def to_dict(self) -> dict[str, Any]:
         """Every field by name, in declaration order (what config.yaml holds)."""
         return dataclasses.asdict(self)

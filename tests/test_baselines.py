@@ -60,10 +60,10 @@ def test_duplicate_and_non_list_baselines_are_refused(tmp_path):
 def _table(tmp_path, baselines: dict) -> pd.DataFrame:
     """The synthetic study (front: trials 0, 1, 2, 5) plus baseline rows: name -> (val_acc, params, latency)."""
     from benchmarks.collect import collect_results
-    from study.search.results import load_study_meta, open_study
+    from study.search.results import load_study_plan, open_study
 
     run = make_run_dir(tmp_path)
-    df = collect_results(run, open_study(run, load_study_meta(run)), OBJECTIVES, log=lambda _: None)
+    df = collect_results(run, open_study(run, load_study_plan(run)), OBJECTIVES, log=lambda _: None)
     rows = [{"number": None, "baseline": n, "state": "BASELINE", "val_acc": v, "params": p, "latency_ms_bs1": ms}
             for n, (v, p, ms) in baselines.items()]
     df = pd.concat([df, pd.DataFrame(rows)], ignore_index=True)

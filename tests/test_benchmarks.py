@@ -209,15 +209,19 @@ def test_moved_database_is_found_and_wrong_study_name_is_a_user_error(tmp_path: 
 
 def test_remeasure_uses_the_thread_count_the_search_timed_with(tmp_path: Path) -> None:
     from benchmarks.collect import study_latency_threads, timed_threads
+    from study.search.plan import StudyPlan
 
-    assert study_latency_threads({"base_config": {"threads": 1}}) == 1
-    assert study_latency_threads({"base_config": {"threads": 0}}) is None
-    assert study_latency_threads({}) is None
+    def plan(**keys):
+        return StudyPlan.from_json(keys)
+
+    assert study_latency_threads(plan(base_config={"threads": 1})) == 1
+    assert study_latency_threads(plan(base_config={"threads": 0})) is None
+    assert study_latency_threads(plan()) is None
     trials = pd.DataFrame({"state": ["COMPLETE", "COMPLETE", "EARLY_STOPPED", "REFERENCE"],
                            "latency_threads": [2, 2, 2, 16]})
     # threads: 0 in the config: what the trials recorded (Ray's per-worker thread count), not the driver's
-    assert timed_threads(trials, {"base_config": {"threads": 0}}) == 2
-    assert timed_threads(pd.DataFrame({"state": ["COMPLETE"]}), {"base_config": {"threads": 1}}) == 1
+    assert timed_threads(trials, plan(base_config={"threads": 0})) == 2
+    assert timed_threads(pd.DataFrame({"state": ["COMPLETE"]}), plan(base_config={"threads": 1})) == 1
     run = make_run_dir(tmp_path)  # its trials recorded latency_threads 2
     meta = json.loads((run / "study.json").read_text())
     (run / "study.json").write_text(json.dumps({**meta, "base_config": {"threads": 0}}))

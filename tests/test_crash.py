@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_space
+from conftest import TINY_TRIAL, write_space
 
 from study.search.crash import ATTEMPT_MARK, crash_reason
 
@@ -104,14 +104,19 @@ def test_the_real_onednn_crash_is_explained(tmp_path):
 
 @pytest.mark.slow
 def test_a_natively_crashing_trial_is_fail_with_its_signal_and_retried_once(tmp_path):
-    """A real study (CLI, own Ray): trial 1 aborts every time it starts. It is retried once (two attempts), then
-    recorded FAIL with SIGABRT in Optuna, the progress lines, the summary and results.csv; trial 0, beside it,
-    finishes."""
-    space = write_space(tmp_path / "tiny.yaml", search={"sampler": "tpe", "seed": 0, "trials": 2, "concurrent": 2,
-                                                        "scheduler": "none"})
+    """A real study (CLI, own Ray): trial 1 aborts every time it starts (its student family, the test-only
+    tests/crash_model.py, aborts at its width). It is retried once (two attempts), then recorded FAIL with SIGABRT
+    in Optuna, the progress lines, the summary and results.csv; trial 0, beside it, finishes."""
+    from crash_model import CRASH_WIDTH
+
+    # the two trials are enqueued in order as the space's baselines: trial 0 builds, trial 1 aborts
+    space = write_space(tmp_path / "tiny.yaml", trial={**TINY_TRIAL, "student_arch": "python:crash_model:build"},
+                        search={"sampler": "tpe", "seed": 0, "trials": 2, "concurrent": 2, "scheduler": "none"},
+                        baselines=[{"name": "builds", "width_mult": 0.25, "prune_method": "none"},
+                                   {"name": "aborts", "width_mult": CRASH_WIDTH, "prune_method": "none"}])
     r = subprocess.run([sys.executable, "-m", "study", "run", str(space), "--name", "crash", "--trials", "2"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "KDSTUDY_TEST_CRASH": "abort:1", "PYTHONPATH": str(REPO)})
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_dir = tmp_path / "runs" / "crash"
     meta = json.loads((run_dir / "study.json").read_text())

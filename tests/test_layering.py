@@ -204,7 +204,7 @@ def test_the_app_layer_composes_the_engine_the_results_and_the_report(tmp_path, 
         calls.append((space_file, kwargs))
         return run
 
-    monkeypatch.setattr(search, "run_study", engine)
+    monkeypatch.setattr(search, "run_search", engine)
     lines: list[str] = []
     result = app.run_study("demo", name="x", trials=3, log=lines.append)
     assert result.run_dir == run and result.report == run / "report.html"

@@ -93,12 +93,12 @@ def test_latency_cache_keys_by_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_trial(tmp_path_factory):
-    from study.trial.run import run_trial
+    from study.trial.run import execute_trial
 
     out = tmp_path_factory.mktemp("int8") / "trial"
     cfg = make_config(TINY_TRIAL, {"latency_backend": "onnxruntime", "quantize": "int8", "width_mult": 0.5,
                                    "prune_method": "l1_structured", "prune_ratio": 0.3, "calibration_images": 64})
-    return cfg, out, run_trial(cfg, out_dir=out)
+    return cfg, out, execute_trial(cfg, out_dir=out)
 
 
 def test_int8_trial_reports_the_quantized_model(int8_trial, digits):
@@ -156,7 +156,7 @@ def test_an_export_that_differs_from_pytorch_fails_the_trial(tmp_path, monkeypat
     cfg = make_config(TINY_TRIAL, {"latency_backend": "onnxruntime", "width_mult": 0.25, "epochs": 1,
                                    "finetune_epochs": 0})
     with pytest.raises(RuntimeError, match="ONNX Runtime's logits differ from PyTorch's"):
-        trial.run_trial(cfg, out_dir=tmp_path / "t")
+        trial.execute_trial(cfg, out_dir=tmp_path / "t")
 
 
 def _reinit(model: torch.nn.Module) -> torch.nn.Module:

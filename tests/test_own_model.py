@@ -247,11 +247,11 @@ def test_untraceable_family_is_one_sentence():
 
 def test_an_untraceable_trial_fails_before_any_training_epoch(tmp_path):
     """The search prunes an untrained copy in architecture_costs before every trial (and its hooks say so);
-    run_trial called on its own (CLI, references, reproduce) checks by itself: both before the first epoch."""
+    execute_trial called on its own (CLI, references, reproduce) checks by itself: both before the first epoch."""
     from study.config import TrialConfig
     from study.models.pruning import PruneError
     from study.search.trainable import RayHooks
-    from study.trial.run import TrialHooks, architecture_costs, run_trial
+    from study.trial.run import TrialHooks, architecture_costs, execute_trial
 
     cfg = TrialConfig(dataset="digits", student_arch="torchvision:shufflenet_v2_x1_0", width_mult=1.0,
                       prune_method="l1_structured", prune_ratio=0.3, kd_loss="ce", epochs=1, finetune_epochs=0,
@@ -269,7 +269,7 @@ def test_an_untraceable_trial_fails_before_any_training_epoch(tmp_path):
 
     hooks = Epochs()
     with pytest.raises(PruneError, match="torch-pruning cannot follow"):
-        run_trial(cfg, out_dir=tmp_path / "t", hooks=hooks)
+        execute_trial(cfg, out_dir=tmp_path / "t", hooks=hooks)
     assert hooks.seen == []
 
 # ------------------------------------------------------------------------------------------------- the study

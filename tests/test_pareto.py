@@ -159,10 +159,10 @@ def test_the_run_and_reproduce_share_one_front(tmp_path):
     from study_fixture import FRONT, make_run_dir
 
     from study.reproduce.rerun import pareto_front
-    from study.search.results import front_trials, load_study_meta, open_study
+    from study.search.results import front_trials, load_study_plan, open_study
 
     run = make_run_dir(tmp_path, leaked_early_stop=True)
-    study = open_study(run, load_study_meta(run))
+    study = open_study(run, load_study_plan(run))
     assert [t.number for t in front_trials(study)] == FRONT
     assert sorted(t.number for t in pareto_front(study, run)) == FRONT
     assert 9 in {t.number for t in study.best_trials}

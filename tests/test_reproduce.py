@@ -18,7 +18,8 @@ from study_fixture import make_run_dir
 from study.core.errors import UserError
 from study.core.io import code_version
 from study.reproduce.rerun import check_against_study, choose, pareto_front, reproduce, select_trial, trial_config
-from study.search.results import load_study_meta, open_study
+from study.search.plan import StudyPlan
+from study.search.results import load_study_meta, load_study_plan, open_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def synthetic(tmp_path):
     """Fixture study: front 0, 1, 2, 5 (0 and 5 tie); 9 is COMPLETE in Optuna but was early-stopped."""
     run = make_run_dir(tmp_path, leaked_early_stop=True)
-    return run, pareto_front(open_study(run, load_study_meta(run)), run)
+    return run, pareto_front(open_study(run, load_study_plan(run)), run)
 
 
 def test_front_excludes_unfinished_trials_and_follows_the_rank_rule(synthetic):
@@ -93,8 +94,8 @@ def test_selection_flags_are_mutually_exclusive(synthetic):
 
 def _choose(run, **kwargs):
     lines: list[str] = []
-    meta = load_study_meta(run)
-    chosen, _ = choose(open_study(run, meta), run, meta, log=lines.append, **kwargs)
+    plan = load_study_plan(run)
+    chosen, _ = choose(open_study(run, plan), run, plan, log=lines.append, **kwargs)
     return chosen, lines
 
 
@@ -152,14 +153,14 @@ def test_baselines_enqueued_and_beside_the_search(synthetic):
 def reproduced(tmp_path_factory, ray_session):
     """A 2-trial study on digits (real Ray and Optuna), its rank-1 trial reproduced with 2 seeds. Its trials are
     int8-quantized and timed on ONNX Runtime, so the export has model.onnx and model_int8.onnx."""
-    from study.search.driver import run_study
+    from study.search.driver import run_search
 
     root = tmp_path_factory.mktemp("reproduce")
     space = write_space(root / "tiny.yaml", search={"sampler": "tpe", "seed": 0, "trials": 2, "concurrent": 2,
                                                     "scheduler": "none"},
                         trial={**TINY_TRIAL, "latency_backend": "onnxruntime", "quantize": "int8",
                                "calibration_images": 64})
-    run_dir = run_study(str(space), name="tiny", runs_dir=str(root / "runs"), log=lambda *_: None)
+    run_dir = run_search(str(space), name="tiny", runs_dir=str(root / "runs"), log=lambda *_: None)
     lines: list[str] = []
     summary = reproduce(run_dir, rank=1, seeds=2, log=lines.append)
     return run_dir, summary, lines
@@ -295,7 +296,7 @@ def test_differences_to_the_study_are_reported(reproduced):
 
     run_dir, summary, _ = reproduced
     meta = load_study_meta(run_dir)
-    front = pareto_front(open_study(run_dir, meta), run_dir)
+    front = pareto_front(open_study(run_dir, StudyPlan.from_json(meta)), run_dir)
     chosen = next(t for t in front if t.number == summary["trial"])
     cfg = trial_config(run_dir, chosen)
     ds = load_dataset(cfg.dataset, cfg.data_root)
@@ -305,17 +306,17 @@ def test_differences_to_the_study_are_reported(reproduced):
 
     _, embedded = load_teacher(teacher, torch.device("cpu"))
     same = dict(meta, versions={**meta["versions"], "code_sha256": code["code_sha256"]})
-    assert check_against_study(run_dir, same, cfg, ds, chosen.metrics, teacher, embedded, code, "cpu") == []
+    assert check_against_study(run_dir, StudyPlan.from_json(same), cfg, ds, chosen.metrics, teacher, embedded, code, "cpu") == []
 
     changed = dict(meta, num_classes=100, data_fingerprint="0" * 16, device="cuda",
                    teacher={**meta["teacher"], "val_acc": 12.5, "sha256": "f" * 64},
                    versions={**meta["versions"], "torch": "1.0.0", "code_sha256": "0" * 16})
-    found = " ".join(check_against_study(run_dir, changed, cfg, ds, chosen.metrics, teacher, embedded, code, "cpu"))
+    found = " ".join(check_against_study(run_dir, StudyPlan.from_json(changed), cfg, ds, chosen.metrics, teacher, embedded, code, "cpu"))
     for text in ("data: num_classes is 10 now but 100", "data: the data set's fingerprint", "teacher: ",
                  "was replaced", "sha256 differs", "code: torch is", "code: the project's source", "device: "):
         assert text in found, text
     missing = dict(meta, teacher={**meta["teacher"], "path": str(run_dir / "no-teacher.pt")})
-    found = " ".join(check_against_study(run_dir, missing, cfg, ds, chosen.metrics, None, None, code, "cpu"))
+    found = " ".join(check_against_study(run_dir, StudyPlan.from_json(missing), cfg, ds, chosen.metrics, None, None, code, "cpu"))
     assert "is missing; it will be retrained" in found
 
 

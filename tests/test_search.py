@@ -28,7 +28,7 @@ def load(run_dir: Path) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def small_study(tmp_path_factory, ray_session):
-    from study.search.driver import run_study
+    from study.search.driver import run_search
 
     tmp = tmp_path_factory.mktemp("study")
     # both built-ins (width 1.0: outside this space's widths, so trained beside the search) and one of the user's
@@ -36,7 +36,7 @@ def small_study(tmp_path_factory, ray_session):
     search = {"sampler": "tpe", "seed": 0, "trials": 4, "concurrent": 2, "scheduler": "none", "confirm_seeds": 1}
     space = write_space(tmp / "tiny.yaml", search=search, baselines=[
         "seed_recipe", "no_kd", {"name": "mine", "width_mult": 0.5, "prune_method": "none"}])
-    run_dir = run_study(str(space), name="small", runs_dir=str(tmp / "runs"))  # the engine: no results.csv yet
+    run_dir = run_search(str(space), name="small", runs_dir=str(tmp / "runs"))  # the engine: no results.csv yet
     return run_dir
 
 
@@ -79,7 +79,7 @@ def test_built_in_baselines_are_trained_labelled_and_compared(small_study):
     assert sorted(rows.index) == ["no_kd", "seed_recipe"]
     assert rows.loc["seed_recipe", "val_acc"] == pytest.approx(recipe["val_acc"])
     assert rows["number"].isna().all() and not rows["on_front"].any()
-    from study.search.driver import print_summary
+    from study.search.summary import print_summary
 
     printed: list[str] = []
     print_summary(small_study, meta["storage"], meta["study_name"],
@@ -113,8 +113,9 @@ def test_a_baseline_in_the_space_is_the_first_trial_and_never_trained_twice(smal
 def test_confirmation_seeds_and_verdicts_on_seed_means(small_study):
     from benchmarks.collect import run_benchmarks
     from study.app import confirm_front
+    from study.search.results import load_study_plan
 
-    meta = json.loads((small_study / "study.json").read_text())
+    meta = load_study_plan(small_study)
     printed: list[str] = []
     confirm_front(small_study, meta, log=printed.append)
     plan = json.loads((small_study / "confirm" / "plan.json").read_text())
@@ -154,7 +155,7 @@ def test_conditional_parameter_absent_when_off(small_study):
 
 def run_enqueued(tmp_path: Path, name: str, space: Path, queue: list[dict]) -> Path:
     """Run a study whose first trials are the given configurations, in order (Optuna's enqueue_trial)."""
-    from study.search.driver import run_study
+    from study.search.driver import run_search
 
     run_dir = tmp_path / "runs" / name
     run_dir.mkdir(parents=True)
@@ -162,7 +163,7 @@ def run_enqueued(tmp_path: Path, name: str, space: Path, queue: list[dict]) -> P
                                 directions=["maximize", "minimize"])
     for params in queue:
         study.enqueue_trial(params)
-    run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"))
+    run_search(str(space), name=name, runs_dir=str(tmp_path / "runs"))
     return run_dir
 
 
@@ -233,7 +234,7 @@ def _kill_tree(proc: subprocess.Popen | None, marker: str) -> None:
 
 def sampler_draws(space_path: Path, n: int, tmp: Path) -> list[dict]:
     """The parameters the study's searcher draws for trials 0..n-1 when nothing is killed and no trial has ended
-    (every one of them a startup draw of the seed): a searcher over a fresh storage, as run_study builds it."""
+    (every one of them a startup draw of the seed): a searcher over a fresh storage, as run_search builds it."""
     from study.search.driver import enqueue_baselines, make_searcher
     from study.search.space import load_space
 
@@ -414,18 +415,18 @@ def test_a_trial_asked_but_never_asked_for_again_by_the_restored_tune_is_run_aft
     while it copied them) while Optuna holds an asked, unfinished trial. Made here by asking one more trial in a
     finished study's storage; the resumed study runs it (in ray/tune-rest when the restored Tune does not ask),
     under its own number and parameters, and closes nothing as an orphan."""
-    from study.search.driver import make_searcher, run_study
+    from study.search.driver import make_searcher, run_search
     from study.search.space import load_space
 
     space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "seed": 0, "trials": 2, "concurrent": 1,
                                                     "scheduler": "none"})
-    run_dir = run_study(str(space), name="left", runs_dir=str(tmp_path / "runs"), summary=False)
+    run_dir = run_search(str(space), name="left", runs_dir=str(tmp_path / "runs"), summary=False)
     meta = json.loads((run_dir / "study.json").read_text())
     extra = make_searcher(load_space(str(space)), objectives=[(o["name"], o["direction"]) for o in meta["objectives"]],
                           storage_url=meta["storage"], study_name=meta["study_name"], run_dir=run_dir, trials=None)
     asked = extra.suggest("by-a-killed-driver")
     assert asked["trial_number"] == 2
-    run_study(str(space), name="left", runs_dir=str(tmp_path / "runs"), summary=False)
+    run_search(str(space), name="left", runs_dir=str(tmp_path / "runs"), summary=False)
     trials = sorted(load(run_dir).get_trials(), key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, [(t.number, t.user_attrs) for t in trials]
     assert trials[2].params == {k: v for k, v in asked.items() if k != "trial_number"}
@@ -437,12 +438,12 @@ def test_postgresql_storage(tmp_path, ray_session):
     url = os.environ.get("KDSTUDY_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("no PostgreSQL: run `.ci/postgres.sh` as root and export KDSTUDY_TEST_POSTGRES_URL to its output")
-    from study.search.driver import run_study
+    from study.search.driver import run_search
 
     name = f"pg{os.getpid()}{time.time_ns() % 10**6}"
     space = write_space(tmp_path / "s.yaml", search={"sampler": "random", "trials": 2, "concurrent": 2,
                                                     "scheduler": "none"})
-    run_dir = run_study(str(space), name=name, runs_dir=str(tmp_path / "runs"), storage=url)
+    run_dir = run_search(str(space), name=name, runs_dir=str(tmp_path / "runs"), storage=url)
     assert json.loads((run_dir / "study.json").read_text())["storage"] == url
     assert not (run_dir / "optuna.db").exists()
     study = optuna.load_study(study_name=name, storage=url)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from conftest import write_space
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
@@ -73,9 +72,8 @@ def test_complete_pruned_and_fail_states_values_and_attrs(tmp_path, space):
     s = make(tmp_path, space)
     for i in range(6):
         s.suggest(f"t{i}")
-    (tmp_path / "trials" / "0").mkdir(parents=True)
-    (tmp_path / "trials" / "0" / "config.yaml").write_text(yaml.safe_dump({"width_mult": 0.5, "epochs": 3}))
-    s.on_trial_complete("t0", complete(0, 91.5))
+    # the trial's resolved config comes in its result, flattened as Tune hands results to the searcher
+    s.on_trial_complete("t0", complete(0, 91.5, **{"trial_config/width_mult": 0.5, "trial_config/epochs": 3}))
     # stopped by the scheduler: its last result was a "running" report with partial accuracy
     s.on_trial_complete("t1", {"trial_number": 1, "status": "running", "epoch": 1, "val_acc": 99.0,
                                "nonzero_params": 5, "params": 5, "loss": 0.1})
@@ -92,6 +90,7 @@ def test_complete_pruned_and_fail_states_values_and_attrs(tmp_path, space):
     assert t[0].user_attrs["status"] == "complete" and t[0].user_attrs["trial_dir"] == "trials/0"
     assert t[0].user_attrs["metrics"]["test_acc"] == 88.0
     assert t[0].user_attrs["config"] == {"width_mult": 0.5, "epochs": 3}
+    assert not any(k.startswith("trial_config") for k in t[0].user_attrs["metrics"])  # the config, not a metric
     assert t[1].values is None  # never COMPLETE with partial values
     assert t[1].user_attrs["status"] == "early_stopped" and t[1].user_attrs["early_stopped_at_epoch"] == 1
     assert t[1].user_attrs["metrics"] == {"val_acc": 99.0, "epoch": 1, "params": 5, "nonzero_params": 5}
@@ -160,7 +159,7 @@ def test_a_study_with_other_directions_is_refused(tmp_path, space):
 
 
 def seeded(tmp_path: Path, space, sampler: str = "tpe", trials: int | None = None, seed: int = 1) -> AskTellSearcher:
-    """The searcher as run_study builds it: the sampler made afresh for each new trial from (seed, number)."""
+    """The searcher as run_search builds it: the sampler made afresh for each new trial from (seed, number)."""
     return AskTellSearcher(space.define_by_run(), objectives=OBJECTIVES, storage_url=f"sqlite:///{tmp_path / 'optuna.db'}",
                            study_name="s", run_dir=tmp_path, trials=trials, seed=seed,
                            sampler_factory=functools.partial(make_sampler, sampler))
@@ -184,7 +183,7 @@ def test_restore_rebuilds_from_storage_not_from_an_older_snapshot(tmp_path, spac
     assert len({json.dumps(p, sort_keys=True) for p in expected}) == 6  # the seed's draws differ
 
     a = seeded(tmp_path / "killed", space, trials=6)
-    a.optuna_study()  # run_study opens the study before Tune pickles the searcher into tuner.pkl, as it starts
+    a.optuna_study()  # run_search opens the study before Tune pickles the searcher into tuner.pkl, as it starts
     pickled = pickle.dumps(a)
     a.set_max_concurrency(2)
     for i in range(3):
@@ -298,7 +297,7 @@ def test_close_orphans_also_closes_waiting_trials(tmp_path):
 
 
 def test_importing_study_search_changes_no_environment():
-    """Ray's settings are set by run_study (set_study_environment), not at import; and the import does not import
+    """Ray's settings are set by run_search (set_study_environment), not at import; and the import does not import
     Ray, so that they are in place before Ray reads them (RAY_DEDUP_LOGS when ray is imported)."""
     code = ("import json, os, sys; before = dict(os.environ); import study.search.driver; "
             "print(json.dumps({'same': dict(os.environ) == before, 'ray': 'ray' in sys.modules}))")
@@ -308,8 +307,8 @@ def test_importing_study_search_changes_no_environment():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"same": True, "ray": False}
 
 
-def test_run_study_sets_the_environment_before_ray_starts(tmp_path):
-    """run_study calls set_study_environment before Ray is imported or started (a user's own value wins): the
+def test_run_search_sets_the_environment_before_ray_starts(tmp_path):
+    """run_search calls set_study_environment before Ray is imported or started (a user's own value wins): the
     environment is checked at the moment `ray` is first imported, and again when Ray would start."""
     space = write_space(tmp_path / "s.yaml", trial={"dataset": "digits", "kd_loss": "ce", "epochs": 1,
                                                     "finetune_epochs": 0, "device": "cpu"},
@@ -334,7 +333,7 @@ def init_ray(*args, **kwargs):
     raise Stop
 search._init_ray = init_ray
 try:
-    search.run_study({str(space)!r}, name="env", runs_dir={str(tmp_path / "runs")!r}, summary=False)
+    search.run_search({str(space)!r}, name="env", runs_dir={str(tmp_path / "runs")!r}, summary=False)
 except Stop:
     pass
 """

@@ -26,7 +26,7 @@ from study.teacher.cache import (
 )
 from study.teacher.model import get_teacher
 from study.training.loop import augmented_batches
-from study.trial.run import TrialHooks, run_trial
+from study.trial.run import TrialHooks, execute_trial
 
 CPU = torch.device("cpu")
 
@@ -158,7 +158,7 @@ def test_teacher_cache_false_runs_the_live_teacher(setup, tmp_path):
 
     off = load_space(space).base_config()
     assert off.teacher_cache is False
-    m = run_trial(off.replace(epochs=1, finetune_epochs=0), teacher_path=Path(info["path"]), cache_dir=tmp_path,
+    m = execute_trial(off.replace(epochs=1, finetune_epochs=0), teacher_path=Path(info["path"]), cache_dir=tmp_path,
                   hooks=Quiet())
     assert m["teacher_mode"] == "live"
     assert not default_logits_dir(tmp_path).exists()
@@ -175,7 +175,7 @@ def test_a_trial_with_the_cache_matches_the_live_teacher(setup, tmp_path):
                 rows.setdefault(on, []).append(log)
 
         c = cfg.replace(teacher_cache=on, precision="fp32")
-        metrics[on] = run_trial(c, teacher_path=Path(info["path"]), cache_dir=tmp_path, hooks=Keep())
+        metrics[on] = execute_trial(c, teacher_path=Path(info["path"]), cache_dir=tmp_path, hooks=Keep())
     assert metrics[True]["teacher_mode"] == "cache" and metrics[False]["teacher_mode"] == "live"
     assert metrics[True]["teacher_live_batches"] == 0 and metrics[True]["teacher_cache_batches"] > 0
     # First epoch: same views and logits equal to 0.01; the mean loss agrees to 1% (measured 0.2%: the runs

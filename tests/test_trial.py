@@ -13,7 +13,7 @@ from conftest import TINY_TRIAL
 from study.config import make_config
 from study.core.errors import UserError
 from study.models.checkpoint import load_model
-from study.trial.run import TrialHooks, run_trial
+from study.trial.run import TrialHooks, execute_trial
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = ("val_acc", "test_acc", "params", "nonzero_params", "macs", "latency_ms_bs1", "latency_iqr_ms_bs1",
@@ -35,8 +35,8 @@ class Watch(TrialHooks):
 def trials(tmp_path_factory):
     out = tmp_path_factory.mktemp("trials")
     watch = Watch()
-    dense = run_trial(make_config(TINY_TRIAL), out_dir=out / "dense", hooks=watch)
-    pruned = run_trial(make_config(TINY_TRIAL, {"prune_method": "l1_structured", "prune_ratio": 0.5}),
+    dense = execute_trial(make_config(TINY_TRIAL), out_dir=out / "dense", hooks=watch)
+    pruned = execute_trial(make_config(TINY_TRIAL, {"prune_method": "l1_structured", "prune_ratio": 0.5}),
                        out_dir=out / "pruned")
     dense["_checkpoints_seen"] = watch.checkpoints
     return out, dense, pruned
@@ -95,13 +95,13 @@ def test_resume_from_a_checkpoint_gives_the_same_result(tmp_path):
                 shutil.copytree(ckpt, saved["dir"])
 
     cfg2 = cfg.replace(finetune_epochs=2)
-    full = run_trial(cfg2, hooks=Keep())  # checkpoint after the first of two fine-tuning epochs
+    full = execute_trial(cfg2, hooks=Keep())  # checkpoint after the first of two fine-tuning epochs
 
     class Resume(TrialHooks):
         def resume_dir(self):
             return saved["dir"]
 
-    resumed = run_trial(cfg2, hooks=Resume())
+    resumed = execute_trial(cfg2, hooks=Resume())
     assert full["nonzero_params"] == resumed["nonzero_params"]
     assert resumed["val_acc"] == pytest.approx(full["val_acc"], abs=1e-9)
     assert resumed["test_acc"] == pytest.approx(full["test_acc"], abs=1e-9)
@@ -162,14 +162,14 @@ def test_per_epoch_validation_in_the_training_precision_agrees_with_fp32(trials)
     assert abs(bf16 - fp32) <= 100 * 3 / len(data.val_y)  # at most 3 validation images change
 
 
-def test_run_trial_gives_the_caller_its_thread_count_back(tmp_path):
-    from study.trial.run import run_trial
+def test_execute_trial_gives_the_caller_its_thread_count_back(tmp_path):
+    from study.trial.run import execute_trial
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         cfg = make_config({**TINY_TRIAL, "kd_loss": "ce", "epochs": 1, "finetune_epochs": 0, "threads": 1})
-        metrics = run_trial(cfg, cache_dir=tmp_path)
+        metrics = execute_trial(cfg, cache_dir=tmp_path)
         assert metrics["latency_threads"] == 1  # the trial ran with its own count
         assert torch.get_num_threads() == 2
     finally:
@@ -217,7 +217,7 @@ def test_a_width_no_family_can_take_is_refused_before_anything_runs(tmp_path, ca
 
 
 def test_a_trial_that_fails_while_it_runs_leaves_its_out_folder_as_it_was(tmp_path):
-    """run_trial(stage=True) (the trial command): a failure after the config and epochs were written leaves an
+    """execute_trial(stage=True) (the trial command): a failure after the config and epochs were written leaves an
     older run's folder exactly as it was, and no staging folder."""
     from study.trial.run import staged
 

@@ -4,7 +4,7 @@ curse: the best of many noisy trials is optimistic).
 
 Layout under the run folder:
   confirm/plan.json                      the candidates (label, trial or baseline, why chosen) and the extra seeds
-  confirm/<key>/seed_<s>/                one run_trial per extra seed (config.yaml, metrics.json, model.pt, ...);
+  confirm/<key>/seed_<s>/                one execute_trial per extra seed (config.yaml, metrics.json, model.pt, ...);
                                          reproduce.json, written last, marks a seed finished (reused on a rerun)
   confirm/done.json                      seeds trained, epochs and wall seconds of the confirmation
 
@@ -24,6 +24,8 @@ from typing import Any
 
 from study.config import TrialConfig, load_config
 from study.core.io import write_json_atomic
+from study.core.run_dir import RunDir
+from study.search.plan import StudyPlan
 
 
 def candidate_key(candidate: dict) -> str:
@@ -34,10 +36,9 @@ def candidate_key(candidate: dict) -> str:
 
 
 def candidate_config(run_dir: Path, candidate: dict) -> TrialConfig:
-    """The candidate's config as the search ran it (trials/<n>/config.yaml or baselines/<name>/config.yaml)."""
-    folder = run_dir / ("trials" if candidate.get("trial") is not None else "baselines") / \
-        (str(candidate["trial"]) if candidate.get("trial") is not None else candidate["baseline"])
-    return load_config(folder / "config.yaml")
+    """The candidate's config as the search ran it (its trial's or baseline's config.yaml)."""
+    number = int(candidate["trial"]) if candidate.get("trial") is not None else None
+    return load_config(RunDir(run_dir).model_folder(number, candidate.get("baseline")) / "config.yaml")
 
 
 def seed_config(cfg: TrialConfig, seed: int) -> TrialConfig:
@@ -61,35 +62,44 @@ def _train_seed(cfg_dict: dict, seed_dir: str, teacher_path: str | None, teacher
     return {**{k: metrics.get(k) for k in ("val_acc", "test_acc", "epochs", "finetune_epochs")}, "reused": reused}
 
 
-def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
-    """Train every (candidate, extra seed) of `plan` that is not finished yet, `meta["concurrent"]` at a time on
-    the study's Ray resources; writes confirm/done.json and returns it."""
+def run_confirmation(run_dir: Path, plan: dict, study: StudyPlan, log=print) -> dict:
+    """Train every (candidate, extra seed) of `plan` (confirm/plan.json) that is not finished yet, the study's
+    `concurrent` at a time on its Ray resources; writes confirm/done.json and returns it."""
     import ray
 
-    run_dir = Path(run_dir)
-    teacher = meta.get("teacher") or {}
+    run = RunDir(run_dir)
     jobs = []
     for cand in plan["candidates"]:
-        cfg = candidate_config(run_dir, cand)
-        if meta.get("device") != "cuda":
+        cfg = candidate_config(run.root, cand)
+        if study.device != "cuda":
             cfg = cfg.replace(device="cpu")
         for s in plan["seeds"]:
             jobs.append((cand, s, seed_config(cfg, s)))
     if not jobs:
         return {"seeds": 0, "seeds_trained_now": 0, "epochs": 0, "wall_s": 0.0, "errors": []}
-    res = meta.get("resources") or {}
+    res = study.resources
     task = ray.remote(num_cpus=res.get("cpu", 1.0), num_gpus=res.get("gpu", 0.0), max_retries=0)(_train_seed)
     t0 = time.time()
     log(f"confirming {len(plan['candidates'])} model(s) with {len(plan['seeds'])} more seed(s) each "
-        f"(seeds {plan['seeds']}): {len(jobs)} trainings, {int(meta.get('concurrent') or 1)} at a time")
+        f"(seeds {plan['seeds']}): {len(jobs)} trainings, {study.concurrent} at a time")
+    done, trained, epochs, errors = _train_all(jobs, task, run, study, log)
+    return _record_done(run, done, trained, epochs, errors, time.time() - t0)
+
+
+def _train_all(jobs: list, task, run: RunDir, study: StudyPlan, log) -> tuple[int, int, int, list[str]]:
+    """Run the (candidate, seed, config) jobs as Ray tasks, the study's `concurrent` at a time; returns (seeds
+    done, seeds trained now, epochs of the seeds done, errors)."""
+    import ray
+
+    teacher = study.teacher
     pending: dict[Any, tuple[dict, int]] = {}
     queue = list(jobs)
     done, trained, epochs, errors = 0, 0, 0, []
-    limit = max(1, int(meta.get("concurrent") or 1))
+    limit = max(1, study.concurrent)
     while queue or pending:
         while queue and len(pending) < limit:
             cand, s, cfg = queue.pop(0)
-            seed_dir = run_dir / "confirm" / candidate_key(cand) / f"seed_{s}"
+            seed_dir = run.confirm_seed(candidate_key(cand), s)
             ref = task.remote(cfg.to_dict(), str(seed_dir), teacher.get("path"), teacher.get("sha256"))
             pending[ref] = (cand, s)
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -105,9 +115,13 @@ def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
         epochs += int(m.get("epochs") or 0) + int(m.get("finetune_epochs") or 0)
         log(f"  confirm {cand['label']} seed {s} ({done}/{len(jobs)}{', kept from before' if m['reused'] else ''}): "
             f"val_acc {m['val_acc']:.2f}%  test_acc {m['test_acc']:.2f}%")
-    wall = time.time() - t0
+    return done, trained, epochs, errors
+
+
+def _record_done(run: RunDir, done: int, trained: int, epochs: int, errors: list[str], wall: float) -> dict:
+    """Write confirm/done.json (the wall time of an earlier, interrupted part added) and return it."""
     try:  # an earlier, interrupted part's time: added when this run trained more, kept when it trained nothing
-        earlier = float(json.loads((run_dir / "confirm" / "done.json").read_text()).get("wall_s") or 0.0)
+        earlier = float(json.loads(run.confirm_done.read_text()).get("wall_s") or 0.0)
     except (OSError, ValueError):
         earlier = None
     if earlier is not None:
@@ -115,7 +129,7 @@ def run_confirmation(run_dir: Path, plan: dict, meta: dict, log=print) -> dict:
     # epochs: every confirmation seed's training, including seeds kept from an interrupted earlier run
     out = {"seeds": done, "seeds_trained_now": trained, "epochs": epochs, "wall_s": round(wall, 1),
            "errors": errors}
-    write_json_atomic(run_dir / "confirm" / "done.json", out)
+    write_json_atomic(run.confirm_done, out)
     return out
 
 
@@ -123,7 +137,7 @@ def read_seed_metrics(run_dir: Path, candidate: dict, seeds: list[int]) -> list[
     """metrics.json of each finished confirmation seed of `candidate` (missing or unfinished ones left out)."""
     out = []
     for s in seeds:
-        folder = Path(run_dir) / "confirm" / candidate_key(candidate) / f"seed_{s}"
+        folder = RunDir(run_dir).confirm_seed(candidate_key(candidate), s)
         if not (folder / "reproduce.json").is_file():
             continue
         try:

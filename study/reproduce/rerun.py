@@ -27,7 +27,7 @@ Before training, differences to the study (data set, teacher file, code and torc
 as WARNING lines and kept in the summary; they do not stop the run.
 
 Output, RUN_DIR/reproduce/<trial>/ (reproduce/baseline-<name>/ for a baseline trained beside the search):
-  seed_<s>/config.yaml, metrics.json, epochs.csv, model.pt   one run_trial per seed; reproduce.json marks it
+  seed_<s>/config.yaml, metrics.json, epochs.csv, model.pt   one execute_trial per seed; reproduce.json marks it
                                                              finished (a finished seed is reused on a rerun);
                                                              with --epochs E other than the search's: seed_<s>_e<E>/
   summary.json                                               per-seed metrics, mean +- std, diff to the search
@@ -60,7 +60,9 @@ from study.core.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from study.search.results import front_trials, load_study_meta, open_study
+from study.core.run_dir import RunDir, trial_name
+from study.search.plan import StudyPlan
+from study.search.results import front_trials, load_study_plan, open_study
 from study.trial.run import TrialHooks
 
 RANK_RULE = ("front = Optuna's Pareto-optimal trials that finished training; drop those over --max-latency-ms "
@@ -90,12 +92,13 @@ class FrontTrial:
     baseline: str | None = None  # the baseline's name (an enqueued baseline has its trial number too)
 
     def get(self, key: str) -> Any:
+        """A metric the search measured (None when absent)."""
         return self.metrics.get(key)
 
     @property
     def folder(self) -> str:
-        """Its folder under the run dir: trials/<n>, or baselines/<name> for a baseline beside the search."""
-        return f"trials/{self.number}" if self.number is not None else f"baselines/{self.baseline}"
+        """Its folder relative to the run dir: its trial's, or baselines/<name> for a baseline beside the search."""
+        return trial_name(self.number) if self.number is not None else f"baselines/{self.baseline}"
 
     @property
     def key(self) -> str:
@@ -104,11 +107,13 @@ class FrontTrial:
 
     @property
     def label(self) -> str:
+        """How the model is named in lines: trial N (baseline NAME), or baseline NAME."""
         if self.number is None:
             return f"baseline {self.baseline}"
         return f"trial {self.number}" + (f" (baseline {self.baseline})" if self.baseline else "")
 
     def sort_key(self) -> tuple:
+        """The rank rule's order: higher val_acc, then fewer params, lower latency, lower number."""
         inf = float("inf")
         val, params, lat = self.get("val_acc"), self.get("params"), self.get("latency_ms_bs1")
         return (-(val if val is not None else -inf), params if params is not None else inf,
@@ -117,7 +122,7 @@ class FrontTrial:
 
 def _front_trial(t, run_dir: Path) -> FrontTrial:
     metrics = dict(t.user_attrs.get("metrics") or {})
-    path = run_dir / "trials" / str(t.number) / "metrics.json"
+    path = RunDir(run_dir).trial(t.number) / "metrics.json"
     if not metrics and path.is_file():
         metrics = json.loads(path.read_text())
     return FrontTrial(t.number, metrics, dict(t.user_attrs), t.user_attrs.get("baseline"))
@@ -196,7 +201,7 @@ def any_trial(study, run_dir: Path, number: int, front: list[FrontTrial], log=No
 
 def knee_trial(run_dir: Path) -> int:
     """The knee's trial number from benchmark.json (benchmarks.collect.knee wrote it)."""
-    path = run_dir / "benchmark.json"
+    path = RunDir(run_dir).benchmark_json
     try:
         knee = json.loads(path.read_text()).get("knee")
     except (OSError, ValueError, AttributeError):
@@ -207,16 +212,16 @@ def knee_trial(run_dir: Path) -> int:
     return int(knee["trial"])
 
 
-def baseline_entry(run_dir: Path, meta: dict, name: str) -> FrontTrial | int:
+def baseline_entry(run_dir: Path, plan: StudyPlan, name: str) -> FrontTrial | int:
     """--baseline NAME: the trial number it was enqueued as, or the baseline trained beside the search."""
-    entries = meta.get("baselines") or {}
+    entries = plan.baselines
     if name not in entries:
         names = ", ".join(entries) or "none (the space lists `baselines: []`, or the study predates baselines)"
         raise UserError(f"{run_dir}: --baseline {name}: no such baseline in this study; its baselines: {names}.")
-    number = entries[name].get("trial") if isinstance(entries[name], dict) else None
+    number = entries[name].trial
     if number is not None:
         return int(number)
-    path = run_dir / "baselines" / name / "metrics.json"
+    path = RunDir(run_dir).baseline(name) / "metrics.json"
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -225,7 +230,7 @@ def baseline_entry(run_dir: Path, meta: dict, name: str) -> FrontTrial | int:
     return FrontTrial(None, metrics, {}, name)
 
 
-def choose(study, run_dir: Path, meta: dict, *, rank: int | None = None, knee: bool = False,
+def choose(study, run_dir: Path, plan: StudyPlan, *, rank: int | None = None, knee: bool = False,
            trial: int | None = None, baseline: str | None = None, max_latency_ms: float | None = None,
            max_params: float | None = None, log=_log) -> tuple[FrontTrial, list[FrontTrial]]:
     """The model to rerun by exactly one of rank, knee, trial or baseline (module docstring), and the front."""
@@ -238,7 +243,7 @@ def choose(study, run_dir: Path, meta: dict, *, rank: int | None = None, knee: b
     if rank is not None:
         return select_trial(front, run_dir, rank=rank, max_latency_ms=max_latency_ms, max_params=max_params), front
     if baseline is not None:
-        found = baseline_entry(run_dir, meta, baseline)
+        found = baseline_entry(run_dir, plan, baseline)
         if isinstance(found, FrontTrial):
             return found, front
         trial = found
@@ -259,53 +264,72 @@ def trial_config(run_dir: Path, chosen: FrontTrial) -> TrialConfig:
                     "or pick another model.")
 
 
-def check_against_study(run_dir: Path, meta: dict, cfg: TrialConfig, ds, search_metrics: dict,
+def check_against_study(run_dir: Path, plan: StudyPlan, cfg: TrialConfig, ds, search_metrics: dict,
                         teacher_file: Path | None, teacher_embedded: dict | None, code: dict,
                         device: str) -> list[str]:
     """Differences between this reproduction and the study, one sentence each (printed as WARNING lines)."""
+    w = _data_warnings(plan, cfg, ds, search_metrics)
+    if cfg.uses_teacher:
+        w += _teacher_warnings(plan, cfg, teacher_file, teacher_embedded)
+    w += _code_warnings(plan, code)
+    if plan.device and plan.device != device.split(":")[0]:
+        w.append(f"device: reproducing on {device}, the study ran on {plan.device}; numbers can differ slightly.")
+    return w
+
+
+def _data_warnings(plan: StudyPlan, cfg: TrialConfig, ds, search_metrics: dict) -> list[str]:
+    """The data set differs from the study's: its name, class count, input shape or fingerprint."""
     w: list[str] = []
-    # data
-    if meta.get("dataset") not in (None, cfg.dataset):
-        w.append(f"data: the trial config names data set {cfg.dataset!r} but the study ran on {meta['dataset']!r}.")
-    for key, now in (("num_classes", ds.num_classes), ("input_shape", list(ds.input_shape))):
-        for where, then in (("study.json", meta.get(key)), ("the trial's metrics", search_metrics.get(key))):
+    if plan.dataset not in (None, cfg.dataset):
+        w.append(f"data: the trial config names data set {cfg.dataset!r} but the study ran on {plan.dataset!r}.")
+    for key, now, recorded in (("num_classes", ds.num_classes, plan.num_classes),
+                               ("input_shape", list(ds.input_shape), plan.input_shape)):
+        for where, then in (("study.json", recorded), ("the trial's metrics", search_metrics.get(key))):
             if then is not None and then != now:
                 w.append(f"data: {key} is {now} now but {then} in {where}; the data set files changed.")
-    fp_then = meta.get("data_fingerprint") or (meta.get("versions") or {}).get("data_fingerprint")
+    fp_then = plan.data_sha
     fp_now = dataset_sha256(ds)
     if fp_then and fp_then != fp_now:
         w.append(f"data: the data set's fingerprint is {fp_now} now but {fp_then} in the study; the images or "
                  "labels changed.")
-    # teacher
-    uses_teacher = cfg.kd_loss != "ce" and cfg.alpha < 1.0
-    recorded = meta.get("teacher") or {}
-    if uses_teacher:
-        from study.teacher.model import teacher_key
+    return w
 
-        if not recorded.get("path"):
-            w.append("teacher: study.json records no teacher file; the teacher will be trained (or loaded from the "
-                     "cache) with the trial's recipe.")
-        elif teacher_file is None:
-            w.append(f"teacher: the study's teacher {recorded['path']} is missing; it will be retrained with the "
-                     "same recipe, which need not give the same weights.")
-        if recorded.get("key") and recorded["key"] != teacher_key(cfg):
-            w.append(f"teacher: the trial config's teacher key {teacher_key(cfg)} differs from the study's "
-                     f"{recorded['key']}.")
-        if teacher_file is not None and teacher_embedded is not None:
-            for k in ("key", "val_acc", "test_acc", "train_s"):
-                if k in recorded and k in teacher_embedded and recorded[k] != teacher_embedded[k]:
-                    w.append(f"teacher: {teacher_file} has {k} {teacher_embedded[k]!r} but the study recorded "
-                             f"{recorded[k]!r}; the file was replaced since the study ran.")
-                    break
-            if recorded.get("sha256") and recorded["sha256"] != sha256_file(teacher_file):
-                w.append(f"teacher: {teacher_file} sha256 differs from the one study.json records.")
-    # code
-    versions = meta.get("versions") or {}
+
+def _teacher_warnings(plan: StudyPlan, cfg: TrialConfig, teacher_file: Path | None,
+                      teacher_embedded: dict | None) -> list[str]:
+    """The teacher differs from the study's: missing, another key, or a replaced file."""
+    from study.teacher.model import teacher_key
+
+    w: list[str] = []
+    recorded = plan.teacher
+    if not recorded.get("path"):
+        w.append("teacher: study.json records no teacher file; the teacher will be trained (or loaded from the "
+                 "cache) with the trial's recipe.")
+    elif teacher_file is None:
+        w.append(f"teacher: the study's teacher {recorded['path']} is missing; it will be retrained with the "
+                 "same recipe, which need not give the same weights.")
+    if recorded.get("key") and recorded["key"] != teacher_key(cfg):
+        w.append(f"teacher: the trial config's teacher key {teacher_key(cfg)} differs from the study's "
+                 f"{recorded['key']}.")
+    if teacher_file is not None and teacher_embedded is not None:
+        for k in ("key", "val_acc", "test_acc", "train_s"):
+            if k in recorded and k in teacher_embedded and recorded[k] != teacher_embedded[k]:
+                w.append(f"teacher: {teacher_file} has {k} {teacher_embedded[k]!r} but the study recorded "
+                         f"{recorded[k]!r}; the file was replaced since the study ran.")
+                break
+        if recorded.get("sha256") and recorded["sha256"] != sha256_file(teacher_file):
+            w.append(f"teacher: {teacher_file} sha256 differs from the one study.json records.")
+    return w
+
+
+def _code_warnings(plan: StudyPlan, code: dict) -> list[str]:
+    """The code differs from the study's: torch or torch-pruning versions, the source's hash or git commit."""
+    w: list[str] = []
     for k in ("torch", "torch_pruning"):
-        if versions.get(k) and code.get(k) and versions[k] != code[k]:
-            w.append(f"code: {k} is {code[k]} now but the study ran with {versions[k]}.")
-    then_sha = versions.get("code_sha256") or meta.get("code_sha256")
-    then_git = versions.get("git_commit") or meta.get("git_commit")
+        if plan.versions.get(k) and code.get(k) and plan.versions[k] != code[k]:
+            w.append(f"code: {k} is {code[k]} now but the study ran with {plan.versions[k]}.")
+    then_sha = plan.version("code_sha256")
+    then_git = plan.version("git_commit")
     if then_sha:
         if then_sha != code["code_sha256"]:
             w.append(f"code: the project's source (sha256 {code['code_sha256']}) differs from the study's "
@@ -319,9 +343,6 @@ def check_against_study(run_dir: Path, meta: dict, cfg: TrialConfig, ds, search_
         w.append(f"code: study.json records no code version, so the code cannot be compared (now: git "
                  f"{(code['git_commit'] or 'unknown')[:12]}{' + uncommitted changes' if code.get('git_dirty') else ''}"
                  f", source sha256 {code['code_sha256']}).")
-    # device
-    if meta.get("device") and meta["device"] != device.split(":")[0]:
-        w.append(f"device: reproducing on {device}, the study ran on {meta['device']}; numbers can differ slightly.")
     return w
 
 
@@ -364,14 +385,14 @@ def run_seed(cfg: TrialConfig, seed_dir: Path, teacher_path: Path | None, teache
     """Train one seed into seed_dir (config.yaml, metrics.json, epochs.csv, model.pt); reuse a finished one.
 
     reproduce.json, written last, marks the seed finished with this config and teacher (sha256)."""
-    from study.trial.run import run_trial
+    from study.trial.run import execute_trial
 
     done = _finished(seed_dir, cfg, teacher_sha)
     if done is not None:
         return done, True
     for name in ("reproduce.json", "metrics.json"):  # never leave a stale result next to a new config
         (seed_dir / name).unlink(missing_ok=True)
-    metrics = run_trial(cfg, out_dir=seed_dir, teacher_path=teacher_path, hooks=_SeedHooks(log))
+    metrics = execute_trial(cfg, out_dir=seed_dir, teacher_path=teacher_path, hooks=_SeedHooks(log))
     write_json_atomic(seed_dir / "reproduce.json", {"config": cfg.to_dict(), "teacher_sha256": teacher_sha})
     return metrics, False
 
@@ -393,9 +414,9 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
         raise UserError(f"--seeds {seeds}: give at least 1 seed.")
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs {epochs}: give at least 1 epoch.")
-    meta = load_study_meta(run_dir)
-    study = open_study(run_dir, meta)
-    chosen, front = choose(study, run_dir, meta, rank=rank, knee=knee, trial=trial, baseline=baseline,
+    plan = load_study_plan(run_dir)
+    study = open_study(run_dir, plan)
+    chosen, front = choose(study, run_dir, plan, rank=rank, knee=knee, trial=trial, baseline=baseline,
                            max_latency_ms=max_latency_ms, max_params=max_params, log=log)
     cfg = trial_config(run_dir, chosen)
     flag = (f"--rank {rank}" if rank is not None else "--knee" if knee else
@@ -404,11 +425,11 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
                + (f" --max-latency-ms {max_latency_ms:g}" if max_latency_ms is not None else "")
                + (f" --max-params {max_params:g}" if max_params is not None else "")
                + f" --seeds {seeds}" + (f" --epochs {epochs}" if epochs is not None else ""))
-    summary, ds, base = _run_seeds(run_dir, meta, chosen, cfg, seeds=seeds, epochs=epochs, flag=flag, log=log)
+    summary, ds, base = _run_seeds(run_dir, plan, chosen, cfg, seeds=seeds, epochs=epochs, flag=flag, log=log)
     summary.update({"rank": rank, "max_latency_ms": max_latency_ms, "max_params": max_params, "selected_by": flag,
                     "on_front": chosen.number in {t.number for t in front} if chosen.number is not None else None,
                     "front": [t.number for t in front], "command": command})
-    out = run_dir / "reproduce" / chosen.key
+    out = RunDir(run_dir).reproduce(chosen.key)
     summary["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json_atomic(out / "summary.json", summary)  # the seeds' results are safe before the export runs
     if export:
@@ -421,12 +442,12 @@ def reproduce(run_dir: Path, *, rank: int | None = None, trial: int | None = Non
     return summary
 
 
-def _teacher_of(run_dir: Path, meta: dict, cfg: TrialConfig) -> tuple[Path | None, dict | None]:
+def _teacher_of(run_dir: Path, plan: StudyPlan, cfg: TrialConfig) -> tuple[Path | None, dict | None]:
     """The study's teacher file and what it embeds, when the model distils from one and the file is there."""
     from study.teacher.model import load_teacher
 
-    recorded = meta.get("teacher") or {}
-    if cfg.kd_loss == "ce" or cfg.alpha >= 1.0 or not recorded.get("path"):
+    recorded = plan.teacher
+    if not cfg.uses_teacher or not recorded.get("path"):
         return None, None
     p = Path(recorded["path"])
     p = p if p.is_absolute() or not (run_dir / p).is_file() else run_dir / p
@@ -435,10 +456,10 @@ def _teacher_of(run_dir: Path, meta: dict, cfg: TrialConfig) -> tuple[Path | Non
     return p, load_teacher(p, torch.device("cpu"))[1]
 
 
-def _warnings(run_dir: Path, meta: dict, chosen: FrontTrial, cfg: TrialConfig, ds, device: str, device_name: str,
+def _warnings(run_dir: Path, plan: StudyPlan, chosen: FrontTrial, cfg: TrialConfig, ds, device: str, device_name: str,
               epochs: int | None, teacher: tuple[Path | None, dict | None], code: dict) -> list[str]:
     """check_against_study's sentences plus the device, unset-field and budget notes."""
-    warnings = check_against_study(run_dir, meta, cfg, ds, chosen.metrics, teacher[0], teacher[1], code, device)
+    warnings = check_against_study(run_dir, plan, cfg, ds, chosen.metrics, teacher[0], teacher[1], code, device)
     if cfg.device != device_name:
         warnings.append(f"device: the trial config asks for {cfg.device}, which this machine lacks; using cpu.")
     unset = _unset_fields(run_dir / chosen.folder / "config.yaml")
@@ -452,7 +473,7 @@ def _warnings(run_dir: Path, meta: dict, chosen: FrontTrial, cfg: TrialConfig, d
     return warnings
 
 
-def _run_seeds(run_dir: Path, meta: dict, chosen: FrontTrial, cfg: TrialConfig, *, seeds: int,
+def _run_seeds(run_dir: Path, plan: StudyPlan, chosen: FrontTrial, cfg: TrialConfig, *, seeds: int,
                epochs: int | None, flag: str, log) -> tuple[dict, Any, TrialConfig]:
     """Train the seeds (reusing finished ones); returns (the summary without the selection keys, the data set,
     the config the seeds ran)."""
@@ -466,12 +487,12 @@ def _run_seeds(run_dir: Path, meta: dict, chosen: FrontTrial, cfg: TrialConfig, 
     run_epochs = epochs or cfg.epochs
     base = cfg.replace(epochs=run_epochs, device=device_name)
     ds = load_dataset_for(cfg)
-    teacher_file, teacher_embedded = _teacher_of(run_dir, meta, cfg)
+    teacher_file, teacher_embedded = _teacher_of(run_dir, plan, cfg)
     code = code_version()
-    warnings = _warnings(run_dir, meta, chosen, cfg, ds, device, device_name, epochs,
+    warnings = _warnings(run_dir, plan, chosen, cfg, ds, device, device_name, epochs,
                          (teacher_file, teacher_embedded), code)
     seed_list = [cfg.seed + i for i in range(seeds)]
-    out = run_dir / "reproduce" / chosen.key
+    out = RunDir(run_dir).reproduce(chosen.key)
     search = chosen.metrics
     log(f"reproduce {run_dir.name} {chosen.label} ({flag}; search val_acc {_f(search.get('val_acc'))}%, "
         f"test_acc {_f(search.get('test_acc'))}%): {cfg.student_arch} x{cfg.width_mult:g}, kd={cfg.kd_loss} "
@@ -479,7 +500,7 @@ def _run_seeds(run_dir: Path, meta: dict, chosen: FrontTrial, cfg: TrialConfig, 
         f"{run_epochs}+{cfg.finetune_epochs} epochs, seeds {seed_list} on {device} -> {out}")
     for msg in warnings:
         log(f"WARNING: {msg}")
-    if cfg.kd_loss != "ce" and cfg.alpha < 1.0 and teacher_file is None:  # one teacher for every seed
+    if cfg.uses_teacher and teacher_file is None:  # one teacher for every seed
         _, teacher_embedded = get_teacher(cfg.replace(device=device_name), resolve_device(device_name), log=log)
         teacher_file = Path(teacher_embedded["path"])
     teacher_sha = sha256_file(teacher_file) if teacher_file is not None else None
@@ -494,7 +515,7 @@ def _run_seeds(run_dir: Path, meta: dict, chosen: FrontTrial, cfg: TrialConfig, 
         log(f"seed {s} ({i + 1}/{seeds}){' reused' if reused else ''}: test_acc {row['test_acc']:.2f}%  "
             f"val_acc {row['val_acc']:.2f}%  params {row['params']:,} (nonzero {row['nonzero_params']:,})  "
             f"MACs {row['macs']:,}  latency {row['latency_ms_bs1']:.3f} ms  [{time.time() - t0:.1f}s]")
-    summary = {"run_dir": portable_path(run_dir), "run_name": meta.get("name", run_dir.name), "trial": chosen.number,
+    summary = {"run_dir": portable_path(run_dir), "run_name": plan.name or run_dir.name, "trial": chosen.number,
                "baseline": chosen.baseline, "label": chosen.label, "rank_rule": RANK_RULE,
                **_seed_stats(per_seed, search, run_epochs, cfg.epochs), "seeds_vary": SEEDS_VARY,
                "epochs": run_epochs, "epochs_search": cfg.epochs, "finetune_epochs": cfg.finetune_epochs,

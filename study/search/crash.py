@@ -120,22 +120,3 @@ def _raised(lines: list[str]) -> str | None:
     end = next((line.strip() for line in lines[start + 1:] if line and not line[0].isspace()), "")
     where = f" (in {frames[-1]['func']}, {Path(frames[-1]['file']).name}:{frames[-1]['line']})" if frames else ""
     return f"{end[:400]}{where}" if end else None
-
-
-def inject_crash_for_tests(trial_number: int) -> None:
-    """KDSTUDY_TEST_CRASH=abort|segv[:N] makes trial N (every trial without :N) die natively, for the tests of
-    this module's path through Ray; unset in normal use."""
-    spec = os.environ.get("KDSTUDY_TEST_CRASH", "")
-    if not spec:
-        return
-    kind, _, number = spec.partition(":")
-    if number and int(number) != trial_number:
-        return
-    os.write(2, f"kdstudy: injected {kind} crash (KDSTUDY_TEST_CRASH)\n".encode())
-    if kind == "abort":
-        os.abort()
-    if kind == "segv":
-        import ctypes
-
-        ctypes.string_at(0)
-    raise ValueError(f"KDSTUDY_TEST_CRASH={spec!r}: use abort or segv, optionally with :TRIAL_NUMBER")

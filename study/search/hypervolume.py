@@ -33,7 +33,7 @@ def _check_directions(directions: Sequence[str], n_obj: int) -> None:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {bad[0]!r}")
 
 
-def hypervolume(loss: np.ndarray, reference: Sequence[float]) -> float:
+def hypervolume(loss: np.ndarray, reference: Sequence[float] | np.ndarray) -> float:
     """Exact hypervolume dominated by `loss` (n x m, minimisation form) and bounded by `reference`.
 
     Points not strictly better than the reference in every objective, and non-finite points, add nothing.
@@ -105,6 +105,7 @@ class Normalization:
         return np.where(maximize, 1.0 - scaled, scaled)
 
     def to_json(self) -> list[dict]:
+        """The ranges as a JSON object (benchmark.json)."""
         return [
             {"name": n, "direction": d, "range": [lo, hi], "fixed_range": f, "reference": r}
             for n, d, lo, hi, f, r in zip(self.names, self.directions, self.lo, self.hi, self.fixed,
@@ -121,10 +122,14 @@ def normalization(names: Sequence[str], directions: Sequence[str], values: np.nd
     """Ranges of the hypervolume rule from the observed `values` (COMPLETE trials and references, n x m)."""
     values = np.asarray(values, dtype=float).reshape(-1, len(names))
     _check_directions(directions, len(names))
-    lo, hi, fixed = [], [], []
+    lo: list[float] = []
+    hi: list[float] = []
+    fixed: list[bool] = []
     for j, name in enumerate(names):
         if is_accuracy(name):
-            lo.append(0.0), hi.append(100.0), fixed.append(True)
+            lo.append(0.0)
+            hi.append(100.0)
+            fixed.append(True)
             continue
         col = values[:, j][np.isfinite(values[:, j])]
         low = min(0.0, float(col.min())) if len(col) else 0.0

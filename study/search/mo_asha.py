@@ -30,7 +30,7 @@ try:  # the pure ranking functions below work (and are tested) without Ray
     from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 except ImportError:  # pragma: no cover
     FIFOScheduler = object  # type: ignore[assignment,misc]
-    TrialScheduler = None  # type: ignore[assignment]
+    TrialScheduler = None  # type: ignore[assignment,misc]
 
 
 def non_dominated_fronts(points: np.ndarray) -> list[list[int]]:
@@ -60,6 +60,7 @@ def non_dominated_fronts(points: np.ndarray) -> list[list[int]]:
 
 
 def crowding_distance(points: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance of each point (n x m) within its front; the ends get infinity."""
     n, m = points.shape
     dist = np.zeros(n)
     if n <= 2:
@@ -104,7 +105,7 @@ def rung_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[in
     return rungs
 
 
-class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
+class MOASHAScheduler(FIFOScheduler):
     """Ray Tune scheduler for MO-ASHA. `objectives` is [(metric, "maximize"|"minimize"), ...]; results must carry
     `time_attr` and the objectives (cost objectives in every intermediate result)."""
 
@@ -119,6 +120,7 @@ class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
         self._num_stopped = 0
 
     def set_search_properties(self, metric, mode, **spec) -> bool:  # metric lists are ours, ignore Tune's
+        """Tune's metric and mode: ignored, the objectives are this scheduler's own."""
         return True
 
     def _vector(self, result: dict) -> list[float] | None:
@@ -137,6 +139,8 @@ class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
         return vec
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        """At the highest rung a running trial reached (first time only): record its vector there and STOP it
+        unless `promote` keeps it; CONTINUE otherwise."""
         if result.get("status") != "running" or self._time_attr not in result:
             return TrialScheduler.CONTINUE
         t = result[self._time_attr]
@@ -156,12 +160,15 @@ class MOASHAScheduler(FIFOScheduler):  # type: ignore[misc,valid-type]
         return TrialScheduler.CONTINUE
 
     def debug_string(self) -> str:
+        """The rungs and how many trials were stopped, for Tune's status lines."""
         return f"MO-ASHA: rungs {self._rungs}, stopped {self._num_stopped}"
 
     def save(self, checkpoint_path: str) -> None:
+        """Write the scheduler's state (rungs, recorded vectors, counts) to Tune's experiment snapshot."""
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(self.__dict__, fh)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Read the scheduler's state back from Tune's experiment snapshot."""
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))

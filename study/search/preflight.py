@@ -13,6 +13,7 @@ from study.core.errors import UserError
 
 
 def _values(space, name: str, default):
+    """The values a parameter can take in the space (a categorical's choices, a range's ends), else [default]."""
     for p in space.params:
         if p.name == name:
             return list(p.choices) if p.type == "categorical" else [p.low, p.high]
@@ -23,7 +24,8 @@ def check_study(space, ds) -> dict:
     """Raise UserError when the teacher checkpoint or a student family does not fit `ds`; returns what was
     checked (recorded in study.json)."""
     base: TrialConfig = space.base_config()
-    shape = tuple(int(v) for v in ds.train_x.shape[1:])
+    c, h, w = (int(v) for v in ds.train_x.shape[1:])
+    shape = (c, h, w)
     checked: dict = {}
     if base.teacher_checkpoint:
         from study.teacher import user as user_teacher
@@ -33,8 +35,9 @@ def check_study(space, ds) -> dict:
                                               torch.device("cpu"))
         checked["teacher_checkpoint"] = {"path": str(path), "format": fmt,
                                          "sha256": user_teacher.checkpoint_sha256(path)}
-    from study.models.pruning import is_structured, prune_model
+    from study.models.pruning import is_structured
     from study.models.student import build_student
+    from study.trial.run import check_prunable
 
     archs = _values(space, "student_arch", base.student_arch)
     methods = [m for m in _values(space, "prune_method", base.prune_method) if is_structured(m) and m != "none"]
@@ -50,6 +53,6 @@ def check_study(space, ds) -> dict:
             raise UserError(f"student_arch {arch}: the model returns {tuple(out.shape)} for one image, but the data "
                             f"set has {ds.num_classes} classes; build it with num_classes.")
         for method in methods[:1]:  # one structured method traces the graph the others use
-            prune_model(model, method, max(ratios), torch.zeros(1, *shape), round_to=base.round_to)
+            check_prunable(model, method, max(ratios), torch.zeros(1, *shape), base.round_to)
         checked.setdefault("student_archs", []).append(arch)
     return checked

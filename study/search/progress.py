@@ -1,5 +1,5 @@
 """The study's progress lines: a Ray Tune callback, kept apart from study.search.driver so that importing that module
-does not import Ray (`run_study` sets Ray's environment first)."""
+does not import Ray (`run_search` sets Ray's environment first)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy as np
 from ray.tune import Callback
 
 from study.core.fmt import fmt_value
+from study.core.run_dir import RunDir
 from study.search.crash import crash_reason
 from study.search.hypervolume import is_accuracy, normalization, normalized_hypervolume
+from study.search.told import TOLD_FILE
 
 
 class Progress(Callback):
@@ -42,11 +44,13 @@ class Progress(Callback):
         return {**self.__dict__, "_trials": []}
 
     def setup(self, *args, **info):
+        """Tune's start (also after Tuner.restore): the clock and the done count start again."""
         # Tuner.restore unpickles this callback as it was when the study started (tuner.pkl): start the clock
         # again, and count the trials the earlier run finished at the first step (they are not printed again).
         self.t0, self.done, self._counted = time.time(), 0, False
 
     def on_step_begin(self, iteration, trials, **info):
+        """Keep Tune's trial list; on the first step, count the trials already done."""
         self._trials = trials  # Tune's trial list: the ones in flight, for the running summary
         if not self._counted:
             told = self._told()
@@ -57,17 +61,20 @@ class Progress(Callback):
         """Trials Optuna knows finished (trials/*/told.json, which the searcher writes before this callback
         runs): the count on resume includes trials Tune's restored snapshot never named."""
         run_dir = getattr(self, "run_dir", None)
-        return None if run_dir is None else sum(1 for _ in Path(run_dir).glob("trials/*/told.json"))
+        return None if run_dir is None else sum(1 for _ in RunDir(run_dir).trial_files(TOLD_FILE))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        """The line of a trial that ended (not one replayed after a driver kill)."""
         if (trial.last_result or {}).get("replayed"):  # finished before a driver kill: counted, not shown again
             return
         self._line(trial, trial.last_result or {})
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        """The line of a trial whose process died, with the reason from its stderr.log."""
         self._line(trial, {**(trial.last_result or {}), "status": "failed", "error": self._crash(trial)})
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        """The line of a crashed trial that Tune starts again from its last checkpoint."""
         print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {trial.config.get('trial_number', '?')} "
               f"crashed, retrying once from its last checkpoint: {self._crash(trial)}", flush=True)
 
@@ -75,7 +82,7 @@ class Progress(Callback):
         number = trial.config.get("trial_number")
         if self.run_dir is None or number is None:
             return "the trial's process died"
-        return crash_reason(self.run_dir / "trials" / str(number))
+        return crash_reason(RunDir(self.run_dir).trial(number))
 
     def _line(self, trial, r: dict) -> None:
         told = self._told()
@@ -92,11 +99,12 @@ class Progress(Callback):
         print(f"[{self.done}/{self.total} {time.time() - self.t0:6.0f}s] trial {p.get('trial_number', '?')} "
               f"{status}{extra}: {desc}  {objs}{err}", flush=True)
         so_far = self._so_far(trial)
-        if so_far is not None:
+        run_dir = getattr(self, "run_dir", None)
+        if so_far is not None and run_dir is not None:
             print(f"  so far: {so_far.line()}", flush=True)
             hook = getattr(self, "on_trial_end", None)
             if hook is not None:
-                hook(Path(self.run_dir), so_far)
+                hook(Path(run_dir), so_far)
 
     def _so_far(self, trial) -> SoFar | None:
         """The running summary from the trials' told.json files (so a resumed study counts the earlier run's)."""
@@ -120,6 +128,7 @@ class SoFar:
     eta_s: float | None  # mean wall time of the ended trials x (running + left) / concurrency
 
     def line(self) -> str:
+        """The running summary as one line."""
         best = f"best {self.best[0]} {self.best[1]:.2f}% (trial {self.best[2]})" if self.best else "no complete trial"
         hv = f"hypervolume {self.hypervolume:.4f}" if self.hypervolume is not None else "hypervolume -"
         eta = _duration(self.eta_s) if self.eta_s is not None else "-"
@@ -147,20 +156,21 @@ def study_so_far(run_dir: Path, objectives: list[tuple[str, str]], total: int, r
                  concurrent: int) -> SoFar:
     """SoFar from RUN_DIR: trials/*/told.json for the ended trials, references/ and baselines/ for the ranges of
     the hypervolume (as the results pipeline normalises: complete trials and the models beside the search)."""
-    ended = {int(p.parent.name): t for p in run_dir.glob("trials/*/told.json")
+    run = RunDir(run_dir)
+    ended = {int(p.parent.name): t for p in run.trial_files(TOLD_FILE)
              if p.parent.name.isdigit() and (t := _read(p)) is not None and isinstance(t.get("result"), dict)}
     complete = {n: t["result"] for n, t in ended.items() if t.get("status") == "complete"}
     names, dirs = [m for m, _ in objectives], [d for _, d in objectives]
     acc = next((m for m, d in objectives if is_accuracy(m) and d == "maximize"), None)
     accs = {n: v for n, r in complete.items() if acc is not None and (v := _num(r.get(acc))) == v}  # NaN != NaN
     best = None
-    if accs:
+    if accs and acc is not None:
         n = max(sorted(accs), key=accs.__getitem__)  # ties: the lower trial number
         best = (acc, accs[n], n)
     hv = None
     if complete:
         values = np.array([[_num(r.get(m)) for m in names] for r in complete.values()], dtype=float)
-        beside = [m for p in [*run_dir.glob("references/*/metrics.json"), *run_dir.glob("baselines/*/metrics.json")]
+        beside = [m for p in [*run.references.glob("*/metrics.json"), *run.baselines.glob("*/metrics.json")]
                   if (m := _read(p)) is not None]
         observed = np.vstack([values, np.array([[_num(m.get(k)) for k in names] for m in beside],
                                                dtype=float).reshape(-1, len(names))])

@@ -12,10 +12,15 @@ Kept apart from study.search.driver so that the Ray worker that computes them im
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from study.config import TrialConfig, make_config
-from study.core.io import write_json_atomic
+
+if TYPE_CHECKING:
+    from torch import nn
 
 REFERENCES = ("teacher", "student_ce", "student_kd")
 
@@ -26,18 +31,12 @@ def _config(trial: dict, values: dict, gpu: bool, source: str) -> TrialConfig:
     return cfg if gpu else cfg.replace(device="cpu")
 
 
-def _record(out: Path, metrics: dict, label: dict) -> dict:
-    metrics.update(label)
-    write_json_atomic(out / "metrics.json", metrics)
-    return metrics
-
-
 def _train(cfg: TrialConfig, teacher_path: str | None, out: Path, label: dict) -> dict:
-    """run_trial into `out` (the trials' own protocol), its metrics.json labelled."""
-    from study.trial.run import run_trial
+    """execute_trial into `out` (the trials' own protocol), its metrics.json labelled."""
+    from study.trial.run import execute_trial
 
-    metrics = run_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None)
-    return _record(out, metrics, label)
+    return execute_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path else None,
+                         add_metrics=label)
 
 
 def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
@@ -55,14 +54,16 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     from study.models.costs import count_params
     from study.models.pruning import prune_model
     from study.teacher.model import load_teacher
-    from study.trial.run import measure_student
+    from study.trial.run import measure_student, record_metrics
 
+    if teacher_path is None:
+        raise ValueError("the teacher reference needs the study's teacher checkpoint")
     cfg = _config(trial, {}, gpu, "config")
     device = resolve_device(cfg.device)
     model, info = load_teacher(teacher_path, device)
     fmt, extra = info.get("checkpoint_format"), {}
     if fmt == "state_dict":  # the user's teacher of a named family: saved as that family
-        model = model.inner
+        model = cast("nn.Module", model.inner)
     elif fmt in ("export", "torchscript"):  # no family to rebuild: model.pt names the program (load_model reads it)
         extra = {"program": {"path": info["checkpoint"], "format": fmt, "sha256": info["sha256"]}}
     ds = load_dataset_for(cfg)
@@ -71,12 +72,14 @@ def run_reference(kind: str, trial: dict, teacher_path: str | None, out_dir: str
     tcfg = cfg.replace(student_arch=cfg.teacher_arch, width_mult=cfg.teacher_width)
     metrics = measure_student(model, data, tcfg, {"params": count_params(model)}, prune_info, out, meta=extra)
     metrics.update(tcfg.to_dict())
-    return _record(out, metrics, {"reference": kind})
+    metrics.update(reference=kind)
+    record_metrics(out, metrics)
+    return metrics
 
 
 def run_baseline(name: str, values: dict, trial: dict, teacher_path: str | None, out_dir: str, gpu: bool) -> dict:
-    """One baseline: the study's fixed trial settings with `values` over them, trained and measured by run_trial
-    into out_dir; metrics.json carries `baseline: name`."""
+    """One baseline: the study's fixed trial settings with `values` over them, trained and measured by
+    execute_trial into out_dir; metrics.json carries `baseline: name`."""
     return _train(_config(trial, values, gpu, f"baseline {name}"), teacher_path, Path(out_dir), {"baseline": name})
 
 
@@ -95,11 +98,15 @@ def run_references(kinds: list[str], trial: dict, teacher_path: str | None, out_
     """run_reference for each kind in turn, then run_baseline for each baseline, in one process; a failing one is
     returned as its error text. Keys: the reference kinds, and "baseline NAME"."""
     out: dict = {}
-    jobs = [(kind, lambda k=kind: run_reference(k, trial, teacher_path, str(Path(out_root) / k), gpu))
-            for kind in kinds]
-    jobs += [(f"baseline {name}", lambda n=name, v=values: run_baseline(n, v, trial, teacher_path,
-                                                                         str(Path(baselines_root) / n), gpu))
-             for name, values in (baselines or {}).items()]
+    jobs: list[tuple[str, Callable[[], dict]]] = [
+        (kind, functools.partial(run_reference, kind, trial, teacher_path, str(Path(out_root) / kind), gpu))
+        for kind in kinds]
+    if baselines:
+        if baselines_root is None:
+            raise ValueError("run_references: baselines need their baselines_root")
+        jobs += [(f"baseline {name}", functools.partial(run_baseline, name, values, trial, teacher_path,
+                                                        str(Path(baselines_root) / name), gpu))
+                 for name, values in baselines.items()]
     for key, job in jobs:
         try:
             out[key] = job()

@@ -12,55 +12,52 @@ from pathlib import Path
 from typing import Any
 
 from study.core.errors import UserError
+from study.core.run_dir import RunDir
+from study.search.plan import StudyPlan, load_plan, read_study_json
 
 
 def load_study_meta(run_dir: Path) -> dict:
-    """study.json of a run directory (UserError naming the file when missing or unreadable)."""
-    path = Path(run_dir) / "study.json"
-    if not path.is_file():
-        raise UserError(f"{path} not found: pass a run directory written by `python -m study run`.")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); restore or rewrite it.") \
-            from e
-    if not isinstance(meta, dict):
-        raise UserError(f"{path} must hold a JSON object; restore or rewrite it.")
-    return meta
+    """study.json of a run directory as it is on disk, every key as written (the report's settings table shows
+    them); UserError naming the file when missing or unreadable. Code that reads the study uses load_study_plan."""
+    return read_study_json(RunDir(run_dir).study_json)
 
 
-def storage_url(run_dir: Path, meta: dict) -> str:
+def load_study_plan(run_dir: Path) -> StudyPlan:
+    """The StudyPlan in a run directory's study.json (files of earlier versions too; UserError naming the file
+    when missing or unreadable)."""
+    return load_plan(run_dir)
+
+
+def storage_url(run_dir: Path, plan: StudyPlan) -> str:
     """The study's storage URL; a SQLite file that moved with the run directory is found inside it."""
-    run_dir = Path(run_dir)
-    url = meta.get("storage")
-    if not url:
-        url = f"sqlite:///{run_dir / 'optuna.db'}"
+    run = RunDir(run_dir)
+    url = plan.storage or run.default_storage_url
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         # Opening a missing SQLite file would silently create an empty study; look beside study.json instead.
-        for candidate in (db, run_dir / db, run_dir / db.name, run_dir / "optuna.db"):
+        for candidate in (db, run.root / db, run.root / db.name, run.optuna_db):
             if candidate.is_file():
                 return f"sqlite:///{candidate}"
-        raise UserError(f"{run_dir / 'study.json'}: storage file {db} not found (nor {run_dir / 'optuna.db'}); "
+        raise UserError(f"{run.study_json}: storage file {db} not found (nor {run.optuna_db}); "
                         "fix the \"storage\" entry or copy the database into the run directory.")
     return url
 
 
-def open_study(run_dir: Path, meta: dict) -> Any:
-    """Load the Optuna study named in study.json."""
+def open_study(run_dir: Path, plan: StudyPlan) -> Any:
+    """Load the Optuna study the plan names."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = storage_url(run_dir, meta)
-    name = meta.get("study_name") or meta.get("name")
+    url = storage_url(run_dir, plan)
+    name = plan.optuna_name
+    where = RunDir(run_dir).study_json
     try:
         return optuna.load_study(study_name=name, storage=url)
     except KeyError as e:
-        raise UserError(f"{Path(run_dir) / 'study.json'}: study {name!r} is not in {url}; "
-                        "fix \"study_name\" or \"storage\".") from e
+        raise UserError(f"{where}: study {name!r} is not in {url}; fix \"study_name\" or \"storage\".") from e
     except Exception as e:  # noqa: BLE001  an unreachable server or a bad URL: one sentence, not a traceback
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"{Path(run_dir) / 'study.json'}: cannot open the Optuna storage {url} "
+        raise UserError(f"{where}: cannot open the Optuna storage {url} "
                         f"({type(e).__name__}: {first}); check that the database is reachable, or fix "
                         "\"storage\".") from e
 
@@ -110,6 +107,7 @@ class TrialResult:
     size_bytes = property(lambda self: int(self.metrics["size_bytes"]))
 
     def __getitem__(self, key: str) -> Any:
+        """Any metrics.json key."""
         return self.metrics[key]
 
     def __repr__(self) -> str:
@@ -123,18 +121,19 @@ class StudyResult:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.meta = load_study_meta(self.run_dir)  # study.json
-        bench = self.run_dir / "benchmark.json"
+        self.plan = load_study_plan(self.run_dir)  # study.json
+        bench = RunDir(self.run_dir).benchmark_json
         self.benchmark: dict = json.loads(bench.read_text()) if bench.is_file() else {}
 
     @property
     def name(self) -> str:
-        return str(self.meta.get("name"))
+        """The study's name."""
+        return self.plan.name
 
     @property
     def results(self) -> Any:
         """Every trial, baseline and reference as a pandas DataFrame (results.csv), or None before benchmarks."""
-        path = self.run_dir / "results.csv"
+        path = RunDir(self.run_dir).results_csv
         if not path.is_file():
             return None
         import pandas as pd
@@ -144,7 +143,7 @@ class StudyResult:
     @property
     def pareto(self) -> list[int]:
         """Optuna numbers of the Pareto-optimal trials (pareto.csv)."""
-        path = self.run_dir / "pareto.csv"
+        path = RunDir(self.run_dir).pareto_csv
         if not path.is_file():
             return []
         import pandas as pd
@@ -157,19 +156,21 @@ class StudyResult:
 
     @property
     def knee(self) -> int | None:
+        """The front's knee (benchmark.json), or None before the benchmarks step or with an empty front."""
         knee = self.benchmark.get("knee")
         return int(knee["trial"]) if isinstance(knee, dict) and knee.get("trial") is not None else None
 
     @property
     def report(self) -> Path | None:
-        path = self.run_dir / "report.html"
+        """report.html, once written."""
+        path = RunDir(self.run_dir).report_html
         return path if path.is_file() else None
 
     def trial(self, number: int) -> TrialResult:
         """Trial `number`'s TrialResult from its folder (config.yaml, metrics.json)."""
         from study.config import CONFIG_FIELDS, load_config, make_config
 
-        folder = self.run_dir / "trials" / str(number)
+        folder = RunDir(self.run_dir).trial(number)
         path = folder / "metrics.json"
         if not path.is_file():
             raise UserError(f"{path} not found: trial {number} did not finish; pick one of {self.pareto}.")

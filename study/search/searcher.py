@@ -28,7 +28,7 @@ import pickle
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -36,7 +36,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from study.core.errors import UserError
+from study.core.run_dir import RunDir, trial_name
 from study.search.crash import crash_reason
+from study.search.plan import split_config
 from study.search.space import COST_METRICS
 from study.search.told import drop_kept_checkpoint, read_told, write_told
 
@@ -57,11 +59,13 @@ class AskTellSearcher(Searcher):
         `optuna.distributions.BaseDistribution` (`study.ask(fixed_distributions=...)`, no conditions).
     objectives: (metric, "maximize" | "minimize") in the order of the study's values.
     storage_url: an RDB URL (`sqlite:///...`, `postgresql+psycopg://...`); opened here, never pickled.
-    run_dir: where `trials/<n>/config.yaml` (recorded in the trial's user attrs), `stderr.log` (the reason a
-        crashed trial gives) and `told.json` live.
+    run_dir: the run folder, where each trial's `stderr.log` (the reason a crashed trial gives), `epochs.csv`
+        (its val_acc curve) and `told.json` live. A trial's resolved config comes in its reported results
+        (`trial_config`); only for a trial whose process died before its first report is it read from its
+        config.yaml.
     trials: the study's trial count. Once Optuna holds that many asked trials and every asked, unfinished one is
         handed to Tune, `suggest` returns `Searcher.FINISHED`: Tune's own count (`num_samples`) counts Tune trials,
-        which after a restore are not the Optuna trials, so run_study gives Tune no count of its own. None: Tune's
+        which after a restore are not the Optuna trials, so run_search gives Tune no count of its own. None: Tune's
         `num_samples` alone ends the search.
     sampler_factory, seed: each new trial is sampled by `sampler_factory(draw_seed(seed, number))`, a sampler
         built for it from the study's seed and the trial's number (its history comes from the storage); without a
@@ -79,8 +83,9 @@ class AskTellSearcher(Searcher):
         if not objectives or bad:
             raise UserError(f"objectives must be (metric, maximize|minimize) pairs (got {list(objectives)!r}); "
                             "fix the space's objectives: section.")
-        super().__init__(metric=[m for m, _ in objectives],
-                         mode=["max" if d == "maximize" else "min" for _, d in objectives])
+        # Ray's Searcher takes a list of metrics and modes for a multi-objective search; its stubs say str
+        super().__init__(metric=cast(str, [m for m, _ in objectives]),
+                         mode=cast(str, ["max" if d == "maximize" else "min" for _, d in objectives]))
         self.space = space
         self.objectives = [(m, d) for m, d in objectives]
         self.storage_url = storage_url
@@ -108,7 +113,8 @@ class AskTellSearcher(Searcher):
             storage = optuna.storages.RDBStorage(self.storage_url)
             wanted = [d for _, d in self.objectives]
             study = optuna.create_study(storage=storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
-                                        study_name=self.study_name, directions=wanted, load_if_exists=True)
+                                        study_name=self.study_name, directions=cast(list[Any], wanted),
+                                        load_if_exists=True)
             have = [d.name.lower() for d in study.directions]
             if have != wanted:
                 raise UserError(f"the Optuna study '{self.study_name}' in {self.storage_url} has directions {have}, "
@@ -121,11 +127,18 @@ class AskTellSearcher(Searcher):
             self.sampler = study.sampler  # Optuna's default when none was given
         return self._study
 
+    @property
+    def _store(self) -> optuna.storages.BaseStorage:
+        """The open storage (opened with the study)."""
+        self.optuna_study()
+        assert self._storage is not None
+        return self._storage
+
     def _storage_trial_id(self, number: int) -> int:
         """Storage id of trial `number` (user attrs are set through the storage: after a restore there is no
         `optuna.Trial` object for a trial asked by the driver before)."""
         study = self.optuna_study()
-        storage = self._storage
+        storage = self._store
         return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
                                                                number)
 
@@ -152,7 +165,7 @@ class AskTellSearcher(Searcher):
             config = self._config(self._frozen(number))
         else:
             if self.trials is not None and self._asked(study) >= self.trials:
-                return Searcher.FINISHED
+                return Searcher.FINISHED  # type: ignore[return-value]  # Ray's sentinel, which its stubs omit
             config = self._ask(study)
             number = config["trial_number"]
         self.numbers[trial_id] = number
@@ -185,7 +198,7 @@ class AskTellSearcher(Searcher):
         return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
     def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
-        return self._storage.get_trial(self._storage_trial_id(number))
+        return self._store.get_trial(self._storage_trial_id(number))
 
     def _config(self, frozen: optuna.trial.FrozenTrial) -> dict[str, Any]:
         """The configuration of an Optuna trial that was already asked: the space run over its stored values."""
@@ -213,11 +226,17 @@ class AskTellSearcher(Searcher):
         self._tell(number, result, error)
         self.told.add(trial_id)
 
+    def _trial_dir(self, number: int) -> Path:
+        """The trial's folder (under the working directory when the searcher has no run folder)."""
+        return RunDir(self.run_dir or ".").trial(number)
+
     def _tell(self, number: int, result: dict, error: bool) -> None:
+        """Record how trial `number` ended: told.json first, then its user attrs and state in Optuna."""
         study = self.optuna_study()
         tid = self._storage_trial_id(number)
-        if self._storage.get_trial(tid).state.is_finished():
+        if self._store.get_trial(tid).state.is_finished():
             return
+        config, result = split_config(result)
         status = result.get("status", "failed" if error else "early_stopped")
         if status == "running":
             status = "failed" if error else "early_stopped"
@@ -226,11 +245,11 @@ class AskTellSearcher(Searcher):
             values, problem = self._values(result)
             if problem:  # told COMPLETE, Optuna would raise (and stop the study); it is a failed trial
                 status, result = "failed", {**result, "error": problem}
-        attrs = self._user_attrs(number, status, result, error)
+        attrs = self._user_attrs(number, status, result, error, config)
         if self.run_dir is not None:  # first on disk: a kill before the tell below is told on resume
-            write_told(Path(self.run_dir) / "trials" / str(number), status, result, error)
+            write_told(self._trial_dir(number), status, result, error)
         for key, value in attrs.items():
-            self._storage.set_trial_user_attr(tid, key, value)
+            self._store.set_trial_user_attr(tid, key, value)
         if status == "complete":
             study.tell(number, values, state=TrialState.COMPLETE)
         elif status in ("infeasible", "failed"):
@@ -238,7 +257,7 @@ class AskTellSearcher(Searcher):
         else:
             study.tell(number, state=TrialState.PRUNED)
         if self.run_dir is not None:  # ended for good (an early-stopped trial's process was stopped mid-way)
-            drop_kept_checkpoint(Path(self.run_dir) / "trials" / str(number))
+            drop_kept_checkpoint(self._trial_dir(number))
 
     def _values(self, result: dict) -> tuple[list[float] | None, str | None]:
         """The objectives' values in the study's order, or why they cannot be told (missing or NaN)."""
@@ -253,14 +272,16 @@ class AskTellSearcher(Searcher):
             return None, f"the finished trial reported no usable objective value ({', '.join(wrong)})"
         return values, None
 
-    def _user_attrs(self, number: int, status: str, result: dict, error: bool) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir") or f"trials/{number}"}
-        trial_dir = Path(self.run_dir or ".") / "trials" / str(number)
-        cfg_path = trial_dir / "config.yaml"
-        if self.run_dir is not None and cfg_path.exists():
-            import yaml
-
-            attrs["config"] = yaml.safe_load(cfg_path.read_text())
+    def _user_attrs(self, number: int, status: str, result: dict, error: bool,
+                    config: dict | None) -> dict[str, Any]:
+        """The trial's user attrs: status, trial_dir, its resolved config (as the trial reported it), the
+        val_acc curve, and the metrics (or error) its status calls for."""
+        attrs: dict[str, Any] = {"status": status, "trial_dir": result.get("trial_dir") or trial_name(number)}
+        trial_dir = self._trial_dir(number)
+        if config is None and error and self.run_dir is not None:
+            config = _config_on_disk(trial_dir)  # the process died before it reported anything
+        if config is not None and self.run_dir is not None:
+            attrs["config"] = config
         if status in ("complete", "early_stopped"):
             curve = val_acc_curve(trial_dir)
             if curve:
@@ -288,7 +309,7 @@ class AskTellSearcher(Searcher):
         study = self.optuna_study()
         if self.run_dir is not None:
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                told = read_told(Path(self.run_dir) / "trials" / str(t.number))
+                told = read_told(self._trial_dir(t.number))
                 if told is not None:
                     self._tell(t.number, {**told["result"], "status": told["status"]}, bool(told.get("error")))
         finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
@@ -332,6 +353,14 @@ class AskTellSearcher(Searcher):
         return state
 
 
+def _config_on_disk(trial_dir: Path) -> dict | None:
+    """config.yaml of a trial whose process died before its first report (Tune then hands no result)."""
+    import yaml
+
+    path = trial_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
 def draw_seed(seed: int, number: int) -> int:
     """The sampler's seed for trial `number` of a study seeded `seed` (well mixed, 32 bits)."""
     import numpy as np
@@ -342,7 +371,7 @@ def draw_seed(seed: int, number: int) -> int:
 def read_tune_trials(experiment_dir: Path) -> dict[str, tuple[int, bool]]:
     """Tune trial id -> (Optuna trial number, whether the restored Tune runs it) for the trials in the newest
     experiment state under `experiment_dir` (Ray's public `ExperimentAnalysis`); {} where there is none.
-    ERROR trials count as run: run_study restores with resume_errored=True."""
+    ERROR trials count as run: run_search restores with resume_errored=True."""
     import logging
 
     from ray.tune import ExperimentAnalysis

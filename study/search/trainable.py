@@ -1,4 +1,4 @@
-"""What runs inside a Ray Tune trial: constraints first, then `run_trial`, reporting every epoch.
+"""What runs inside a Ray Tune trial: constraints first, then `execute_trial`, reporting to Tune as it trains.
 
 Kept apart from study.search.driver so that Ray workers import only what a trial needs.
 """
@@ -14,15 +14,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from study.config import make_config, save_config
+from study.config import TrialConfig, make_config
 from study.core.io import write_json_atomic
-from study.search.crash import capture_stderr, inject_crash_for_tests
+from study.core.run_dir import RunDir, trial_name
+from study.search.crash import capture_stderr
+from study.search.plan import CONFIG_KEY, TrialContext
 from study.search.space import CONSTRAINTS
 from study.search.told import KEPT, drop_kept_checkpoint, read_told
-from study.trial.run import TrialHooks, architecture_costs, run_trial
+from study.trial.run import TrialHooks, architecture_costs, execute_trial, record_config, record_metrics
 
 
 def constraint_violations(costs: dict, constraints: dict) -> list[str]:
+    """The constraints `costs` break, one sentence each with the values (none: the trial may train)."""
     out = []
     for key, bound in constraints.items():
         metric = CONSTRAINTS[key]
@@ -46,15 +49,16 @@ class RayHooks(TrialHooks):
     architecture costs and the costs of the model being trained right now (rung_*: the dense student before
     pruning, the pruned one after) for MO-ASHA.
 
-    A report is a round trip to the Tune driver plus the checkpoint copy (together about 25 ms on the 2-core CPU,
-    a third of a digits epoch, measured when Tune also copied the checkpoint), so a trial reports at the
-    scheduler's rung epochs (`report_epochs`, counted from 1) and otherwise only once `report_every_s` seconds have
-    passed since its last report: short trials report only where early stopping needs them, long ones (GPU epochs
-    of minutes) every epoch. progress.json in the trial directory is updated after every epoch.
+    A report is a round trip to the Tune driver plus the checkpoint copy (a sizeable part of a short epoch:
+    docs/HOW_IT_RUNS.md), so a trial reports at the scheduler's rung epochs (`report_epochs`, counted from 1) and
+    otherwise only once `report_every_s` seconds have passed since its last report: short trials report only where
+    early stopping needs them, long ones (GPU epochs of minutes) every epoch. progress.json in the trial
+    directory is updated after every epoch.
     """
 
     def __init__(self, costs: dict, dense_costs: dict | None = None, trial_dir: Path | None = None,
-                 report_epochs: list[int] | tuple[int, ...] = (), report_every_s: float = 0.0):
+                 report_epochs: list[int] | tuple[int, ...] = (), report_every_s: float = 0.0,
+                 ids: dict[str, Any] | None = None):
         self.costs = costs  # from architecture_costs, which pruned an untrained copy as the trial will
         self.architecture_checked = True
         self.trial_dir = trial_dir
@@ -62,8 +66,12 @@ class RayHooks(TrialHooks):
         self.report_every_s = report_every_s
         self._last_report = time.monotonic()
         self._due = False
-        # lets the searcher find the Optuna trial even when its own state was restored from an older snapshot
-        self.ids = {"trial_number": int(trial_dir.name), "trial_dir": f"trials/{trial_dir.name}"} if trial_dir else {}
+        # in every report: lets the searcher find the Optuna trial even when its own state was restored from an
+        # older snapshot (trial_number, trial_dir), and record the trial's config (trial_config)
+        if ids is None:
+            ids = {"trial_number": int(trial_dir.name), "trial_dir": trial_name(int(trial_dir.name))} if trial_dir \
+                else {}
+        self.ids = {k: v for k, v in ids.items() if k in ("trial_number", "trial_dir", CONFIG_KEY)}
         self.rung = {"distill": {f"rung_{k}": (dense_costs or costs)[k] for k in RUNG_COSTS},
                      "finetune": {f"rung_{k}": costs[k] for k in RUNG_COSTS}}
         self._resume_tmp: str | None = None  # where a Ray checkpoint was unpacked; removed after the trial
@@ -79,6 +87,7 @@ class RayHooks(TrialHooks):
         return self._due
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
+        """Report to Tune (with the checkpoint kept first) when a report is due; update progress.json."""
         from ray import tune
 
         if self._due:
@@ -114,7 +123,13 @@ class RayHooks(TrialHooks):
         return Path(self._resume_tmp)
 
     def log(self, msg: str) -> None:
+        """A trial's message, on stdout (Ray shows it with the trial's name)."""
         print(msg, flush=True)
+
+    def cleanup(self) -> None:
+        """Remove the folder a Ray checkpoint was unpacked into (resume_dir), if any."""
+        if self._resume_tmp:
+            shutil.rmtree(self._resume_tmp, ignore_errors=True)
 
 
 def keep_checkpoint(trial_dir: Path, checkpoint_dir: Path, epoch: int) -> None:
@@ -140,7 +155,9 @@ def kept_checkpoint(trial_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
+def _finished_metrics(trial_dir: Path, cfg: TrialConfig) -> dict | None:
+    """metrics.json of this trial when it finished with exactly this config (a driver kill that Tune's last
+    snapshot missed), else None."""
     path = trial_dir / "metrics.json"
     if not path.exists():
         return None
@@ -155,10 +172,10 @@ def _finished_metrics(trial_dir: Path, cfg) -> dict | None:
     return metrics if metrics.get("status") == "complete" and same else None
 
 
-def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+def search_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """Ray Tune function trainable. config: sampled params + trial_number; ctx: the study's fixed context."""
     number = config["trial_number"]
-    trial_dir = Path(ctx["run_dir"]) / "trials" / str(number)
+    trial_dir = RunDir(ctx.run_dir).trial(number)
     trial_dir.mkdir(parents=True, exist_ok=True)
     with capture_stderr(trial_dir):  # a native crash leaves its signal and last words in trials/<n>/stderr.log
         try:
@@ -168,49 +185,51 @@ def search_trainable(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             raise
 
 
-def _search_trial(config: dict[str, Any], ctx: dict[str, Any], number: int, trial_dir: Path) -> None:
+def _search_trial(config: dict[str, Any], ctx: TrialContext, number: int, trial_dir: Path) -> None:
+    """One search trial: replayed when it already ended, recorded infeasible when over a constraint, else
+    trained; every outcome is reported to Tune, a failure as status "failed" with its reason."""
     from ray import tune
 
-    sampled = {k: v for k, v in config.items() if k != "trial_number"}
-    base: dict[str, Any] = {"trial_number": number, "trial_dir": f"trials/{number}", "epoch": 0}
+    base: dict[str, Any] = {"trial_number": number, "trial_dir": trial_name(number), "epoch": 0}
     told = read_told(trial_dir)
     if told is not None:  # Optuna knows how it ended (Tune restored it as running after a kill): never rerun
         tune.report({**base, **reportable(told["result"]), "status": told["status"], "replayed": True})
         return
     try:
-        cfg = make_config(ctx["trial"], sampled, source=ctx["space_file"])
-        if not ctx.get("gpu"):
+        cfg = make_config(ctx.trial, {k: v for k, v in config.items() if k != "trial_number"},
+                          source=ctx.space_file)
+        if not ctx.gpu:
             cfg = cfg.replace(device="cpu")
-        save_config(cfg, trial_dir / "config.yaml")  # the fully resolved config, also for trials never trained
-        total = cfg.epochs + cfg.finetune_epochs
-        done = _finished_metrics(trial_dir, cfg)
-        if done is not None:  # finished before a driver kill that Tune's last snapshot missed: never rerun
-            tune.report({**base, **reportable(done), "status": "complete", "epoch": total})
-            return
-        needs_latency = ("latency_ms_bs1" in ctx["objective_names"] or "max_latency_ms" in ctx["constraints"])
-        costs = architecture_costs(cfg, ctx["num_classes"], tuple(ctx["input_shape"]), latency=needs_latency)
-        violations = constraint_violations(costs, ctx["constraints"])
-        if violations:  # never trained: record why, with the values
-            reason = "infeasible: " + "; ".join(violations)
-            write_json_atomic(trial_dir / "metrics.json", {**costs, **cfg.to_dict(), "status": "infeasible",
-                                                           "error": reason})
-            tune.report({**base, **costs, "status": "infeasible", "error": reason})
-            return
-        dense = architecture_costs(cfg.replace(prune_method="none", prune_ratio=0.0), ctx["num_classes"],
-                                   tuple(ctx["input_shape"]), latency=False)
-        hooks = RayHooks(costs, dense, trial_dir, ctx.get("report_epochs", ()), ctx.get("report_every_s", 0.0))
-        inject_crash_for_tests(number)
-        try:
-            metrics = run_trial(cfg, out_dir=trial_dir, teacher_path=ctx.get("teacher_path"), hooks=hooks)
-        finally:
-            if hooks._resume_tmp:
-                shutil.rmtree(hooks._resume_tmp, ignore_errors=True)
-        metrics["status"] = "complete"
-        write_json_atomic(trial_dir / "metrics.json", metrics)
-        drop_kept_checkpoint(trial_dir)  # trained: metrics.json is what a rerun reuses
-        tune.report({**base, **reportable(metrics), "status": "complete", "epoch": total})
+        record_config(trial_dir, cfg)  # the fully resolved config, also for trials never trained
+        base[CONFIG_KEY] = cfg.to_dict()  # the searcher records it in the trial's user attrs
+        tune.report(_trained_or_infeasible(cfg, ctx, trial_dir, base))
     except Exception as exc:  # noqa: BLE001  a failing trial (pruning error, NaN loss) must not stop the study
         text = f"{type(exc).__name__}: {exc}"
         (trial_dir / "error.txt").write_text(traceback.format_exc())
         drop_kept_checkpoint(trial_dir)
         tune.report({**base, "status": "failed", "error": text[:2000]})
+
+
+def _trained_or_infeasible(cfg: TrialConfig, ctx: TrialContext, trial_dir: Path, base: dict[str, Any]) -> dict:
+    """The trial's final result: its metrics when it finished before (never rerun), its costs when it breaks a
+    constraint (never trained: recorded with the reason), else its metrics after training it."""
+    total = cfg.epochs + cfg.finetune_epochs
+    done = _finished_metrics(trial_dir, cfg)
+    if done is not None:
+        return {**base, **reportable(done), "status": "complete", "epoch": total}
+    costs = architecture_costs(cfg, ctx.num_classes, ctx.input_shape, latency=ctx.needs_latency)
+    violations = constraint_violations(costs, ctx.constraints)
+    if violations:
+        reason = "infeasible: " + "; ".join(violations)
+        record_metrics(trial_dir, {**costs, **cfg.to_dict(), "status": "infeasible", "error": reason})
+        return {**base, **costs, "status": "infeasible", "error": reason}
+    dense = architecture_costs(cfg.replace(prune_method="none", prune_ratio=0.0), ctx.num_classes,
+                               ctx.input_shape, latency=False)
+    hooks = RayHooks(costs, dense, trial_dir, ctx.report_epochs, ctx.report_every_s, ids=base)
+    try:
+        metrics = execute_trial(cfg, out_dir=trial_dir, teacher_path=Path(ctx.teacher_path) if ctx.teacher_path
+                                else None, hooks=hooks, add_metrics={"status": "complete"}, config_recorded=True)
+    finally:
+        hooks.cleanup()
+    drop_kept_checkpoint(trial_dir)  # trained: metrics.json is what a rerun reuses
+    return {**base, **reportable(metrics), "status": "complete", "epoch": total}

@@ -1,2 +1,2 @@
-"""Stage 6, one trial: distill, prune, fine-tune, measure and write the trial's folder (`run_trial`).
+"""Stage 6, one trial: distill, prune, fine-tune, measure and write the trial's folder (`execute_trial`).
 """

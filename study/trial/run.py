@@ -36,12 +36,13 @@ class TrialHooks:
     """Callbacks a trial runner (CLI, Ray Tune) may override. The defaults do nothing."""
 
     # True where the runner has already pruned an untrained copy of this trial's student the way the trial will
-    # prune it (architecture_costs, as the search does before every trial): run_trial then skips its own check
+    # prune it (architecture_costs, as the search does before every trial): execute_trial then skips its own check
     architecture_checked = False
 
     def wants_checkpoint(self, epoch: int, total_epochs: int) -> bool:
-        """Whether to write a resumable checkpoint after this epoch (schedule epoch, 0-based). Writing one costs
-        about 8% of a small CPU trial, so only runners that can resume from it ask (the default: never)."""
+        """Whether to write a resumable checkpoint after this epoch (schedule epoch, 0-based). Writing one is a
+        noticeable share of a small CPU trial (docs/HOW_IT_RUNS.md), so only runners that can resume from it ask
+        (the default: never)."""
         return False
 
     def on_epoch(self, epoch: int, total_epochs: int, val_acc: float, log: dict, checkpoint_dir: Path | None) -> None:
@@ -53,6 +54,7 @@ class TrialHooks:
         return None
 
     def log(self, msg: str) -> None:
+        """A message of the trial (on stdout by default)."""
         print(msg, flush=True)
 
 
@@ -62,6 +64,7 @@ def latency_device(cfg: TrialConfig) -> torch.device:
 
 
 def model_meta(arch: str, num_classes: int, input_shape: tuple[int, int, int], width: float, **extra: Any) -> dict:
+    """model.pt's meta: what load_model needs to rebuild the architecture, plus `extra`."""
     return {"arch": arch, "num_classes": num_classes, "in_channels": input_shape[0], "width_mult": width,
             "input_shape": list(input_shape), **extra}
 
@@ -80,8 +83,8 @@ def architecture_costs(cfg: TrialConfig, num_classes: int, input_shape: tuple[in
         for p in model.parameters():
             p.copy_(torch.empty_like(p).uniform_(0.5, 1.0) * (torch.randint_like(p, 0, 2) * 2 - 1))
     prune_model(model, cfg.prune_method, cfg.prune_ratio, torch.randn(1, *input_shape), round_to=cfg.round_to)
-    out = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
-           "macs": count_macs(model, input_shape)}
+    out: dict[str, float] = {"params": count_params(model), "nonzero_params": count_nonzero_params(model),
+                             "macs": count_macs(model, input_shape)}
     if latency:
         out["latency_ms_bs1"] = _architecture_latency(model, cfg, input_shape, cache_dir or default_cache_dir())
     return out
@@ -125,7 +128,7 @@ def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, 
     With cfg.teacher_cache the logits come from the study-wide cache (built here if the driver has not built it;
     extended if this trial runs more epochs); otherwise the teacher runs live in the trial's precision.
     """
-    if cfg.kd_loss == "ce" or cfg.alpha >= 1.0:
+    if not cfg.uses_teacher:
         return None, {}, "none"
     teacher: nn.Module | None = None
     info: dict = {}
@@ -143,24 +146,50 @@ def make_teacher_fn(cfg: TrialConfig, data: ResidentData, device: torch.device, 
     return live_teacher(teacher, cfg.precision), info, "live"
 
 
-def run_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
-              hooks: TrialHooks | None = None, cache_dir: Path | None = None, stage: bool = False) -> dict:
+def execute_trial(cfg: TrialConfig, *, out_dir: Path | None = None, teacher_path: Path | None = None,
+                  hooks: TrialHooks | None = None, cache_dir: Path | None = None, stage: bool = False,
+                  add_metrics: dict | None = None, config_recorded: bool = False) -> dict:
     """Run one trial and return its metrics (accuracies in percent). Writes config.yaml, metrics.json,
-    epochs.csv and model.pt to out_dir when given; stage=True (`kdstudy trial --out`, app.run_trial: a user's
+    epochs.csv and model.pt to out_dir when given; stage=True (`kdstudy trial --out`, study.run_trial: a user's
     folder) writes them only once the trial has succeeded, so a failed trial leaves out_dir as it was. Search
     trials are not staged: their folder is the trial's record (config.yaml, error.txt, kept checkpoints) and a
     staging folder would outlive a killed driver. Runs with cfg.threads torch threads (0: as it finds them) and
-    gives the caller its thread count back."""
+    gives the caller its thread count back.
+
+    add_metrics: what the caller adds to metrics.json (a search trial's status, a reference's label), after the
+    trial's own keys. config_recorded: the caller already wrote this config's config.yaml (record_config: a search
+    trial records it before its constraints are checked), so it is not written again."""
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     hooks = hooks or TrialHooks()
+    extra = dict(add_metrics or {})
+
+    def run(work: Path | None) -> dict:
+        return _run_trial(cfg, work, teacher_path, hooks, cache_dir, extra, config_recorded and not stage)
+
     try:
         if out_dir is None or not stage:
-            return _run_trial(cfg, Path(out_dir) if out_dir is not None else None, teacher_path, hooks, cache_dir)
-        return staged(Path(out_dir), lambda work: _run_trial(cfg, work, teacher_path, hooks, cache_dir))
+            return run(Path(out_dir) if out_dir is not None else None)
+        return staged(Path(out_dir), run)
     finally:
         torch.set_num_threads(before)
+
+
+def record_config(out_dir: Path, cfg: TrialConfig) -> None:
+    """Write a trial folder's config.yaml: the fully resolved config (the one writer of that file)."""
+    save_config(cfg, Path(out_dir) / "config.yaml")
+
+
+def record_metrics(out_dir: Path, metrics: dict) -> None:
+    """Write a trial folder's metrics.json (the one writer of that file)."""
+    write_json_atomic(Path(out_dir) / "metrics.json", metrics)
+
+
+def check_prunable(model: nn.Module, method: str, ratio: float, example: torch.Tensor, round_to: int) -> None:
+    """Prune a copy of `model` as a trial will: torch-pruning must be able to follow the family's graph, which is
+    found out now rather than after the training (raises what torch-pruning raises)."""
+    prune_model(copy.deepcopy(model).eval(), method, ratio, example, round_to=round_to)
 
 
 OUTPUTS = ("config.yaml", "epochs.csv", "model.pt", "model.onnx", "model_int8.onnx", "resumed.json", "metrics.json")
@@ -187,106 +216,137 @@ def staged(out_dir: Path, run) -> Any:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None, hooks: TrialHooks,
-               cache_dir: Path | None) -> dict:
-    t_start = time.time()
+def _prepare(cfg: TrialConfig, out_dir: Path | None, hooks: TrialHooks, config_recorded: bool):
+    """(cfg with normalize resolved, the data set, the device); the trial's folder cleared of an older run's
+    results and its config.yaml written. Missing data fails before anything is written."""
     device = resolve_device(cfg.device)
-    ds = load_dataset_for(cfg)  # missing data: fail before writing
+    ds = load_dataset_for(cfg)
     if cfg.normalize == "auto":  # a study's trials get it resolved; a trial run alone finds it here, and says so
         from study.teacher.inputs import resolve
 
         cfg, ds, _ = resolve(cfg, ds, device, hooks.log)
-    if out_dir is not None:  # the trial's folder, or a staging folder (run_trial(stage=True) moves it in at the end)
+    if out_dir is not None:  # the trial's folder, or a staging folder (execute_trial(stage=True) moves it in)
         out_dir.mkdir(parents=True, exist_ok=True)
         # never mix this run's files with an older run's (a staging folder is fresh: nothing to remove)
         for stale in ("metrics.json", "model.pt", "epochs.csv", "model.onnx", "model_int8.onnx"):
             (out_dir / stale).unlink(missing_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-    data = data_for(cfg, ds, device, hooks.log)
-    shape = data.input_shape
-    train_dtype, channels_last = resolve_precision(cfg.precision, device)
-    precision_used = train_dtype + ("+channels_last" if channels_last else "")  # what "auto" chose, for the record
+        if not config_recorded:
+            record_config(out_dir, cfg)
+    return cfg, ds, device
 
-    total_epochs = cfg.epochs + cfg.finetune_epochs
-    resume = hooks.resume_dir()
-    teacher_fn, teacher_info, teacher_mode = make_teacher_fn(cfg, data, device, total_epochs, teacher_path,
-                                                             cache_dir, hooks.log)
 
-    torch.manual_seed(cfg.seed)
-    student, student_init = build_student(cfg, data.num_classes, shape)
-    student = student.to(device)
-    if is_structured(cfg.prune_method) and cfg.prune_ratio > 0 and resume is None and not hooks.architecture_checked:
-        # torch-pruning must be able to follow the family's graph: find out now, not after the training
-        prune_model(copy.deepcopy(student).eval(), cfg.prune_method, cfg.prune_ratio, data.val_x[:1],
-                    round_to=cfg.round_to)
-    epoch_rows: list[dict] = []
-    prune_info: dict | None = None
-    phase, done, resume_opt = "distill", 0, None
+class _Progress:
+    """Where a trial's training stands: the student, the logged epochs, pruning's record, and the phase and epochs
+    done to continue from (a fresh trial: distill, 0; a resumed one: its checkpoint's)."""
 
-    if resume is not None:  # continue an interrupted trial from its last epoch checkpoint
+    def __init__(self, student: nn.Module) -> None:
+        self.student = student
+        self.rows: list[dict] = []
+        self.prune_info: dict | None = None
+        self.phase, self.done = "distill", 0
+        self.resume_opt: dict | None = None
+
+    def resume_from(self, resume: Path, device: torch.device, out_dir: Path | None, hooks: TrialHooks) -> None:
+        """Continue an interrupted trial from its last epoch checkpoint (and record that it did, and from where)."""
         state = json.loads((resume / "state.json").read_text())
         student, _ = load_model(resume / "model.pt")
-        student = student.to(device)
-        resume_opt = torch.load(resume / "opt.pt", weights_only=True, map_location=device)
-        phase, done, prune_info, epoch_rows = state["phase"], state["done"], state["prune_info"], state["rows"]
-        hooks.log(f"resuming trial from {phase} epoch {done}")
-        if out_dir is not None:  # a record that this trial continued from a checkpoint (and from where)
-            write_json_atomic(out_dir / "resumed.json", {"phase": phase, "done": done, "epochs_logged": len(epoch_rows),
+        self.student = student.to(device)
+        self.resume_opt = torch.load(resume / "opt.pt", weights_only=True, map_location=device)
+        self.phase, self.done, self.prune_info, self.rows = state["phase"], state["done"], state["prune_info"], \
+            state["rows"]
+        hooks.log(f"resuming trial from {self.phase} epoch {self.done}")
+        if out_dir is not None:
+            write_json_atomic(out_dir / "resumed.json", {"phase": self.phase, "done": self.done,
+                                                         "epochs_logged": len(self.rows),
                                                          "at": time.strftime("%Y-%m-%d %H:%M:%S")})
 
-    def on_epoch_factory(phase_name: str, phase_offset: int):
+    def on_epoch(self, phase_name: str, phase_offset: int, cfg: TrialConfig, data: ResidentData,
+                 hooks: TrialHooks):
+        """The training loop's per-epoch callback for one phase: log the row, hand the hooks a resumable
+        checkpoint of this epoch when they ask for one."""
+        total_epochs = cfg.epochs + cfg.finetune_epochs
+
         def on_epoch(epoch: int, val_acc: float, row: dict, opt_state: dict) -> None:
             row = {**row, "phase": phase_name}
-            epoch_rows.append(row)
+            self.rows.append(row)
             if not hooks.wants_checkpoint(epoch, total_epochs):
                 hooks.on_epoch(epoch, total_epochs, val_acc, row, None)
                 return
             ckpt = Path(tempfile.mkdtemp(prefix="kdstudy-ckpt-"))
-            save_model(ckpt / "model.pt", student, model_meta(cfg.student_arch, data.num_classes, shape,
-                                                              cfg.width_mult))
+            save_model(ckpt / "model.pt", self.student, model_meta(cfg.student_arch, data.num_classes,
+                                                                   data.input_shape, cfg.width_mult))
             torch.save(opt_state, ckpt / "opt.pt")
             write_json_atomic(ckpt / "state.json", {"phase": phase_name, "done": epoch - phase_offset + 1,
-                                                    "prune_info": prune_info, "rows": epoch_rows})
+                                                    "prune_info": self.prune_info, "rows": self.rows})
             try:
                 hooks.on_epoch(epoch, total_epochs, val_acc, row, ckpt)  # hooks copy what they keep
             finally:
                 shutil.rmtree(ckpt, ignore_errors=True)
         return on_epoch
 
-    common = dict(seed=cfg.seed, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, teacher=teacher_fn,
-                  temperature=cfg.temperature, alpha=cfg.alpha if cfg.kd_loss != "ce" else 1.0,
-                  kd_kind=cfg.kd_loss, dkd_beta=cfg.dkd_beta,
-                  label_smoothing=cfg.label_smoothing, precision=cfg.precision)
-    t_train = time.time()
-    if phase == "distill":
+
+def _train(p: _Progress, cfg: TrialConfig, data: ResidentData, teacher_fn: TeacherFn | None,
+           hooks: TrialHooks) -> None:
+    """Distill (unless resumed past it), prune, then fine-tune (re-applying an unstructured mask after every
+    step); the student is left pruned and trained in p.student."""
+    common: dict[str, Any] = dict(
+        seed=cfg.seed, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, teacher=teacher_fn,
+        temperature=cfg.temperature, alpha=cfg.alpha if cfg.kd_loss != "ce" else 1.0, kd_kind=cfg.kd_loss,
+        dkd_beta=cfg.dkd_beta, label_smoothing=cfg.label_smoothing, precision=cfg.precision)
+    student = p.student
+    if p.phase == "distill":
         train_phase(student, data, epochs=cfg.epochs, first_epoch=0, lr=cfg.lr,
-                    on_epoch=on_epoch_factory("distill", 0), skip_epochs=done, resume_opt=resume_opt, **common)
+                    on_epoch=p.on_epoch("distill", 0, cfg, data, hooks), skip_epochs=p.done,
+                    resume_opt=p.resume_opt, **common)
         student.eval()
-        prune_info = prune_model(student, cfg.prune_method, cfg.prune_ratio, data.val_x[:1], round_to=cfg.round_to)
-        prune_info["val_acc_after_prune"] = evaluate(student, data.val_x, data.val_y)
-        done, resume_opt = 0, None
-    assert prune_info is not None
+        p.prune_info = prune_model(student, cfg.prune_method, cfg.prune_ratio, data.val_x[:1], round_to=cfg.round_to)
+        p.prune_info["val_acc_after_prune"] = evaluate(student, data.val_x, data.val_y)
+        p.done, p.resume_opt = 0, None
     masks = None if is_structured(cfg.prune_method) else sparsity_mask(student)
     if cfg.finetune_epochs:
         train_phase(student, data, epochs=cfg.finetune_epochs, first_epoch=cfg.epochs, lr=cfg.finetune_lr,
                     after_step=(lambda: reapply_mask(student, masks)) if masks else None,
-                    on_epoch=on_epoch_factory("finetune", cfg.epochs), skip_epochs=done, resume_opt=resume_opt,
-                    **common)
-    train_s = time.time() - t_train
+                    on_epoch=p.on_epoch("finetune", cfg.epochs, cfg, data, hooks), skip_epochs=p.done,
+                    resume_opt=p.resume_opt, **common)
 
-    student.eval()
-    metrics = measure_student(student, data, cfg, teacher_info, prune_info, out_dir, cache_dir)
+
+def _run_trial(cfg: TrialConfig, out_dir: Path | None, teacher_path: Path | None, hooks: TrialHooks,
+               cache_dir: Path | None, add_metrics: dict, config_recorded: bool) -> dict:
+    """The trial itself (execute_trial's docstring), into out_dir as it is (a staging folder when staged)."""
+    t_start = time.time()
+    cfg, ds, device = _prepare(cfg, out_dir, hooks, config_recorded)
+    data = data_for(cfg, ds, device, hooks.log)
+    train_dtype, channels_last = resolve_precision(cfg.precision, device)
+    total_epochs = cfg.epochs + cfg.finetune_epochs
+    resume = hooks.resume_dir()
+    teacher_fn, teacher_info, teacher_mode = make_teacher_fn(cfg, data, device, total_epochs, teacher_path,
+                                                             cache_dir, hooks.log)
+    torch.manual_seed(cfg.seed)
+    student, student_init = build_student(cfg, data.num_classes, data.input_shape)
+    progress = _Progress(student.to(device))
+    if is_structured(cfg.prune_method) and cfg.prune_ratio > 0 and resume is None and not hooks.architecture_checked:
+        check_prunable(progress.student, cfg.prune_method, cfg.prune_ratio, data.val_x[:1], cfg.round_to)
+    if resume is not None:
+        progress.resume_from(resume, device, out_dir, hooks)
+    t_train = time.time()
+    _train(progress, cfg, data, teacher_fn, hooks)
+    train_s = time.time() - t_train
+    assert progress.prune_info is not None
+    student = progress.student.eval()
+    metrics = measure_student(student, data, cfg, teacher_info, progress.prune_info, out_dir, cache_dir)
     metrics.update(student_init, data_streamed=bool(getattr(data, "streaming", False)))
     metrics.update(train_s=round(train_s, 3), epochs_done=total_epochs, wall_s=round(time.time() - t_start, 3),
-                   precision_used=precision_used, teacher_mode=teacher_mode)
+                   precision_used=train_dtype + ("+channels_last" if channels_last else ""),  # what "auto" chose
+                   teacher_mode=teacher_mode)
     if isinstance(teacher_fn, CachedTeacher):
         metrics.update(teacher_cache_batches=teacher_fn.cached_batches, teacher_live_batches=teacher_fn.live_batches)
     metrics.update({f"teacher_{k}": teacher_info[k] for k in ("val_acc", "test_acc", "path") if k in teacher_info})
     metrics.update(cfg.to_dict())
     metrics.update(input_mean=[float(v) for v in data.mean.view(-1)], input_std=[float(v) for v in data.std.view(-1)])
+    metrics.update(add_metrics)
     if out_dir is not None:
-        write_json_atomic(out_dir / "metrics.json", metrics)
-        write_epochs_csv(out_dir / "epochs.csv", epoch_rows)
+        record_metrics(out_dir, metrics)
+        write_epochs_csv(out_dir / "epochs.csv", progress.rows)
     return metrics
 
 
@@ -382,7 +442,7 @@ def _measure_onnxruntime(student: nn.Module, timed: nn.Module, data: ResidentDat
                    test_acc=onnx_backend.accuracy(sess, data.test_x, data.test_y, cfg.eval_batch_size),
                    calibration_images_used=int(min(cfg.calibration_images, data.train_x.shape[0])))
     backend = ort_backend_name(cfg)
-    kw = dict(device=torch.device("cpu"), threads=threads, cache_dir=cache, backend=backend,
+    kw: dict[str, Any] = dict(device=torch.device("cpu"), threads=threads, cache_dir=cache, backend=backend,
               onnx_file=lambda: deployed)
     lat = latency_cache.latency(timed, shape, repeats=cfg.latency_repeats, **kw)
     thr = latency_cache.throughput(timed, shape, batch_size=cfg.throughput_batch, **kw)
@@ -397,6 +457,7 @@ def _measure_onnxruntime(student: nn.Module, timed: nn.Module, data: ResidentDat
 
 
 def write_epochs_csv(path: Path, rows: list[dict]) -> None:
+    """Write the epochs' rows (distillation, then fine-tuning) as epochs.csv."""
     if not rows:
         return
     keys = list(rows[0])
