@@ -41,6 +41,7 @@ from study.core.errors import UserError
 from study.core.fmt import fmt_value
 from study.core.io import write_text_atomic
 from study.measure.export import KD_CONVENTION, KD_TERMS, UNSTRUCTURED_NOTE
+from study.search.plan import StudyPlan
 
 ACC = "val_acc"
 COSTS = (("params", "parameters (count, dense)"), ("nonzero_params", "non-zero parameters (count)"),
@@ -497,12 +498,12 @@ def references_table(df: pd.DataFrame) -> str:
     return html_table(rows, ["reference", *cols], "table-references")
 
 
-def teacher_note(meta: dict) -> str:
+def teacher_note(plan: StudyPlan) -> str:
     """The teacher's accuracy with its input normalisation, and the warnings of a teacher that looks wrong."""
-    t = meta.get("teacher") or {}
+    t = plan.teacher or {}
     if not t:
         return ""
-    norm = meta.get("normalization") or t.get("normalization") or {}
+    norm = plan.normalization or t.get("normalization") or {}
     how = (f"; input normalisation <code>{esc(str(norm.get('normalize')))}</code> (mean {esc(str(norm.get('mean')))}, "
            f"std {esc(str(norm.get('std')))}; {esc(str(norm.get('chosen_by', '')))})" if norm else "")
     out = [f'<p id="teacher-note">Teacher {esc(str(t.get("arch", "")))}: '
@@ -617,10 +618,10 @@ def _json_cell(v: Any) -> Any:
     return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
 
 
-def settings_table(meta: dict, benchmark: dict) -> str:
+def settings_table(plan: StudyPlan, benchmark: dict) -> str:
     """study.json's settings, then the hypervolume with its reference rule, the counts by state and the latency
     re-measurement's protocol."""
-    rows = [[k, _json_cell(v)] for k, v in meta.items()]
+    rows = [[k, _json_cell(v)] for k, v in plan.to_json().items()]
     rm = benchmark.get("remeasure")
     rows += [
         ["hypervolume", benchmark.get("hypervolume")],
@@ -664,7 +665,7 @@ def _knee_trial(benchmark: dict) -> int | None:
     return None if k is None else int(k)
 
 
-def _summary_html(results: pd.DataFrame, benchmark: dict, meta: dict, objectives: Sequence[dict]) -> str:
+def _summary_html(results: pd.DataFrame, benchmark: dict, objectives: Sequence[dict]) -> str:
     counts = ", ".join(f"{esc(k)}: {v}" for k, v in (benchmark.get("counts") or {}).items())
     return (f"<p>{int(benchmark.get('n_trials', 0))} trials ({counts}). Objectives: "
             + ", ".join(f"{esc(o['name'])} ({esc(o['direction'])})" for o in objectives)
@@ -720,7 +721,7 @@ def _front_html(front: pd.DataFrame, objectives: Sequence[dict], run_dir_label: 
             else '<p class="note">No complete trial: the front is empty.</p>']
 
 
-def _details_html(results: pd.DataFrame, benchmark: dict, meta: dict, objectives: Sequence[dict]) -> list[str]:
+def _details_html(results: pd.DataFrame, benchmark: dict, plan: StudyPlan, objectives: Sequence[dict]) -> list[str]:
     """Baselines, references, parameters, hypervolume, importance, failures and settings."""
     parts = ["<h2>Baselines: the configurations picked by hand</h2>"]
     parts.append(baselines_table(results, benchmark.get("baselines") or [], objectives)
@@ -729,7 +730,7 @@ def _details_html(results: pd.DataFrame, benchmark: dict, meta: dict, objectives
                       '<code>baselines: []</code>, the baselines failed or have not finished (see the study\'s '
                       'output), or the study was run before baselines existed.</p>')
     parts.append("<h2>Reference models</h2>")
-    parts.append(teacher_note(meta))
+    parts.append(teacher_note(plan))
     parts.append(references_table(results) if (results["state"] == "REFERENCE").any()
                  else '<p class="note">No reference models found under RUN_DIR/references/.</p>')
     parts.append("<h2>Parameters</h2>")
@@ -744,26 +745,26 @@ def _details_html(results: pd.DataFrame, benchmark: dict, meta: dict, objectives
     parts.append("<h2>Failed, infeasible and early-stopped trials</h2>")
     parts.append(problems_table(results))
     parts.append("<h2>Settings</h2>")
-    parts.append(settings_table(meta, benchmark))
+    parts.append(settings_table(plan, benchmark))
     return parts
 
 
-def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, meta: dict, *,
+def render_report(results: pd.DataFrame, front: pd.DataFrame, benchmark: dict, plan: StudyPlan, *,
                   run_dir_label: str, reproduce: Sequence[dict] = ()) -> str:
     """The whole page as a string (pure: no file access): the answer first, then the front, plots and details."""
     objectives = [{"name": o["name"], "direction": o["direction"]} for o in benchmark.get("objectives", [])]
-    title = f"Study {meta.get('study_name') or meta.get('name') or ''}"
+    title = f"Study {plan.study_name or plan.name or ''}"
     knee = _knee_trial(benchmark)
-    recs = recommendations(results, objectives, benchmark, meta.get("constraints") or {}, run_dir=run_dir_label,
+    recs = recommendations(results, objectives, benchmark, plan.constraints or {}, run_dir=run_dir_label,
                            reproduce=reproduce) if objectives else []
-    parts = [f"<h1>{esc(title)}</h1>", _summary_html(results, benchmark, meta, objectives),
+    parts = [f"<h1>{esc(title)}</h1>", _summary_html(results, benchmark, objectives),
              answer_html(recs, objectives, benchmark, reproduce, run_dir_label)]
     parts += _front_html(front, objectives, run_dir_label, knee)
     parts.append(f'<p class="note">{esc(UNSTRUCTURED_PRUNING_NOTE)} {esc(KD_NOTE)} "Early stopped" (state '
                  'EARLY_STOPPED; PRUNED in Optuna) means the trial scheduler stopped the trial; "pruning" always '
                  'means weights.</p>')
     parts += plots_html(results, objectives, knee)
-    parts += _details_html(results, benchmark, meta, objectives)
+    parts += _details_html(results, benchmark, plan, objectives)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
@@ -790,11 +791,11 @@ def _read_reproduce(run_dir: Path, log: Callable[[str], None]) -> list[dict]:
 def build_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Write RUN_DIR/report.html from results.csv, pareto.csv and benchmark.json (collected first if missing)."""
     from benchmarks.collect import read_results, run_benchmarks
-    from study.search.results import load_study_meta
+    from study.search.results import load_study_plan
 
     label = str(run_dir)
     run_dir = Path(run_dir)
-    meta = load_study_meta(run_dir)
+    plan = load_study_plan(run_dir)
     needed = [run_dir / n for n in ("results.csv", "pareto.csv", "benchmark.json")]
     db = run_dir / "optuna.db"
     if not all(p.is_file() for p in needed):
@@ -810,7 +811,7 @@ def build_report(run_dir: str | Path, *, log: Callable[[str], None] = print) -> 
     except (pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError, KeyError) as e:
         raise UserError(f"{run_dir}: results.csv / pareto.csv / benchmark.json are unreadable ({e}); "
                         "delete them and run `python -m benchmarks RUN_DIR` again.") from e
-    page = render_report(results, front, benchmark, meta, run_dir_label=label,
+    page = render_report(results, front, benchmark, plan, run_dir_label=label,
                          reproduce=_read_reproduce(run_dir, log))
     out = run_dir / "report.html"
     write_text_atomic(out, page)

@@ -33,6 +33,7 @@ from reports.html import (  # the HTML report's colours and parsing: one look fo
     _precision,
 )
 from study.core.io import write_path_atomic
+from study.search.plan import StudyPlan
 
 MARKERS = {"fp32": "o", "int8": "^"}
 NAMED_MARKERS = ("D", "s", "P", "X", "h")  # baselines; references are stars of their own colour
@@ -80,7 +81,7 @@ def _named(ax: Any, results: pd.DataFrame, x: str) -> None:
                    label=f"reference {r['reference']}", zorder=6)
 
 
-def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, meta: dict) -> Path:
+def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, plan: StudyPlan) -> Path:
     """Write RUN_DIR/front.png (atomically) and return its path."""
     import matplotlib
 
@@ -115,7 +116,7 @@ def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, meta:
     entries = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)}
     fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=4, fontsize=8)
     counts = ", ".join(f"{k} {v}" for k, v in (benchmark.get("counts") or {}).items())
-    fig.suptitle(f"study {meta.get('study_name') or meta.get('name')}: {benchmark.get('n_trials', 0)} trials "
+    fig.suptitle(f"study {plan.study_name or plan.name}: {benchmark.get('n_trials', 0)} trials "
                  f"({counts}); objectives " + ", ".join(f"{o['name']} ({o['direction']})" for o in objectives),
                  fontsize=10)
     out = run_dir / "front.png"
@@ -127,10 +128,10 @@ def front_png(run_dir: str | Path, results: pd.DataFrame, benchmark: dict, meta:
 def write_png(run_dir: str | Path) -> Path:
     """Collect results first where needed (as the HTML report does), then draw front.png."""
     from benchmarks.collect import read_results, run_benchmarks
-    from study.search.results import load_study_meta
+    from study.search.results import load_study_plan
 
     run_dir = Path(run_dir)
-    meta = load_study_meta(run_dir)
+    plan = load_study_plan(run_dir)
     if not all((run_dir / n).is_file() for n in ("results.csv", "benchmark.json")):
         run_benchmarks(run_dir, remeasure=False)
-    return front_png(run_dir, read_results(run_dir), json.loads((run_dir / "benchmark.json").read_text()), meta)
+    return front_png(run_dir, read_results(run_dir), json.loads((run_dir / "benchmark.json").read_text()), plan)

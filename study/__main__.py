@@ -1,3 +1,5 @@
+"""`python -m study`: the command line (study.cli)."""
+
 import sys
 
 from study.cli import main

@@ -1,4 +1,4 @@
-"""A small synthetic run directory with a REAL Optuna SQLite study, laid out as in docs/INTERFACES.md.
+"""A small synthetic run directory with a REAL Optuna SQLite study, laid out as in docs/ARCHITECTURE.md.
 
 Objectives: val_acc (maximize), params (minimize), latency_ms_bs1 (minimize). Trials, by number:
   0 none            90 % 100k params 2.0 ms  front

@@ -315,6 +315,7 @@ def test_configs_written_before_normalize_read_as_the_datas_own(tmp_path):
 
 def test_teacher_below_the_plain_student_is_warned_about():
     from reports.html import teacher_note
+    from study.search.plan import StudyPlan
     from study.teacher.inputs import teacher_warnings
 
     info = {"val_acc": 60.0, "test_acc": 58.0, "num_classes": 4, "input_shape": [3, 16, 16],
@@ -324,7 +325,7 @@ def test_teacher_below_the_plain_student_is_warned_about():
     assert teacher_warnings(info, classes=CLASSES, reference_val_acc=55.0) == []
     [w] = teacher_warnings(info, classes=CLASSES, image_size=16, reference_val_acc=70.0)
     assert "below the plain student" in w and "70.0 %" in w and "image_size 16" in w and "boot, coat" in w
-    html = teacher_note({"teacher": {**info, "arch": "torchvision:resnet18", "warnings": [w]}})
+    html = teacher_note(StudyPlan.from_json({"teacher": {**info, "arch": "torchvision:resnet18", "warnings": [w]}}))
     assert "val_acc 60 %" in html and "below the plain student" in html and "imagenet" in html
 
 
@@ -332,6 +333,7 @@ def test_a_resumed_study_keeps_the_normalisation_it_started_with(folder, teacher
     from study.config import make_config
     from study.data.datasets import load_dataset_for
     from study.search.driver import _resolve_normalization
+    from study.search.plan import StudyPlan
 
     trial = yaml.safe_load(_space(tmp_path / "r.yaml", folder, teacher).read_text())["trial"]
     base = make_config(trial)
@@ -339,8 +341,9 @@ def test_a_resumed_study_keeps_the_normalisation_it_started_with(folder, teacher
     ds = load_dataset_for(base)
     logs: list[str] = []
     # started before normalize existed: its trials saw the data's own statistics, and the rest will too
-    cfg, data, record = _resolve_normalization(base, ds, {}, logs.append)
+    cfg, data, record = _resolve_normalization(base, ds, StudyPlan.from_json({}), logs.append)
     assert cfg.normalize == "dataset" and data.mean == ds.mean and record["chosen_by"].startswith("kept")
-    cfg, data, record = _resolve_normalization(base, ds, {"normalization": {"normalize": "imagenet"}}, logs.append)
+    old = StudyPlan.from_json({"normalization": {"normalize": "imagenet"}})
+    cfg, data, record = _resolve_normalization(base, ds, old, logs.append)
     assert cfg.normalize == "imagenet" and data.mean == IMAGENET_MEAN and record["chosen_by"].startswith("kept")
     assert not any(m.startswith("teacher normalisation: ") for m in logs)  # no re-scoring on resume

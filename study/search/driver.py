@@ -1,6 +1,6 @@
 """`python -m study run SPACE`: a search study. Ray Tune schedules the trials, Optuna samples them.
 
-Layout of runs/NAME/ (see docs/INTERFACES.md): study.json, space.yaml, optuna.db, trials/<n>/, references/, ray/.
+Layout of runs/NAME/ (see docs/ARCHITECTURE.md): study.json, space.yaml, optuna.db, trials/<n>/, references/, ray/.
 Running the same command again resumes the study (Tuner.restore), also after the driver was SIGKILLed.
 """
 
