@@ -178,28 +178,20 @@ def _measured_row(path: Path, label: dict, state: str, trial_dir: str, log: Log)
     return row
 
 
-def _reference_rows(run_dir: Path, log: Log) -> list[dict]:
-    rows = []
-    for name in REFERENCES:
-        path = RunDir(run_dir).reference(name) / "metrics.json"
-        if not path.is_file():
-            log(f"note: reference {name!r} skipped: {path} not found")
-            continue
-        row = _measured_row(path, {"reference": name}, "REFERENCE", f"references/{name}", log)
-        if row:
-            rows.append(row)
-    return rows
-
-
-def _baseline_result_rows(run_dir: Path, names: list[str], log: Log) -> list[dict]:
-    """The baselines study.json names (a run from before baselines has none), in its order."""
+def _measured_rows(run_dir: Path, kind: str, names: list[str], log: Log) -> list[dict]:
+    """The rows of the models trained beside the search, in `names`' order: kind "reference" (teacher,
+    student_ce, student_kd: state REFERENCE) or "baseline" (the baselines outside the space that study.json names;
+    a run from before baselines has none: state BASELINE). A model without its metrics.json is skipped, said."""
+    run = RunDir(run_dir)
     rows = []
     for name in names:
-        path = RunDir(run_dir).baseline(name) / "metrics.json"
+        folder = run.reference(name) if kind == "reference" else run.baseline(name)
+        path = folder / "metrics.json"
         if not path.is_file():
-            log(f"note: baseline {name!r} skipped: {path} not found (it failed, or the study is still running)")
+            why = "" if kind == "reference" else " (it failed, or the study is still running)"
+            log(f"note: {kind} {name!r} skipped: {path} not found{why}")
             continue
-        row = _measured_row(path, {"baseline": name}, "BASELINE", f"baselines/{name}", log)
+        row = _measured_row(path, {kind: name}, kind.upper(), folder.relative_to(run.root).as_posix(), log)
         if row:
             rows.append(row)
     return rows
@@ -211,8 +203,8 @@ def collect_results(run_dir: Path, study: Any, objectives: list[dict], log: Log 
     baseline (names from study.json) under RUN_DIR/baselines/."""
     run_dir = Path(run_dir)
     rows = [_trial_row(t, run_dir, objectives, log) for t in study.get_trials(deepcopy=False)]
-    rows += _reference_rows(run_dir, log)
-    rows += _baseline_result_rows(run_dir, list(baselines or []), log)
+    rows += _measured_rows(run_dir, "reference", list(REFERENCES), log)
+    rows += _measured_rows(run_dir, "baseline", list(baselines or []), log)
     df = pd.DataFrame(rows)
     for col in df.columns:  # counts (params, macs, ...) stay integers although other rows lack them
         vals = [r[col] for r in rows if r.get(col) is not None]
