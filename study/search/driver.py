@@ -251,10 +251,11 @@ def _resumed_plan(s: _Settings) -> StudyPlan | None:
     if s.run.space_yaml.read_text() != s.space_text:
         raise UserError(f"{s.run.root} was started from a different version of {s.space_file}; "
                         f"restore that file, or start a new study with --name.")
-    if old.get("trials") != s.trials:
-        raise UserError(f"{s.run.root} was started with {old.get('trials')} trials; a resumed study keeps its "
+    plan = StudyPlan.from_json(old)
+    if plan.trials != s.trials:
+        raise UserError(f"{s.run.root} was started with {plan.trials} trials; a resumed study keeps its "
                         f"trial count (drop --trials, or start a new study with --name).")
-    return StudyPlan.from_json(old)
+    return plan
 
 
 @dataclass(frozen=True)
