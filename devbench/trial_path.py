@@ -98,12 +98,19 @@ def trace_trial(argv: list[str]) -> list[str]:
 
 def trial_path(space: str = "demo", sets: tuple[str, ...] = SHORT) -> dict:
     """{"modules": [...], "stages": [...]} of one trial of `space` with `sets` applied, in a temporary folder."""
+    saved = os.environ.get("KDSTUDY_CACHE")
     with tempfile.TemporaryDirectory(prefix="trial-path-") as tmp:
         os.environ["KDSTUDY_CACHE"] = str(Path(tmp) / "cache")  # a fresh teacher: every stage runs
         argv = [space, "--out", str(Path(tmp) / "trial")]
         for s in sets:
             argv += ["--set", s]
-        modules = trace_trial(argv)
+        try:
+            modules = trace_trial(argv)
+        finally:
+            if saved is None:
+                os.environ.pop("KDSTUDY_CACHE", None)
+            else:
+                os.environ["KDSTUDY_CACHE"] = saved
     stages: list[str] = []
     for m in modules:
         if stage_of(m) not in stages:

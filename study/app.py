@@ -27,10 +27,10 @@ def run_trial(cfg, *, out_dir: str | Path | None = None, teacher_path: str | Pat
     from study.search.results import TrialResult
     from study.trial.run import execute_trial
 
-    metrics = execute_trial(cfg, out_dir=Path(out_dir) if out_dir is not None else None,
-                  teacher_path=Path(teacher_path) if teacher_path is not None else None, hooks=hooks,
-                  cache_dir=Path(cache_dir) if cache_dir is not None else None, stage=True)
-    return TrialResult(cfg, metrics, Path(out_dir) if out_dir is not None else None)
+    out = Path(out_dir) if out_dir is not None else None
+    metrics = execute_trial(cfg, out_dir=out, teacher_path=Path(teacher_path) if teacher_path is not None else None,
+                            hooks=hooks, cache_dir=Path(cache_dir) if cache_dir is not None else None, stage=True)
+    return TrialResult(cfg, metrics, out)
 
 
 def run_study(space_file, *, name: str | None = None, trials: int | None = None, concurrent: int | None = None,

@@ -160,10 +160,11 @@ def test_remeasure_interleaves_front_and_references(tmp_path: Path) -> None:
 
 
 def test_remeasure_with_real_study_models(tmp_path: Path) -> None:
-    """Real checkpoints through study.models.checkpoint / study.measure.timing (skipped until those modules import)."""
-    torch = pytest.importorskip("torch")
-    checkpoint = pytest.importorskip("study.models.checkpoint")
-    models = pytest.importorskip("study.models.families")
+    """Real checkpoints through study.models.checkpoint / study.measure.timing."""
+    import torch
+
+    from study.models import checkpoint
+    from study.models import families as models
     paths = {}
     for name, width in (("small", 0.25), ("wide", 0.5)):
         torch.manual_seed(0)
