@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from study.core.errors import UserError
-from study.core.run_dir import RunDir
 
 
 @dataclass(frozen=True)
@@ -172,11 +170,6 @@ def read_study_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object; restore or rewrite it.")
     return data
-
-
-def load_plan(run_dir: str | os.PathLike[str]) -> StudyPlan:
-    """The StudyPlan in a run folder's study.json (UserError naming the file when missing or unreadable)."""
-    return StudyPlan.from_json(read_study_json(RunDir(run_dir).study_json))
 
 
 @dataclass(frozen=True)

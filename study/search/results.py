@@ -13,7 +13,7 @@ from typing import Any
 
 from study.core.errors import UserError
 from study.core.run_dir import RunDir
-from study.search.plan import StudyPlan, load_plan, read_study_json
+from study.search.plan import StudyPlan, read_study_json
 
 
 def load_study_meta(run_dir: Path) -> dict:
@@ -25,7 +25,7 @@ def load_study_meta(run_dir: Path) -> dict:
 def load_study_plan(run_dir: Path) -> StudyPlan:
     """The StudyPlan in a run directory's study.json (files of earlier versions too; UserError naming the file
     when missing or unreadable)."""
-    return load_plan(run_dir)
+    return StudyPlan.from_json(read_study_json(RunDir(run_dir).study_json))
 
 
 def storage_url(run_dir: Path, plan: StudyPlan) -> str:

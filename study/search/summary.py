@@ -14,7 +14,8 @@ from typing import Any
 from study.core.errors import UserError
 from study.core.fmt import fmt_value
 from study.core.run_dir import RunDir
-from study.search.plan import StudyPlan, load_plan
+from study.search.plan import StudyPlan
+from study.search.results import load_study_plan
 
 BASELINES_HEADING = ("baselines (configurations picked by hand, trained by the trial rules; those in the space are "
                      "enqueued search trials):")
@@ -91,7 +92,7 @@ def baseline_table_rows(run: RunDir, objectives: list[tuple[str, str]], swap: li
                         cols: list[str]) -> list[list[str]]:
     """The baselines as rows of the Pareto table (from their metrics.json), labelled by name."""
     try:
-        plan: StudyPlan = load_plan(run)
+        plan: StudyPlan = load_study_plan(run.root)
     except UserError:  # no readable study.json: no baseline rows
         return []
     rows = []
